@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qsim.config import AcceleratorConfig
+from qsim.errors import ProgramError
+from qsim.program import (
+    CommandLayout, Halt, MatrixLayout, Matmul, Program, commands_from_words,
+)
+
+SMALL = AcceleratorConfig(rows=4, cols=4, act_mem_words=64, weight_mem_words=32,
+                          acc_mem_words=16, cmd_mem_words=8)
+
+
+def test_command_layout_fields_for_default_config():
+    layout = CommandLayout(AcceleratorConfig())
+    assert {k: (f.offset, f.width) for k, f in layout.fields.items()} == {
+        "opcode": (0, 4), "accumulate": (4, 1), "rows": (5, 15), "act_addr": (20, 14),
+        "weight_addr": (34, 14), "acc_addr": (48, 14)}
+    assert (layout.used_bits, layout.width) == (62, 64)
+
+
+def test_encode_decode_round_trip():
+    layout = CommandLayout(SMALL)
+    cmd = Matmul(act_addr=63, weight_addr=28, acc_addr=15, rows=1, accumulate=True)
+    word = layout.encode(cmd)
+    assert word == 1 | 1 << 4 | 1 << 5 | 63 << 12 | 28 << 18 | 15 << 23
+    assert layout.decode(word) == cmd
+    assert layout.encode(Halt()) == 0 and layout.decode(0) == Halt()
+    assert commands_from_words(SMALL, [word, 0, word]) == [cmd, Halt()]
+
+
+def test_encode_and_decode_errors():
+    layout = CommandLayout(SMALL)
+    with pytest.raises(ProgramError, match="command field act_addr = 64 does not fit its 6-bit field"):
+        layout.encode(Matmul(64, 0, 0, 1))
+    with pytest.raises(ProgramError, match=r"unknown opcode 7 in command word 0x7"):
+        layout.decode(7)
+
+
+@pytest.mark.parametrize("commands, message", [
+    ((), "a program must end with a Halt command"),
+    ((Matmul(0, 0, 0, 1),), "a program must end with a Halt command"),
+    ((Halt(), Halt()), "Halt may only appear as the last command"),
+    ((Matmul(0, 0, 0, 0), Halt()), "command 0: rows must be at least 1, not 0"),
+    ((Matmul(-1, 0, 0, 1), Halt()), "command 0: act_addr must not be negative, not -1"),
+    ((Matmul(60, 0, 0, 5), Halt()),
+     "command 0 uses act words 60..64 but the act memory has 64 words (1 too many)"),
+    ((Matmul(0, 30, 0, 1), Halt()),
+     "command 0 uses weight words 30..33 but the weight memory has 32 words (2 too many)"),
+    ((Matmul(0, 0, 10, 8), Halt()),
+     "command 0 uses acc words 10..17 but the acc memory has 16 words (2 too many)"),
+    ((Matmul(0, 0, 0, 1),) * 8 + (Halt(),),
+     "the program has 9 commands but the command memory holds 8 (1 too many)"),
+])
+def test_program_validation(commands, message):
+    with pytest.raises(ProgramError) as exc:
+        Program(SMALL, commands)
+    assert str(exc.value) == message
+
+
+def test_program_rejects_inputs_that_overflow_or_do_not_fit():
+    lay = MatrixLayout("act", 0, rows=2, cols=4, lanes=4, tile_stride=2)
+    with pytest.raises(ProgramError, match=r"input 'A': A\[1, 2\] = 128 is 1 above the int8 maximum 127"):
+        Program(SMALL, (Halt(),), inputs={"A": (lay, np.array([[0, 0, 0, 0], [0, 0, 128, 0]]))})
+    far = MatrixLayout("act", 60, rows=8, cols=4, lanes=4, tile_stride=8)
+    with pytest.raises(ProgramError, match="input 'A' needs act words 60..67 but the act memory "
+                                           r"has 64 words \(4 too many\)"):
+        Program(SMALL, (Halt(),), inputs={"A": (far, np.zeros((8, 4), dtype=np.int64))})
+
+
+def test_matrix_layout_pack_unpack(rng):
+    lay = MatrixLayout("acc", 3, rows=5, cols=10, lanes=4, tile_stride=7)
+    assert (lay.lane_tiles, lay.words, lay.end) == (3, 19, 22)
+    m = rng.integers(-1000, 1000, (5, 10))
+    image = lay.pack(m)
+    assert image.shape == (19, 4)
+    # element (i, j) sits in word (j // 4) * 7 + i, lane j % 4; padding is zero
+    assert image[1 * 7 + 2, 1] == m[2, 5]
+    assert np.all(image[2 * 7:, 2:] == 0) and np.all(image[5:7] == 0)
+    memory = np.zeros((30, 4), dtype=np.int64)
+    memory[3:22] = image
+    assert np.array_equal(lay.unpack(memory), m)
+    with pytest.raises(ProgramError, match=r"matrix of shape \(5, 9\) does not match layout 5x10"):
+        lay.pack(m[:, :9])
+
+
+def test_footprint_and_initial_images():
+    lay = MatrixLayout("act", 2, rows=3, cols=4, lanes=4, tile_stride=3)
+    p = Program(SMALL, (Matmul(1, 4, 2, 3), Halt()), inputs={"A": (lay, np.ones((3, 4), dtype=np.int64))})
+    assert p.footprint() == {"act": 5, "weight": 8, "acc": 5, "cmd": 2}
+    images = p.initial_images()
+    assert images["act"].tolist() == [[0] * 4] * 2 + [[1] * 4] * 3
+    assert images["weight"].shape == (8, 4) and not images["weight"].any()
