@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qsim.compile import compile_gemm
+from qsim.config import AcceleratorConfig
+from qsim.program import Halt, Matmul, Program
+from qsim.timing import TileSchedule, estimate_gemm, simulate_timing
+
+CFG = AcceleratorConfig()  # 8 x 8
+
+
+def test_single_row_gemm_cycle_by_cycle():
+    t = estimate_gemm(CFG, 1, 1, 1)
+    # take at 1, first issue at 3, write back at 3 + R + C = 19 -> 20 busy cycles
+    assert t.schedule == [TileSchedule(take=1, start=3, end=4)]
+    assert t.cycles == 20
+    assert t.counters() == {"cycles": 20, "act_reads": 1, "weight_reads": 8, "acc_reads": 0,
+                            "acc_writes": 1, "matmuls": 1}
+
+
+def test_short_tiles_are_loader_bound():
+    t = estimate_gemm(CFG, 3, 20, 9)
+    assert [s.take for s in t.schedule] == [1, 9, 17, 25, 33, 41]
+    assert [s.start for s in t.schedule] == [3, 11, 19, 27, 35, 43]
+    assert t.cycles == 46 - 1 + 16 + 1
+
+
+def test_long_tiles_stream_back_to_back():
+    t = estimate_gemm(CFG, 100, 16, 8)
+    assert t.schedule == [TileSchedule(1, 3, 103), TileSchedule(9, 103, 203)]
+    assert t.cycles == 203 + 16
+
+
+def test_buffer_release_bounds_the_third_take():
+    # 2 x 2 tiles of 10 rows on a 4 x 16 array: K = C - 3 = 13 cycles of release
+    cfg = AcceleratorConfig(rows=4, cols=16)
+    t = estimate_gemm(cfg, 10, 8, 32)
+    takes = [s.take for s in t.schedule]
+    assert takes[2] == t.schedule[0].end + 13
+
+
+def test_empty_program_takes_three_cycles():
+    assert simulate_timing(Program(CFG, (Halt(),))).cycles == 3
+
+
+def test_utilization_256_cubed_on_8x8():
+    t = estimate_gemm(CFG, 256, 256, 256)
+    assert t.cycles == 262163
+    assert t.useful_macs == 256**3
+    assert t.utilization == pytest.approx(256**3 / (64 * 262163))
+    assert t.utilization >= 0.90
+
+
+def test_estimate_equals_compiled_program(rng):
+    cfg = AcceleratorConfig(rows=4, cols=4)
+    for _ in range(25):
+        m, k, n = (int(x) for x in rng.integers(1, 40, 3))
+        program = compile_gemm(cfg, np.zeros((m, k), dtype=np.int8), np.zeros((k, n), dtype=np.int8))
+        assert simulate_timing(program).counters() == estimate_gemm(cfg, m, k, n).counters()
+
+
+def test_counts_for_hand_written_program():
+    cfg = AcceleratorConfig(rows=2, cols=3)
+    program = Program(cfg, (Matmul(0, 0, 0, 5), Matmul(0, 0, 0, 1, accumulate=True),
+                            Matmul(5, 2, 5, 2, accumulate=True), Halt()))
+    t = simulate_timing(program)
+    # T = 1, 3, 8 (the third take waits for buffer 0: E_0 + 0); S = 3, 8, 10; last write 11 + R + C = 16
+    assert t.counters() == {"cycles": 17, "act_reads": 8, "weight_reads": 6, "acc_reads": 3,
+                            "acc_writes": 8, "matmuls": 3}
+    assert t.utilization is None
+    assert t.array_macs == 8 * 6
