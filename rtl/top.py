@@ -1,0 +1,156 @@
+"""The whole accelerator: memories, controller, skewed array, write-back and counters."""
+
+from __future__ import annotations
+
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import MemoryData
+from amaranth.lib import data, memory, wiring
+from amaranth.lib.wiring import In, Out
+
+from qsim.config import AcceleratorConfig
+from rtl.checks import require_config
+from qsim.program import CommandLayout
+from rtl.array import SystolicArray
+from rtl.controller import COUNTER_BITS, Controller, pipeline_meta_layout
+from rtl.delay import DelayLines
+from rtl.writeback import WriteBack
+
+__all__ = ["Accelerator", "COUNTERS", "MEMORY_NAMES"]
+
+#: Performance counters, each ``COUNTER_BITS`` wide, cleared by ``start`` and counting while
+#: ``busy``: cycles, activation-memory reads, weight-memory reads, accumulator reads and
+#: writes, MATMUL commands executed. :mod:`qsim.timing` predicts every one of them.
+COUNTERS = ("cycles", "act_reads", "weight_reads", "acc_reads", "acc_writes", "matmuls")
+
+#: Instance names of the memories inside the top module; in exported Verilog each is a
+#: ``qsim_sram`` macro whose storage array (:data:`rtl.sram.SRAM_ARRAY`) testbenches load.
+MEMORY_NAMES = {"act": "act_mem", "weight": "weight_mem", "acc": "acc_mem", "cmd": "cmd_mem"}
+
+
+class Accelerator(wiring.Component):
+    """Weight-stationary INT8 systolic accelerator for one :class:`AcceleratorConfig`.
+
+    The host fills the four memories, pulses ``start`` and waits for ``done``. The pipeline
+    from an activation-memory read issued at cycle ``s`` to its accumulator write is::
+
+        s            act read issued (controller)
+        s+1          act word out of memory -> input skew (row r delayed r cycles)
+        s+1+r+c      activation at PE (r, c)
+        s+1+R+c      column c sum leaves the array -> deskew (C-1-c cycles)
+        s+R+C-1      accumulator read (if accumulating)
+        s+R+C        accumulator write
+
+    Ports
+    -----
+    start : In(1)
+    busy, done, error : Out(1)
+        See :class:`rtl.controller.Controller`.
+    <counter> : Out(COUNTER_BITS) for each name in :data:`COUNTERS`
+    """
+
+    def __init__(self, config: AcceleratorConfig) -> None:
+        self.config = require_config(self, config)
+        self.layout = CommandLayout(config)
+        members = {"start": In(1), "busy": Out(1), "done": Out(1), "error": Out(1)}
+        members.update({name: Out(COUNTER_BITS) for name in COUNTERS})
+        super().__init__(members)
+        rows, cols = config.rows, config.cols
+        #: Contents of each memory, keyed like :data:`MEMORY_NAMES`; simulators load them here.
+        self.memories = {
+            "act": MemoryData(shape=data.ArrayLayout(signed(config.input_format.bits), rows),
+                              depth=config.act_mem_words, init=[]),
+            "weight": MemoryData(shape=data.ArrayLayout(signed(config.weight_format.bits), cols),
+                                 depth=config.weight_mem_words, init=[]),
+            "acc": MemoryData(shape=data.ArrayLayout(signed(config.acc_bits), cols),
+                              depth=config.acc_mem_words, init=[]),
+            "cmd": MemoryData(shape=unsigned(self.layout.width), depth=config.cmd_mem_words, init=[]),
+        }
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.config
+        rows, cols = cfg.rows, cfg.cols
+        mems = {key: memory.Memory(self.memories[key]) for key in MEMORY_NAMES}
+        for key, mem in mems.items():
+            m.submodules[MEMORY_NAMES[key]] = mem
+        act_mem, weight_mem, acc_mem, cmd_mem = (mems[k] for k in ("act", "weight", "acc", "cmd"))
+        act_rd = act_mem.read_port()
+        weight_rd = weight_mem.read_port()
+        cmd_rd = cmd_mem.read_port()
+        acc_wr = acc_mem.write_port()
+        acc_rd = acc_mem.read_port(transparent_for=(acc_wr,))
+
+        m.submodules.controller = ctrl = Controller(cfg)
+        m.submodules.act_skew = act_skew = DelayLines(signed(cfg.input_format.bits), range(rows))
+        m.submodules.sel_skew = sel_skew = DelayLines(1, range(rows))
+        m.submodules.array = array = SystolicArray(cfg)
+        m.submodules.deskew = deskew = DelayLines(signed(cfg.acc_bits), reversed(range(cols)))
+        m.submodules.meta_delay = meta_delay = DelayLines(pipeline_meta_layout(cfg), [rows + cols - 1])
+        m.submodules.writeback = wb = WriteBack(cfg)
+
+        m.d.comb += [
+            ctrl.start.eq(self.start),
+            self.busy.eq(ctrl.busy),
+            self.done.eq(ctrl.done),
+            self.error.eq(ctrl.error),
+            cmd_rd.addr.eq(ctrl.cmd_addr),
+            cmd_rd.en.eq(ctrl.cmd_en),
+            ctrl.cmd_data.eq(cmd_rd.data),
+            act_rd.addr.eq(ctrl.act_addr),
+            act_rd.en.eq(ctrl.act_en),
+            weight_rd.addr.eq(ctrl.weight_addr),
+            weight_rd.en.eq(ctrl.weight_en),
+        ]
+
+        # Activations: one cycle of memory latency, then the triangular skew.
+        issue_valid = Signal()
+        issue_buf = Signal()
+        m.d.sync += [issue_valid.eq(ctrl.act_en), issue_buf.eq(ctrl.issue_buf)]
+        for r in range(rows):
+            m.d.comb += [
+                act_skew.i[r].eq(Mux(issue_valid, act_rd.data[r], 0)),
+                sel_skew.i[r].eq(issue_buf),
+            ]
+        m.d.comb += [array.a_in.eq(act_skew.o), array.sel_in.eq(sel_skew.o)]
+
+        # Weights: the row read at cycle u is written into its buffer during cycle u + 1.
+        load_valid = Signal()
+        load_row = Signal(range(rows))
+        load_buf = Signal()
+        m.d.sync += [load_valid.eq(ctrl.weight_en), load_row.eq(ctrl.load_row),
+                     load_buf.eq(ctrl.load_buf)]
+        m.d.comb += array.w_data.eq(weight_rd.data)
+        for r in range(rows):
+            hit = load_valid & (load_row == r)
+            m.d.comb += array.w_we[r].eq(Cat(hit & ~load_buf, hit & load_buf))
+
+        # Column sums: deskew, then read-modify-write of the accumulator memory.
+        m.d.comb += [
+            deskew.i.eq(array.psum_out),
+            meta_delay.i[0].eq(ctrl.issue),
+            wb.meta.eq(meta_delay.o[0]),
+            wb.psum.eq(deskew.o),
+            acc_rd.addr.eq(wb.rd_addr),
+            acc_rd.en.eq(wb.rd_en),
+            wb.rd_data.eq(acc_rd.data),
+            acc_wr.addr.eq(wb.wr_addr),
+            acc_wr.en.eq(wb.wr_en),
+            acc_wr.data.eq(wb.wr_data),
+            ctrl.write_valid.eq(wb.write_valid),
+        ]
+
+        events = {
+            "cycles": ctrl.busy,
+            "act_reads": ctrl.act_en,
+            "weight_reads": ctrl.weight_en,
+            "acc_reads": wb.read_valid,
+            "acc_writes": wb.write_valid,
+            "matmuls": ctrl.matmul_taken,
+        }
+        for name, event in events.items():
+            counter = getattr(self, name)
+            with m.If(ctrl.launch):
+                m.d.sync += counter.eq(0)
+            with m.Elif(ctrl.busy & event):
+                m.d.sync += counter.eq(counter + 1)
+        return m
