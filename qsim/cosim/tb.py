@@ -1,0 +1,63 @@
+"""cocotb testbench: run a batch of jobs on the accelerator inside one simulator process.
+
+The runner (:mod:`qsim.cosim.runner`) pickles the jobs to the file named by
+``QSIM_COSIM_JOBS``; this test loads each job's memory images and command words straight
+into the RTL memories (zero simulated time), pulses ``start``, waits for ``done`` with a
+cycle timeout, reads the counters and the accumulator words, and pickles the results to
+``QSIM_COSIM_RESULTS``. Python is idle while the accelerator runs: the clock is generated in
+the Verilog harness and the only wake-up is the rising edge of ``done``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+
+import cocotb
+from cocotb.triggers import FallingEdge, First, RisingEdge, Timer
+
+
+@cocotb.test()
+async def run_jobs(dut) -> None:
+    with open(os.environ["QSIM_COSIM_JOBS"], "rb") as f:
+        spec = pickle.load(f)
+    period = spec["clock_period_ns"]
+    top = dut.dut
+    array = spec["sram_array"]
+    memories = {key: getattr(getattr(top, name), array) for key, name in spec["memory_names"].items()}
+    results = []
+
+    dut.rst.value = 1
+    dut.start.value = 0
+    for _ in range(2):
+        await FallingEdge(dut.clk)
+    dut.rst.value = 0
+
+    for job in spec["jobs"]:
+        t0 = time.perf_counter()
+        for key, words in job["images"].items():
+            mem = memories[key]
+            for address, word in enumerate(words):
+                mem[address].value = word
+        await FallingEdge(dut.clk)
+        dut.start.value = 1
+        await FallingEdge(dut.clk)
+        dut.start.value = 0
+        t1 = time.perf_counter()
+        timeout = Timer(job["timeout_cycles"] * period, "ns")
+        fired = await First(RisingEdge(dut.done), timeout)
+        t2 = time.perf_counter()
+        if fired is timeout:
+            results.append({"status": "timeout", "load_s": t1 - t0, "sim_s": t2 - t1,
+                            "busy": int(dut.busy.value)})
+            break
+        counters = {name: int(getattr(dut, name).value) for name in spec["counters"]}
+        acc = memories["acc"]
+        words = [int(acc[address].value) for address in range(job["acc_words"])]
+        t3 = time.perf_counter()
+        results.append({"status": "ok", "counters": counters, "error": int(dut.error.value),
+                        "acc": words, "load_s": t1 - t0, "sim_s": t2 - t1, "read_s": t3 - t2})
+
+    with open(os.environ["QSIM_COSIM_RESULTS"], "wb") as f:
+        pickle.dump(results, f)
