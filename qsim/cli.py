@@ -1,0 +1,333 @@
+"""Command-line interface: argument parsing over the qsim API, nothing more.
+
+Every error a user can cause (bad sizes, shapes that do not fit, a missing tool, an
+unreadable file) is printed as one ``qsim: error:`` line with exit status 2; a
+disagreement between the RTL and the models exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from qsim.config import PRESETS, AcceleratorConfig, preset
+from qsim.errors import ConfigError, QsimError
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK, EXIT_DISAGREE, EXIT_ERROR = 0, 1, 2
+
+_CONFIG_FLAGS = {
+    "rows": ("--rows", int, "PE rows (2..64)"),
+    "cols": ("--cols", int, "PE columns (2..64)"),
+    "acc_bits": ("--acc-bits", int, "accumulator width in bits"),
+    "clock_mhz": ("--clock-mhz", float, "clock frequency in MHz"),
+    "act_mem_words": ("--act-words", int, "activation memory depth in words"),
+    "weight_mem_words": ("--weight-words", int, "weight memory depth in words"),
+    "acc_mem_words": ("--acc-words", int, "accumulator memory depth in words"),
+    "cmd_mem_words": ("--cmd-words", int, "command memory depth in words"),
+}
+
+
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("accelerator")
+    g.add_argument("--preset", default="default-8x8",
+                   help=f"starting configuration ({', '.join(PRESETS)}; default: default-8x8)")
+    g.add_argument("--config", type=Path, metavar="FILE.json",
+                   help="configuration as JSON (AcceleratorConfig.to_json); flags override it")
+    for field, (flag, kind, text) in _CONFIG_FLAGS.items():
+        g.add_argument(flag, dest=field, type=kind, metavar="N", help=text)
+
+
+def _add_gemm_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("GEMM C[M,N] = A[M,K] @ B[K,N]")
+    for name in ("m", "k", "n"):
+        g.add_argument(f"--{name}", type=int, required=True, metavar=name.upper())
+    g.add_argument("--seed", type=int, default=0, help="seed of the random int8 operands")
+    g.add_argument("--fit", action="store_true",
+                   help="size the memories to the GEMM instead of failing when it does not fit")
+
+
+def _config_from(args: argparse.Namespace) -> AcceleratorConfig:
+    if args.config is not None:
+        try:
+            cfg = AcceleratorConfig.from_json(args.config.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read {args.config}: {exc.strerror}") from None
+    else:
+        cfg = preset(args.preset)
+    changes = {f: getattr(args, f) for f in _CONFIG_FLAGS if getattr(args, f, None) is not None}
+    return cfg.replace(**changes) if changes else cfg
+
+
+def _gemm_config(args: argparse.Namespace) -> AcceleratorConfig:
+    from qsim.bench import gemm_config
+
+    cfg = _config_from(args)
+    if args.fit:
+        fitted = gemm_config(cfg.rows, cfg.cols, args.m, args.k, args.n)
+        cfg = cfg.replace(**{f: max(getattr(cfg, f), getattr(fitted, f)) for f in
+                             ("act_mem_words", "weight_mem_words", "acc_mem_words", "cmd_mem_words")})
+    return cfg
+
+
+def _print_table(rows: Sequence[tuple[str, Any]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+
+
+def _cmd_cosim(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from qsim.compile import compile_gemm
+    from qsim.cosim.runner import compare, run_programs
+
+    cfg = _gemm_config(args)
+    rng = np.random.default_rng(args.seed)
+    a = rng.integers(cfg.input_format.min, cfg.input_format.max + 1, (args.m, args.k))
+    b = rng.integers(cfg.weight_format.min, cfg.weight_format.max + 1, (args.k, args.n))
+    program = compile_gemm(cfg, a, b, name=f"gemm{args.m}x{args.k}x{args.n}")
+    if args.native:
+        from qsim.cosim.native import run_native
+
+        rtl = run_native(program, timeout_cycles=args.timeout_cycles)
+    else:
+        rtl = run_programs([program], timeout_cycles=args.timeout_cycles,
+                           waves=args.waves is not None, keep_dir=args.waves)[0]
+    report = compare(program, rtl)
+    data = report.to_dict()
+    data.update({"config": cfg.to_dict(), "seed": args.seed, "wall_s": round(rtl.wall_s, 4),
+                 "simulator": "verilator-native" if args.native else "cocotb-verilator"})
+    if "waves" in rtl.extra:
+        data["waves"] = rtl.extra["waves"]
+    if args.json:
+        print(json.dumps(data, indent=1))
+    else:
+        _print_table([
+            ("config", cfg.describe()),
+            ("gemm", f"{args.m}x{args.k}x{args.n} (seed {args.seed})"),
+            ("elements compared", report.elements),
+            ("mismatches", report.mismatches + report.acc_mismatches),
+            ("model cycles", report.model_cycles),
+            ("RTL cycles", report.rtl_cycles),
+            ("utilization", f"{report.utilization:.2%}"),
+            ("wall time", f"{rtl.wall_s:.2f} s"),
+            ("simulated cycles/s", f"{report.sim_cycles_per_s:,.0f}"),
+            *([("waveform", rtl.extra["waves"])] if "waves" in rtl.extra else []),
+            ("result", "AGREE: bit-exact and cycle-exact" if report.agrees else "DISAGREE"),
+        ])
+        for line in report.first_mismatches:
+            print(f"  {line}")
+        for name, (model, rtl_value) in report.counter_diffs.items():
+            print(f"  counter {name}: model {model}, rtl {rtl_value}")
+    return EXIT_OK if report.agrees else EXIT_DISAGREE
+
+
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    from qsim.compile import check_gemm_fits
+    from qsim.timing import estimate_gemm
+
+    cfg = _gemm_config(args)
+    check_gemm_fits(cfg, args.m, args.k, args.n)
+    t = estimate_gemm(cfg, args.m, args.k, args.n)
+    data = {"config": cfg.to_dict(), "m": args.m, "k": args.k, "n": args.n, **t.counters(),
+            "useful_macs": t.useful_macs, "utilization": t.utilization, "seconds": t.seconds}
+    if args.json:
+        print(json.dumps(data, indent=1))
+    else:
+        _print_table([("config", cfg.describe()), ("gemm", f"{args.m}x{args.k}x{args.n}"),
+                      *((k, v) for k, v in t.counters().items()),
+                      ("utilization", f"{t.utilization:.2%}"),
+                      ("time", f"{t.seconds * 1e6:.2f} us at {cfg.clock_mhz:g} MHz")])
+    return EXIT_OK
+
+
+def _cmd_rtl(args: argparse.Namespace) -> int:
+    from rtl.export import generate_verilog
+
+    cfg = _config_from(args)
+    text = generate_verilog(cfg)
+    if args.lint:
+        _lint(text)
+    try:
+        if str(args.output) == "-":
+            sys.stdout.write(text)
+        else:
+            args.output.write_text(text)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {args.output}: {exc.strerror}") from None
+    if str(args.output) != "-":
+        print(f"wrote {args.output} ({len(text.splitlines())} lines) for {cfg.describe()}",
+              file=sys.stderr)
+    return EXIT_OK
+
+
+def _lint(text: str) -> None:
+    import subprocess
+    import tempfile
+
+    from qsim.cosim.toolchain import activate
+    from qsim.errors import ToolchainError
+
+    chain = activate()
+    waivers = Path(__file__).resolve().parent.parent / "rtl" / "verilator.vlt"
+    with tempfile.TemporaryDirectory() as tmp:
+        top = Path(tmp) / "qsim_top.v"
+        top.write_text(text)
+        done = subprocess.run([str(chain.binary), "--lint-only", "-Wall", str(waivers), str(top)],
+                              capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ToolchainError(f"verilator --lint-only -Wall found problems:\n{done.stderr[-4000:]}")
+    print("verilator --lint-only -Wall: clean (waivers: rtl/verilator.vlt)", file=sys.stderr)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from qsim.scenario import load_scenario, run_scenario
+
+    scenario = load_scenario(args.scenario)
+    if args.no_rtl:
+        from dataclasses import replace
+
+        scenario = replace(scenario, rtl=False)
+    report = run_scenario(scenario)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1))
+        return EXIT_OK if report.agrees else EXIT_DISAGREE
+    print(f"scenario {scenario.name}: {scenario.config.describe()}")
+    if scenario.description:
+        print(f"  {scenario.description}")
+    header = ("workload", "M x K x N", "elements", "mismatches", "model cycles", "RTL cycles",
+              "util", "sim cycles/s")
+    rows = []
+    for w in report.workloads:
+        rows.append((w.name, "x".join(map(str, w.shape)), str(w.elements),
+                     "-" if w.mismatches is None else str(w.mismatches), str(w.model_cycles),
+                     "-" if w.rtl_cycles is None else str(w.rtl_cycles), f"{w.utilization:.1%}",
+                     "-" if w.sim_cycles_per_s is None else f"{w.sim_cycles_per_s:,.0f}"))
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    print("  ".join(h.ljust(wd) for h, wd in zip(header, widths)))
+    for r in rows:
+        print("  ".join(c.ljust(wd) for c, wd in zip(r, widths)))
+    if scenario.rtl:
+        verdict = ("AGREE: every output bit-exact and every cycle count and counter exact"
+                   if report.agrees else "DISAGREE")
+    else:
+        verdict = "model and timing only (RTL not run)"
+    print(f"{verdict} ({report.wall_s:.1f} s)")
+    return EXIT_OK if report.agrees else EXIT_DISAGREE
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    if args.json:
+        print(json.dumps({name: cfg.to_dict() for name, cfg in PRESETS.items()}, indent=1))
+    else:
+        for name, cfg in PRESETS.items():
+            print(f"{name:<14} {cfg.describe()}")
+    return EXIT_OK
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from qsim.bench import bench_cosim, bench_utilization
+
+    results = []
+    if args.which in ("cosim", "all"):
+        results.append(bench_cosim())
+    if args.which in ("utilization", "all"):
+        results.append(bench_utilization())
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        for r in results:
+            print(f"== {r['benchmark']} ==")
+            if r["benchmark"] == "cosim":
+                _print_table([
+                    ("array, GEMM", f"{r['array']}, {'x'.join(map(str, r['gemm']))}"),
+                    ("cycles (RTL = model)", f"{r['cycles']:,} = {r['model_cycles']:,}"),
+                    ("elements, mismatches", f"{r['elements']:,}, {r['mismatches']}"),
+                    ("cocotb + Verilator", f"{r['cocotb_sim_cycles_per_s']:,} cycles/s"),
+                    ("plain Verilator C++ loop", f"{r['native_sim_cycles_per_s']:,} cycles/s"),
+                    ("ratio cocotb / native", r["ratio_cocotb_to_native"]),
+                    ("target", f">= {r['target_cycles_per_s']:,} cycles/s over >= 1M cycles: "
+                               f"{'met' if r['meets_target'] else 'NOT met'}"),
+                ])
+            else:
+                for row in r["results"]:
+                    _print_table([(f"{row['array']} {'x'.join(map(str, r['gemm']))}",
+                                   f"{row['rtl_cycles']:,} RTL cycles (model {row['model_cycles']:,}), "
+                                   f"utilization {row['utilization']:.2%}")])
+                print(f"target >= 90% on 8x8: {'met' if r['meets_target'] else 'NOT met'} "
+                      f"({r['reference']})")
+    return EXIT_OK if all(r["meets_target"] for r in results) else EXIT_DISAGREE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qsim", description="Bit-exact and cycle-exact models of quantized-NN systolic "
+                                 "accelerators, checked against their RTL.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a scenario file end to end (model, timing, RTL)")
+    p.add_argument("scenario", type=Path)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--no-rtl", action="store_true", help="skip the RTL co-simulation")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("cosim", help="run one random GEMM on the model and the RTL and compare")
+    _add_config_options(p)
+    _add_gemm_options(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--timeout-cycles", type=int, metavar="N",
+                   help="give up after N cycles (default: twice the predicted count + 1000)")
+    p.add_argument("--waves", type=Path, metavar="DIR", help="write a VCD waveform into DIR")
+    p.add_argument("--native", action="store_true",
+                   help="use the plain Verilator C++ loop instead of cocotb")
+    p.set_defaults(func=_cmd_cosim)
+
+    p = sub.add_parser("estimate", help="cycles and action counts of a GEMM from the timing model")
+    _add_config_options(p)
+    _add_gemm_options(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_estimate)
+
+    p = sub.add_parser("rtl", help="write the accelerator's Verilog")
+    _add_config_options(p)
+    p.add_argument("-o", "--output", type=Path, required=True, help="output file ('-' for stdout)")
+    p.add_argument("--lint", action="store_true", help="also run verilator --lint-only -Wall")
+    p.set_defaults(func=_cmd_rtl)
+
+    p = sub.add_parser("presets", help="list the named accelerator configurations")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_presets)
+
+    p = sub.add_parser("bench", help="speed and utilization benchmarks (prints figures and ratios)")
+    p.add_argument("which", choices=("cosim", "utilization", "all"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except QsimError as exc:
+        print(f"qsim: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("qsim: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # the reader of our output went away (`qsim ... | head`): not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
