@@ -55,6 +55,9 @@ class Accelerator(wiring.Component):
         members.update({name: Out(COUNTER_BITS) for name in COUNTERS})
         super().__init__(members)
         rows, cols = config.rows, config.cols
+        #: Internal signals worth watching in a simulation trace, by name; filled in when the
+        #: design is elaborated (see :mod:`qsim.cosim.trace`).
+        self.probes: dict[str, object] = {}
         #: Contents of each memory, keyed like :data:`MEMORY_NAMES`; simulators load them here.
         self.memories = {
             "act": MemoryData(shape=data.ArrayLayout(signed(config.input_format.bits), rows),
@@ -138,6 +141,26 @@ class Accelerator(wiring.Component):
             acc_wr.data.eq(wb.wr_data),
             ctrl.write_valid.eq(wb.write_valid),
         ]
+
+        self.probes.update({
+            "busy": ctrl.busy,
+            "cmd_read": ctrl.cmd_en,
+            "take": ctrl.matmul_taken,
+            "w_read": ctrl.weight_en,
+            "w_row": ctrl.load_row,
+            "w_buf": ctrl.load_buf,
+            "act_read": ctrl.act_en,
+            "act_addr": ctrl.act_addr,
+            "buf": ctrl.issue_buf,
+            **{f"a_in[{r}]": array.a_in[r] for r in range(rows)},
+            **{f"sel_in[{r}]": array.sel_in[r] for r in range(rows)},
+            **{f"psum_out[{c}]": array.psum_out[c] for c in range(cols)},
+            **{f"deskew[{c}]": deskew.o[c] for c in range(cols)},
+            "acc_read": wb.rd_en,
+            "acc_write": wb.wr_en,
+            "acc_addr": wb.wr_addr,
+            "done": ctrl.done,
+        })
 
         events = {
             "cycles": ctrl.busy,
