@@ -1,0 +1,104 @@
+"""Every example in README.md and docs/ is executed, so the documentation stays true.
+
+* ```python blocks run in order, one namespace per file. A block right after the line
+  ``<!-- test: verilator -->`` builds or runs the RTL and runs in the slow tier.
+* ```toml blocks are valid scenario files.
+* ```console blocks: each ``$ qsim ...`` line is run through :func:`qsim.cli.main`; its
+  exit status must be 0 (or the ``# exit N`` the line ends with). If the block follows
+  ``<!-- test: exact -->`` the printed lines must equal the block's lines after it.
+* The text diagram under ``<!-- diagram: NAME -->`` must equal what the RTL trace gives.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shlex
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
+FENCE = re.compile(r"(?:<!-- (?P<mark>[^>]*) -->\n)?```(?P<lang>\w*)\n(?P<body>.*?)```", re.DOTALL)
+
+
+def blocks(path: Path):
+    for match in FENCE.finditer(path.read_text()):
+        yield match.group("lang"), (match.group("mark") or "").strip(), match.group("body")
+
+
+def _cases(lang: str):
+    for path in DOCS:
+        for i, (kind, mark, _) in enumerate(blocks(path)):
+            if kind == lang:
+                marks = [pytest.mark.verilator] if "verilator" in mark else []
+                yield pytest.param(path, i, marks=marks, id=f"{path.name}-{i}")
+
+
+def _python_files():
+    for path in DOCS:
+        kinds = [(k, m) for k, m, _ in blocks(path) if k == "python"]
+        if kinds:
+            slow = any("verilator" in m for _, m in kinds)
+            yield pytest.param(path, marks=[pytest.mark.verilator] if slow else [], id=path.name)
+
+
+@pytest.mark.parametrize("path", list(_python_files()))
+def test_python_examples(path, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": f"docs_{path.stem}"}
+    for kind, _, body in blocks(path):
+        if kind == "python":
+            exec(compile(body, f"{path.name}", "exec"), namespace)
+
+
+@pytest.mark.parametrize("path, index", list(_cases("console")))
+def test_console_examples(path, index, monkeypatch):
+    from qsim.cli import main
+
+    monkeypatch.chdir(ROOT)
+    kind, mark, body = list(blocks(path))[index]
+    lines = body.splitlines()
+    commands = [i for i, line in enumerate(lines) if line.startswith("$ ")]
+    assert commands, f"{path.name} block {index} has no $ command"
+    for n, start in enumerate(commands):
+        line = lines[start][2:]
+        expected_code = 0
+        if "# exit " in line:
+            line, code = line.split("# exit ")
+            expected_code = int(code)
+        argv = shlex.split(line)
+        if argv[0] != "qsim":
+            continue  # shell commands (make, pip) are described, not run here
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            code = main(argv[1:])
+        assert code == expected_code, (line, out.getvalue(), err.getvalue())
+        if "exact" in mark:
+            end = commands[n + 1] if n + 1 < len(commands) else len(lines)
+            printed = (out.getvalue() + err.getvalue()).rstrip("\n").splitlines()
+            assert printed == lines[start + 1:end], line
+
+
+@pytest.mark.amaranth
+def test_timing_diagrams_match_the_rtl():
+    from tests.docs_support import DIAGRAMS
+
+    text = (ROOT / "docs" / "microarchitecture.md").read_text()
+    for name, make in DIAGRAMS.items():
+        match = re.search(rf"<!-- diagram: {name} -->\n```text\n(.*?)```", text, re.DOTALL)
+        assert match, f"diagram {name} missing from docs/microarchitecture.md"
+        assert match.group(1).rstrip("\n") == make(), f"diagram {name} differs from the RTL trace"
+
+
+@pytest.mark.parametrize("path, index", list(_cases("toml")))
+def test_toml_examples_are_valid_scenarios(path, index):
+    import tomllib
+
+    from qsim.scenario import parse_scenario
+
+    _, _, body = list(blocks(path))[index]
+    scenario = parse_scenario(tomllib.loads(body), f"{path.name} block {index}")
+    assert scenario.workloads
