@@ -31,7 +31,8 @@ from qsim.config import AcceleratorConfig
 from rtl.checks import require_config
 from qsim.program import CommandLayout, Opcode
 
-__all__ = ["Controller", "pipeline_meta_layout", "buffer_release_delay", "COUNTER_BITS"]
+__all__ = ["Controller", "pipeline_meta_layout", "tile_layout", "buffer_release_delay",
+           "COUNTER_BITS"]
 
 COUNTER_BITS = 48
 
@@ -42,6 +43,20 @@ def pipeline_meta_layout(config: AcceleratorConfig) -> data.StructLayout:
         "valid": 1,
         "accumulate": 1,
         "addr": config.acc_addr_bits,
+    })
+
+
+def tile_layout(config: AcceleratorConfig) -> data.StructLayout:
+    """A tile's streaming parameters: what the loader hands the streamer through the slot.
+
+    While streaming, ``act`` and ``acc`` advance and ``rows`` counts the rows left.
+    """
+    return data.StructLayout({
+        "act": config.act_addr_bits,
+        "acc": config.acc_addr_bits,
+        "rows": CommandLayout(config)["rows"].width,
+        "accumulate": 1,
+        "buf": 1,
     })
 
 
@@ -115,7 +130,6 @@ class Controller(wiring.Component):
         m = Module()
         cfg = self.config
         lay = self.layout
-        rows_width = lay["rows"].width
 
         def field(name):
             f = lay[name]
@@ -132,20 +146,11 @@ class Controller(wiring.Component):
         load_base = Signal(cfg.weight_addr_bits)
         load_buf = Signal()
         next_buf = Signal()
-        # stream slot (loader -> streamer)
+        # stream slot (loader -> streamer) and the streamer's current tile
         slot_valid = Signal()
-        slot_act = Signal(cfg.act_addr_bits)
-        slot_acc = Signal(cfg.acc_addr_bits)
-        slot_rows = Signal(rows_width)
-        slot_accumulate = Signal()
-        slot_buf = Signal()
-        # streamer
+        slot = Signal(tile_layout(cfg))
         active = Signal()
-        s_act = Signal(cfg.act_addr_bits)
-        s_acc = Signal(cfg.acc_addr_bits)
-        s_remaining = Signal(rows_width)
-        s_accumulate = Signal()
-        s_buf = Signal()
+        cur = Signal(tile_layout(cfg))
         # weight buffers in use, and their release countdowns
         buf_busy = Signal(2)
         release = buffer_release_delay(cfg)
@@ -158,7 +163,7 @@ class Controller(wiring.Component):
         is_matmul = opcode == int(Opcode.MATMUL)
         is_halt = opcode == int(Opcode.HALT)
 
-        last_row = active & (s_remaining == 1)
+        last_row = active & (cur.rows == 1)
         consume = slot_valid & (~active | last_row)
         loader_free = ~loading | (load_row == cfg.rows - 1)
         slot_free = ~slot_valid | consume
@@ -172,12 +177,12 @@ class Controller(wiring.Component):
             self.launch.eq(~busy & self.start),
             self.cmd_addr.eq(pc),
             self.cmd_en.eq(busy & ~halted & ~take_stop & (~fq_valid | take)),
-            self.act_addr.eq(s_act),
+            self.act_addr.eq(cur.act),
             self.act_en.eq(active),
             self.issue.valid.eq(active),
-            self.issue.accumulate.eq(s_accumulate),
-            self.issue.addr.eq(s_acc),
-            self.issue_buf.eq(s_buf),
+            self.issue.accumulate.eq(cur.accumulate),
+            self.issue.addr.eq(cur.acc),
+            self.issue_buf.eq(cur.buf),
             self.weight_addr.eq(load_base + load_row),
             self.weight_en.eq(loading),
             self.load_row.eq(load_row),
@@ -219,27 +224,24 @@ class Controller(wiring.Component):
             # slot
             with m.If(take_matmul):
                 m.d.sync += [
-                    slot_valid.eq(1), slot_act.eq(field("act_addr")), slot_acc.eq(field("acc_addr")),
-                    slot_rows.eq(field("rows")), slot_accumulate.eq(field("accumulate")),
-                    slot_buf.eq(next_buf),
+                    slot_valid.eq(1), slot.act.eq(field("act_addr")), slot.acc.eq(field("acc_addr")),
+                    slot.rows.eq(field("rows")), slot.accumulate.eq(field("accumulate")),
+                    slot.buf.eq(next_buf),
                 ]
             with m.Elif(consume):
                 m.d.sync += slot_valid.eq(0)
 
             # streamer
             with m.If(consume):
-                m.d.sync += [
-                    active.eq(1), s_act.eq(slot_act), s_acc.eq(slot_acc),
-                    s_remaining.eq(slot_rows), s_accumulate.eq(slot_accumulate), s_buf.eq(slot_buf),
-                ]
+                m.d.sync += [active.eq(1), cur.eq(slot)]
             with m.Elif(last_row):
                 m.d.sync += active.eq(0)
             with m.Elif(active):
-                m.d.sync += [s_act.eq(s_act + 1), s_acc.eq(s_acc + 1), s_remaining.eq(s_remaining - 1)]
+                m.d.sync += [cur.act.eq(cur.act + 1), cur.acc.eq(cur.acc + 1), cur.rows.eq(cur.rows - 1)]
 
             # weight buffers: busy from the take until `release` cycles after the last issue
             for b in range(2):
-                released = last_row & (s_buf == b)
+                released = last_row & (cur.buf == b)
                 with m.If(take_matmul & (next_buf == b)):
                     m.d.sync += buf_busy[b].eq(1)
                 with m.Elif(released):
