@@ -71,3 +71,24 @@ def test_counts_for_hand_written_program():
                             "acc_writes": 8, "matmuls": 3}
     assert t.utilization is None
     assert t.array_macs == 8 * 6
+
+
+def test_uniform_extrapolation_equals_the_full_recurrence():
+    from qsim.timing import _schedule, _uniform_cycles
+
+    for rows, cols in ((2, 2), (2, 9), (4, 4), (8, 8), (3, 16), (16, 5), (64, 64)):
+        cfg = AcceleratorConfig(rows=rows, cols=cols)
+        for m in (1, 2, 3, 5, rows - 1, rows, rows + 1, cols - 2, cols, 100):
+            if m < 1:
+                continue
+            for tiles in (49, 50, 77, 200):
+                full = _schedule(cfg, np.full(tiles, m, dtype=np.int64))[1]
+                assert _uniform_cycles(cfg, m, tiles) == full, (rows, cols, m, tiles)
+
+
+def test_large_estimate_counters_match_compiled_program():
+    cfg = AcceleratorConfig(rows=4, cols=4, act_mem_words=1 << 14, weight_mem_words=1 << 14,
+                            acc_mem_words=1 << 14)
+    program = compile_gemm(cfg, np.zeros((30, 70), dtype=np.int8), np.zeros((70, 50), dtype=np.int8))
+    assert len(program.commands) - 1 == 18 * 13 > 48
+    assert simulate_timing(program).counters() == estimate_gemm(cfg, 30, 70, 50).counters()
