@@ -42,10 +42,10 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
         g.add_argument(flag, dest=field, type=kind, metavar="N", help=text)
 
 
-def _add_gemm_options(p: argparse.ArgumentParser) -> None:
+def _add_gemm_options(p: argparse.ArgumentParser, required: bool = True) -> None:
     g = p.add_argument_group("GEMM C[M,N] = A[M,K] @ B[K,N]")
     for name in ("m", "k", "n"):
-        g.add_argument(f"--{name}", type=int, required=True, metavar=name.upper())
+        g.add_argument(f"--{name}", type=int, required=required, metavar=name.upper())
     g.add_argument("--seed", type=int, default=0, help="seed of the random int8 operands")
     g.add_argument("--fit", action="store_true",
                    help="size the memories to the GEMM instead of failing when it does not fit")
@@ -131,6 +131,12 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     from qsim.compile import check_gemm_fits
     from qsim.timing import estimate_gemm
 
+    if args.network is not None:
+        return _estimate_network(args)
+    missing = [f"--{d}" for d in ("m", "k", "n") if getattr(args, d) is None]
+    if missing:
+        raise ConfigError(f"estimate needs --network NAME or all of --m --k --n "
+                          f"(missing {' '.join(missing)})")
     cfg = _gemm_config(args)
     check_gemm_fits(cfg, args.m, args.k, args.n)
     t = estimate_gemm(cfg, args.m, args.k, args.n)
@@ -143,6 +149,37 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
                       *((k, v) for k, v in t.counters().items()),
                       ("utilization", f"{t.utilization:.2%}"),
                       ("time", f"{t.seconds * 1e6:.2f} us at {cfg.clock_mhz:g} MHz")])
+    return EXIT_OK
+
+
+def _estimate_network(args: argparse.Namespace) -> int:
+    from qsim.nn.estimate import estimate_network
+    from qsim.nn.zoo import NETWORKS
+
+    if args.network not in NETWORKS:
+        raise ConfigError(f"unknown network {args.network!r} (available: {', '.join(NETWORKS)})")
+    if args.batch < 1:
+        raise ConfigError(f"batch must be at least 1, not {args.batch}")
+    cfg = _config_from(args)
+    est = estimate_network(NETWORKS[args.network](), cfg, args.batch)
+    if args.json:
+        print(json.dumps(est.to_dict(), indent=1))
+        return EXIT_OK
+    _print_table([
+        ("config", cfg.describe()),
+        ("network", f"{est.network}, batch {est.batch}, {len(est.layers)} GEMM layers"),
+        ("MACs", f"{est.macs:,}"),
+        ("cycles", f"{est.cycles:,}"),
+        ("utilization", f"{est.utilization:.2%}"),
+        ("latency", f"{est.seconds * 1e3:.3f} ms at {cfg.clock_mhz:g} MHz"),
+        ("throughput", f"{est.inferences_per_s:,.1f} inferences/s"),
+    ])
+    if args.layers:
+        print()
+        width = max(len(l.name) for l in est.layers)
+        for l in est.layers:
+            print(f"{l.name:<{width}}  {l.kind:<8} m={l.gemm.m:<6} k={l.gemm.k:<5} n={l.gemm.n:<5} "
+                  f"x{l.gemm.count:<4} {l.cycles:>11,} cycles  {l.utilization:7.2%}")
     return EXIT_OK
 
 
@@ -287,9 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use the plain Verilator C++ loop instead of cocotb")
     p.set_defaults(func=_cmd_cosim)
 
-    p = sub.add_parser("estimate", help="cycles and action counts of a GEMM from the timing model")
+    p = sub.add_parser("estimate", help="cycles of a GEMM or a whole network from the timing model")
     _add_config_options(p)
-    _add_gemm_options(p)
+    _add_gemm_options(p, required=False)
+    p.add_argument("--network", metavar="NAME",
+                   help="estimate a whole network instead (resnet18, resnet50, mobilenet_v2, "
+                        "bert_base_block)")
+    p.add_argument("--batch", type=int, default=1, help="batch size of --network (default 1)")
+    p.add_argument("--layers", action="store_true", help="with --network: one line per layer")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_estimate)
 
