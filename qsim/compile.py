@@ -1,5 +1,10 @@
 """Lowering of matrix products into Programs for one accelerator configuration.
 
+:func:`compile_gemm` lowers a GEMM that fits the memories into one Program;
+:func:`plan_gemm` cuts a larger one into several and reassembles their results;
+:func:`fold_zero_points` turns a quantized product with zero points (uint8 activations,
+asymmetric weights) into an int8 x int8 product plus a host-side correction.
+
 ``compile_gemm`` tiles ``C[M,N] = A[M,K] @ B[K,N]`` for a weight-stationary R x C array:
 the reduction dimension K is cut into tiles of R, the output channels N into tiles of C, and
 every (N tile, K tile) pair becomes one :class:`~qsim.program.Matmul` that streams all M rows
@@ -15,14 +20,17 @@ Memory layout (all zero padded to whole tiles):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from qsim.config import AcceleratorConfig
 from qsim.errors import ProgramError
-from qsim.numerics import check_fits
+from qsim.numerics import check_fits, wrap
 from qsim.program import Halt, MatrixLayout, Matmul, Program
 
-__all__ = ["compile_gemm", "gemm_layouts", "check_gemm_fits"]
+__all__ = ["compile_gemm", "gemm_layouts", "check_gemm_fits", "GemmPlan", "plan_gemm",
+           "ZeroPointFold", "fold_zero_points"]
 
 
 def _check_shape(m: int, k: int, n: int) -> None:
@@ -123,3 +131,119 @@ def compile_gemm(config: AcceleratorConfig, a: np.ndarray, b: np.ndarray,
         name=name,
         meta={"op": "gemm", "m": m, "k": k, "n": n, "useful_macs": m * k * n},
     )
+
+
+@dataclass
+class GemmPlan:
+    """A GEMM cut into Programs that each fit the accelerator, and how to reassemble it.
+
+    Program ``i`` computes the partial product ``A[ms, ks] @ B[ks, ns]`` for
+    ``blocks[i] = (ms, ns, ks)``. :meth:`assemble` adds the partial products of each output
+    block modulo ``2**acc_bits``, exactly what the accumulator memory would hold had the whole
+    reduction run in one Program.
+    """
+
+    config: AcceleratorConfig
+    m: int
+    k: int
+    n: int
+    programs: list[Program]
+    blocks: list[tuple[slice, slice, slice]]
+
+    def assemble(self, outputs: list[np.ndarray]) -> np.ndarray:
+        """``C`` (m x n, int64, wrapped to ``acc_bits``) from each program's output ``C``."""
+        if len(outputs) != len(self.programs):
+            raise ProgramError(f"{len(outputs)} outputs for {len(self.programs)} programs")
+        total = np.zeros((self.m, self.n), dtype=np.int64)
+        for (ms, ns, _), out in zip(self.blocks, outputs):
+            total[ms, ns] += out
+        return wrap(total, self.config.acc_format)
+
+
+def plan_gemm(config: AcceleratorConfig, a: np.ndarray, b: np.ndarray, name: str = "gemm") -> GemmPlan:
+    """Cut ``a @ b`` into Programs that fit the memories (rows of A, columns of B, then K).
+
+    A program may hold ``kt`` K tiles and ``nt`` N tiles of ``mc`` rows when
+    ``kt*mc <= act_mem_words``, ``nt*kt*rows <= weight_mem_words``,
+    ``nt*mc <= acc_mem_words`` and ``nt*kt + 1 <= cmd_mem_words``; the plan takes the whole
+    reduction first, then as many N tiles and rows as fit.
+    """
+    a = np.asarray(a)
+    b = np.asarray(b)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise ProgramError(f"GEMM operands must be 2-D with matching inner sizes, not {a.shape} and {b.shape}")
+    m, k = a.shape
+    n = b.shape[1]
+    _check_shape(m, k, n)
+    r, c = config.rows, config.cols
+    k_tiles_all, n_tiles_all = -(-k // r), -(-n // c)
+    max_rows = (1 << config.act_mem_words.bit_length()) - 1
+    kt = max(1, min(k_tiles_all, config.weight_mem_words // r, config.act_mem_words,
+                    config.cmd_mem_words - 1))
+    nt = max(1, min(n_tiles_all, config.weight_mem_words // (kt * r), config.acc_mem_words,
+                    (config.cmd_mem_words - 1) // kt))
+    mc = max(1, min(m, config.act_mem_words // kt, config.acc_mem_words // nt, max_rows))
+    if kt * r > config.weight_mem_words or config.cmd_mem_words < 2:
+        raise ProgramError(
+            f"the {config.rows}x{config.cols} accelerator cannot hold one weight tile "
+            f"({r} words) and one command: weight memory {config.weight_mem_words} words, "
+            f"command memory {config.cmd_mem_words} words")
+    programs, blocks = [], []
+    for m0 in range(0, m, mc):
+        for n0 in range(0, n, nt * c):
+            for k0 in range(0, k, kt * r):
+                ms, ns, ks = slice(m0, min(m, m0 + mc)), slice(n0, min(n, n0 + nt * c)), slice(k0, min(k, k0 + kt * r))
+                label = f"{name}[{ms.start}:{ms.stop},{ns.start}:{ns.stop},{ks.start}:{ks.stop}]"
+                programs.append(compile_gemm(config, a[ms, ks], b[ks, ns], name=label))
+                blocks.append((ms, ns, ks))
+    return GemmPlan(config, m, k, n, programs, blocks)
+
+
+@dataclass(frozen=True)
+class ZeroPointFold:
+    """Operands shifted into the array's int8 formats plus the host-side correction.
+
+    ``sum_k (x - zx)(w - zw[n])`` equals ``a @ b + correction`` where ``a = x - ox`` and
+    ``b = w - ow`` are the shifted operands (``ox``, ``ow`` are 128 for uint8 operands and 0
+    for int8 ones) and, with ``zx' = zx - ox`` and ``zw' = zw - ow``::
+
+        correction[m, n] = -zw'[n] * rowsum(a)[m] - zx' * colsum(b)[n] + K * zx' * zw'[n]
+
+    The array computes ``a @ b``; the host adds the correction (two sums and an outer
+    product, O(MK + KN)), as gemmlowp does.
+    """
+
+    a: np.ndarray
+    b: np.ndarray
+    correction: np.ndarray
+
+
+def fold_zero_points(config: AcceleratorConfig, x: np.ndarray, x_zero_point: int,
+                     w: np.ndarray, w_zero_point: np.ndarray | int) -> ZeroPointFold:
+    """Prepare ``(x - x_zp) @ (w - w_zp)`` for the int8 x int8 array.
+
+    ``x`` (M x K) and ``w`` (K x N) are integer arrays whose values fit int8 or uint8 (int4
+    and uint4 fit too); ``w_zero_point`` is a scalar or one value per output column.
+    """
+    fa, fw = config.input_format, config.weight_format
+    x = np.asarray(x, dtype=np.int64)
+    w = np.asarray(w, dtype=np.int64)
+    zw = np.broadcast_to(np.asarray(w_zero_point, dtype=np.int64), (w.shape[1],))
+
+    def offset(values: np.ndarray, fmt, what: str) -> int:
+        lo, hi = int(values.min(initial=0)), int(values.max(initial=0))
+        for shift in (0, 1 << (fmt.bits - 1)):
+            if fmt.min <= lo - shift and hi - shift <= fmt.max:
+                return shift
+        raise ProgramError(f"{what} values span {lo}..{hi}, which no shift maps into {fmt.name}")
+
+    ox = offset(x, fa, "activation")
+    ow = offset(w, fw, "weight")
+    a = x - ox
+    b = w - ow
+    zx = int(x_zero_point) - ox
+    zwp = zw - ow
+    k = x.shape[1]
+    correction = (-np.outer(a.sum(axis=1), zwp) - zx * b.sum(axis=0)[None, :]
+                  + k * zx * zwp[None, :])
+    return ZeroPointFold(a, b, correction)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qsim.compile import compile_gemm, gemm_layouts
+from qsim.compile import compile_gemm, fold_zero_points, gemm_layouts, plan_gemm
 from qsim.config import AcceleratorConfig
 from qsim.errors import ProgramError, QsimOverflowError
 from qsim.model import execute, reference_gemm
@@ -76,3 +76,49 @@ def test_bad_operands():
         compile_gemm(CFG, np.array([[0, 200]]), np.zeros((2, 1), dtype=int))
     with pytest.raises(ProgramError, match="GEMM M must be at least 1, not 0"):
         gemm_layouts(CFG, 0, 1, 1)
+
+
+def test_plan_gemm_chunks_every_dimension_and_reassembles(rng):
+    tiny = AcceleratorConfig(rows=4, cols=4, act_mem_words=24, weight_mem_words=16,
+                             acc_mem_words=12, cmd_mem_words=4)
+    a = rng.integers(-128, 128, (23, 37))
+    b = rng.integers(-128, 128, (37, 19))
+    plan = plan_gemm(tiny, a, b)
+    # kt = min(10 K tiles, 16 // 4, 24, 3) = 3; nt = min(5, 16 // 12, 12, 1) = 1; mc = min(23, 8, 12)
+    assert [(ms.stop - ms.start, ns.stop - ns.start, ks.stop - ks.start) for ms, ns, ks in plan.blocks[:5]] \
+        == [(8, 4, 12), (8, 4, 12), (8, 4, 12), (8, 4, 1), (8, 4, 12)]
+    assert len(plan.programs) == 3 * 5 * 4
+    outputs = [execute(p).outputs["C"] for p in plan.programs]
+    assert np.array_equal(plan.assemble(outputs), a @ b)
+
+
+def test_plan_gemm_partial_sums_wrap_like_the_accumulator():
+    cfg = AcceleratorConfig(rows=2, cols=2, acc_bits=16, act_mem_words=8, weight_mem_words=4,
+                            acc_mem_words=8, cmd_mem_words=2)
+    a = np.full((1, 8), -128)
+    b = np.full((8, 1), -128)
+    plan = plan_gemm(cfg, a, b)
+    assert len(plan.programs) == 4  # one MATMUL + HALT per program: one K tile (2 rows) each
+    # each partial is 2 * 16384 = 32768 -> -32768 in 16 bits; four of them wrap to 0 = 131072 mod 2^16
+    assert plan.assemble([execute(p).outputs["C"] for p in plan.programs]).tolist() == [[0]]
+
+
+@pytest.mark.parametrize("x_range, w_range, w_zp", [
+    ((0, 256), (-128, 128), 0),                 # ONNX Runtime default: uint8 x int8, symmetric weights
+    ((-128, 128), (-127, 128), 0),              # int8 x int8
+    ((0, 256), (0, 256), np.arange(5) * 50),    # uint8 weights, per-channel zero points
+    ((-8, 8), (-8, 8), 0),                      # int4 values fit the int8 array
+])
+def test_fold_zero_points_is_exact(rng, x_range, w_range, w_zp):
+    x = rng.integers(*x_range, (6, 11))
+    w = rng.integers(*w_range, (11, 5))
+    zx = int(rng.integers(*x_range))
+    fold = fold_zero_points(CFG, x, zx, w, w_zp)
+    assert fold.a.min() >= -128 and fold.a.max() <= 127 and fold.b.min() >= -128 and fold.b.max() <= 127
+    exact = (x - zx) @ (w - np.broadcast_to(w_zp, (5,)))
+    assert np.array_equal(execute(compile_gemm(CFG, fold.a, fold.b)).outputs["C"] + fold.correction, exact)
+
+
+def test_fold_rejects_values_that_fit_no_int8_shift():
+    with pytest.raises(ProgramError, match="activation values span -100..200, which no shift maps into int8"):
+        fold_zero_points(CFG, np.array([[-100, 200]]), 0, np.zeros((2, 1), dtype=int), 0)
