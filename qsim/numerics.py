@@ -15,7 +15,7 @@ from typing import Iterable
 
 import numpy as np
 
-from qsim.errors import QsimOverflowError
+from qsim.errors import ConfigError, QsimOverflowError
 
 __all__ = [
     "IntFormat",
@@ -145,8 +145,8 @@ class Rounding(str, enum.Enum):
 
     ``HALF_EVEN`` ties to the even neighbour (IEEE ``roundTiesToEven``, numpy ``rint``, the
     ONNX QuantizeLinear rule); ``HALF_AWAY`` ties away from zero (C ``round``, gemmlowp's
-    ``SaturatingRoundingDoublingHighMul``); ``HALF_UP`` ties toward +infinity (``floor(x + 1/2)``,
-    the classic add-half-then-shift in hardware); ``HALF_DOWN`` ties toward -infinity;
+    ``RoundingDivideByPOT``); ``HALF_UP`` ties toward +infinity (``floor(x + 1/2)``, the classic
+    add-half-then-shift in hardware, and gemmlowp's ``SaturatingRoundingDoublingHighMul``); ``HALF_DOWN`` ties toward -infinity;
     ``FLOOR`` toward -infinity (an arithmetic right shift); ``CEIL`` toward +infinity;
     ``TOWARD_ZERO`` truncation (C integer division).
     """
@@ -168,7 +168,7 @@ class Rounding(str, enum.Enum):
             return cls(str(mode))
         except ValueError:
             names = ", ".join(m.value for m in cls)
-            raise ValueError(f"rounding mode must be one of {names}, not {mode!r}") from None
+            raise ConfigError(f"rounding mode must be one of {names}, not {mode!r}") from None
 
 
 def _as_int64(values: np.ndarray | int | Iterable[int], what: str) -> np.ndarray:
@@ -219,7 +219,8 @@ def round_float(values: np.ndarray | float, mode: Rounding | str = Rounding.HALF
     if mode is Rounding.TOWARD_ZERO:
         return np.trunc(x)
     lower = np.floor(x)
-    frac = x - lower  # exact for finite x
+    with np.errstate(invalid="ignore"):  # inf - inf for infinite x; masked out below
+        frac = x - lower  # exact for finite x
     up = frac > 0.5
     tie = frac == 0.5
     if mode is Rounding.HALF_UP:
@@ -392,6 +393,21 @@ def unpack_int2(packed: np.ndarray | bytes, count: int, signed: bool = True) -> 
     return unpack_bits(packed, 2, count, signed)
 
 
+def _integer_array(values: np.ndarray | int, what: str) -> np.ndarray:
+    """``values`` as an integer array without copying narrow dtypes (uint64 must fit int64)."""
+    v = np.asarray(values)
+    if v.dtype == object or (v.dtype == np.uint64 and v.size and int(v.max()) > np.iinfo(np.int64).max):
+        return _as_int64(v, what)
+    if not np.issubdtype(v.dtype, np.integer):
+        raise TypeError(f"{what} must be an integer array, not dtype {v.dtype}")
+    return v
+
+
+def _magnitude(v: np.ndarray) -> int:
+    """Largest ``|v|`` (two reductions, no temporary array)."""
+    return max(-int(v.min(initial=0)), int(v.max(initial=0)))
+
+
 def int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Exact integer matrix product ``a @ b`` as int64, at BLAS speed where that is exact.
 
@@ -400,16 +416,20 @@ def int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     then no rounding ever happens, whatever order the library sums in. The reduction is cut
     into chunks short enough to honour that bound and the chunk results are summed in int64.
     Where even float64 cannot be exact, numpy's int64 product is used (wrapping only if the
-    true result exceeds int64, which is checked).
+    true result exceeds int64, which is checked). Batched operands broadcast as in
+    ``numpy.matmul``; narrow integer dtypes are converted straight to float, never copied to
+    int64 first.
     """
-    x = _as_int64(a, "a")
-    y = _as_int64(b, "b")
+    x = _integer_array(a, "a")
+    y = _integer_array(b, "b")
+    if x.ndim == 0 or y.ndim == 0:
+        raise ValueError(f"int_matmul needs operands of at least one dimension, not {x.shape} @ {y.shape}")
     if x.shape[-1] != y.shape[-2 if y.ndim > 1 else 0]:
         raise ValueError(f"int_matmul shapes do not align: {x.shape} @ {y.shape}")
     k = x.shape[-1]
-    bound = (int(np.abs(x).max(initial=0)) * int(np.abs(y).max(initial=0)))
+    bound = _magnitude(x) * _magnitude(y)
     if bound == 0 or k == 0:
-        return np.matmul(x, y)
+        return np.matmul(x.astype(np.int64), y.astype(np.int64))
     for dtype, limit in ((np.float32, 1 << 24), (np.float64, 1 << 53)):
         chunk = limit // bound
         if chunk >= min(k, 128):
@@ -419,11 +439,12 @@ def int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
                 return np.matmul(xf, yf).astype(np.int64)
             total = None
             for start in range(0, k, chunk):
-                part = np.matmul(xf[..., start:start + chunk], yf[start:start + chunk]).astype(np.int64)
+                ys = yf[..., start:start + chunk, :] if yf.ndim > 1 else yf[start:start + chunk]
+                part = np.matmul(xf[..., start:start + chunk], ys).astype(np.int64)
                 total = part if total is None else total + part
             return total
     if bound * k >= 1 << 63:
         raise QsimOverflowError(
             f"int_matmul: |a| * |b| * K = {bound * k} may exceed int64; use narrower operands"
         )
-    return np.matmul(x, y)
+    return np.matmul(x.astype(np.int64), y.astype(np.int64))

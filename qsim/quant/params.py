@@ -68,8 +68,8 @@ class QuantParams:
         if np.any(bad):
             idx = tuple(int(i) for i in np.argwhere(bad)[0]) if scale.ndim else ()
             where = f"scale[{', '.join(map(str, idx))}]" if idx else "scale"
-            raise ConfigError(f"{where} = {scale[idx] if idx else scale.item()!r} is not a "
-                              f"positive finite number")
+            value = float(scale[idx]) if idx else float(scale)
+            raise ConfigError(f"{where} = {value!r} is not a positive finite number")
         out = (zp < fmt.min) | (zp > fmt.max)
         if np.any(out):
             idx = tuple(int(i) for i in np.argwhere(out)[0]) if zp.ndim else ()
