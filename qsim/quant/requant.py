@@ -1,0 +1,567 @@
+"""Requantization: int32 accumulators to narrow outputs, under each engine's exact semantics.
+
+This module owns the step after an integer matrix product or convolution: scaling the
+accumulator ``acc`` (which already includes any int32 bias) by the real multiplier
+``M = in_scale * weight_scale[c] / out_scale``, rounding, adding the output zero point and
+clamping to the output format. Each engine does this differently, and qsim reproduces each
+one bit for bit as a named :class:`Semantics`:
+
+* ``onnx``: the ONNX reference implementation (float32 multiplier, float64 product);
+* ``onnxruntime``: ONNX Runtime's MLAS kernels (all float32);
+* ``tflite``: TFLite's integer-only double rounding (gemmlowp primitives);
+* ``tflite-single-rounding``: TFLite built with ``TFLITE_SINGLE_ROUNDING``;
+* ``pytorch-fbgemm``: PyTorch's fbgemm backend (float32, ``lrintf``);
+* ``fixed-point``: qsim's hardware requantizer (Q31 multiplier, one add-half-and-shift),
+  :class:`FixedPointRequantizer`.
+
+The integer building blocks of TFLite (``QuantizeMultiplier``,
+``SaturatingRoundingDoublingHighMul``, ``RoundingDivideByPOT``,
+``MultiplyByQuantizedMultiplier``) are public, vectorised over numpy arrays with int64
+arithmetic, and refuse inputs on which the C++ originals would overflow int32 instead of
+reproducing undefined behaviour.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+
+from qsim.errors import ConfigError
+from qsim.numerics import INT32, IntFormat, Rounding, check_fits, round_float, round_shift, saturate
+
+__all__ = [
+    "Semantics",
+    "requantize",
+    "quantize_multiplier",
+    "saturating_rounding_doubling_high_mul",
+    "rounding_divide_by_pot",
+    "multiply_by_quantized_multiplier",
+    "FixedPointRequantizer",
+    "requantize_float32",
+    "MAX_OUT_BITS",
+]
+
+INT32_MIN = INT32.min
+INT32_MAX = INT32.max
+#: Widest output format of :func:`requantize`.
+MAX_OUT_BITS = 32
+#: The fixed-point requantizer multiplies a 33-bit accumulator by a 31-bit multiplier: the
+#: widest product that still fits int64 (|acc| <= 2**32, qm < 2**31).
+FIXED_POINT_ACC = IntFormat(33, True)
+
+
+class Semantics(str, enum.Enum):
+    """The requantization semantics qsim reproduces; see :func:`requantize` for each."""
+
+    ONNX = "onnx"
+    ONNXRUNTIME = "onnxruntime"
+    TFLITE = "tflite"
+    TFLITE_SINGLE_ROUNDING = "tflite-single-rounding"
+    PYTORCH_FBGEMM = "pytorch-fbgemm"
+    FIXED_POINT = "fixed-point"
+
+    @classmethod
+    def parse(cls, name: str | Semantics) -> Semantics:
+        """Accept a member or its value; reject anything else naming the valid values."""
+        if isinstance(name, Semantics):
+            return name
+        try:
+            return cls(str(name))
+        except ValueError:
+            names = ", ".join(m.value for m in cls)
+            raise ConfigError(
+                f"requantization semantics must be one of {names}, not {name!r}"
+            ) from None
+
+
+# --------------------------------------------------------------------------- validation
+
+def _int_array(values: np.ndarray | int, name: str) -> np.ndarray:
+    v = np.asarray(values)
+    if v.dtype == np.bool_ or v.dtype.kind not in "iu":
+        raise ConfigError(f"{name} must be integers, not dtype {v.dtype}")
+    if v.dtype == np.uint64 and v.size and int(v.max()) > np.iinfo(np.int64).max:
+        check_fits(v.astype(object), IntFormat(64, True), name)
+    return v.astype(np.int64)
+
+
+def _check_range(values: np.ndarray, low: int, high: int, what: str) -> None:
+    bad = (values < low) | (values > high)
+    if np.any(bad):
+        raise ConfigError(
+            f"{what} must be between {low} and {high}, not {int(values[bad].ravel()[0])}"
+        )
+
+
+def _positive_scale(value: np.ndarray | float, name: str, *, vector: bool) -> np.ndarray:
+    """A float32 scale: scalar, or (``vector``) scalar or 1-D; each positive and finite."""
+    scale = np.asarray(value)
+    if scale.dtype == np.bool_ or scale.dtype.kind not in "fiu":
+        raise ConfigError(f"{name} must be a real number, not dtype {scale.dtype}")
+    # ONNX and TFLite store scales as float32; every semantics starts from those values.
+    scale = scale.astype(np.float32)
+    if vector:
+        if scale.ndim > 1:
+            raise ConfigError(
+                f"{name} must be a scalar or 1-D (one per output channel), not shape {scale.shape}"
+            )
+    elif scale.size != 1:
+        raise ConfigError(f"{name} must be a scalar, not shape {scale.shape}")
+    elif scale.ndim:
+        scale = scale.reshape(())
+    bad = ~np.isfinite(scale) | (scale <= 0)
+    if np.any(bad):
+        where = f"{name}[{int(np.argwhere(bad)[0][0])}]" if scale.ndim else name
+        raise ConfigError(f"{where} = {float(scale[bad][0])!r} is not a positive finite number")
+    return scale
+
+
+def _out_format(out_fmt: IntFormat | str) -> IntFormat:
+    try:
+        fmt = IntFormat.parse(out_fmt)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"out_fmt: {exc}") from None
+    if fmt.bits > MAX_OUT_BITS:
+        raise ConfigError(f"out_fmt must be at most {MAX_OUT_BITS} bits wide, not {fmt.name}")
+    return fmt
+
+
+def _zero_point(value: int, fmt: IntFormat) -> int:
+    zp = np.asarray(value)
+    if zp.size != 1 or zp.dtype == np.bool_ or zp.dtype.kind not in "iu":
+        raise ConfigError(f"out_zero_point must be one integer, not {value!r}")
+    zp_int = int(zp.reshape(()))
+    if not fmt.min <= zp_int <= fmt.max:
+        raise ConfigError(
+            f"out_zero_point {zp_int} is outside {fmt.name} [{fmt.min}, {fmt.max}]"
+        )
+    return zp_int
+
+
+def _channel_view(per_channel: np.ndarray, shape: tuple[int, ...], channel_axis: int,
+                  name: str) -> np.ndarray:
+    """Reshape a 0-d or 1-D per-channel array so that it broadcasts along ``channel_axis``."""
+    if per_channel.size == 1:
+        # One value, 0-d or shape (1,): per tensor, as ONNX treats a one-element scale.
+        return per_channel.reshape(())
+    ndim = len(shape)
+    axis = channel_axis + ndim if channel_axis < 0 else channel_axis
+    if not 0 <= axis < ndim:
+        raise ConfigError(f"channel_axis {channel_axis} is out of range for acc of shape {shape}")
+    if per_channel.shape[0] != shape[axis]:
+        raise ConfigError(
+            f"{name} has {per_channel.shape[0]} entries but axis {channel_axis} of acc shape "
+            f"{shape} has {shape[axis]}"
+        )
+    view = [1] * ndim
+    view[axis] = shape[axis]
+    return per_channel.reshape(view)
+
+
+# --------------------------------------------------------------------------- TFLite blocks
+
+def quantize_multiplier(real_multiplier: np.ndarray | float, *,
+                        single_rounding: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """TFLite ``QuantizeMultiplier``: ``real_multiplier ~= qm * 2**(shift - 31)``.
+
+    Parameters
+    ----------
+    real_multiplier : array-like of float
+        Non-negative, finite; used as float64 (TFLite's ``double``).
+    single_rounding : bool
+        Apply the ``TFLITE_SINGLE_ROUNDING`` build's extra rule: a shift above 30 is
+        saturated to ``qm = 2**31 - 1, shift = 30``.
+
+    Returns
+    -------
+    multiplier : np.ndarray
+        int64 array of int32 values in ``[0, 2**31 - 1]`` (``[2**30, 2**31)`` unless zero).
+    shift : np.ndarray
+        int64 array: left shift if positive, right shift if negative.
+
+    Notes
+    -----
+    tensorflow/lite/kernels/internal/quantization_util.cc: zero gives ``(0, 0)``; otherwise
+    ``q, shift = frexp(M)`` (``0.5 <= q < 1``), ``qm = round_half_away(q * 2**31)``; a ``qm``
+    that rounds up to ``2**31`` becomes ``2**30`` with ``shift + 1``; a shift below -31
+    (``M < 2**-32`` roughly) flushes both to 0.
+    """
+    m = np.asarray(real_multiplier, dtype=np.float64)
+    bad = ~np.isfinite(m) | (m < 0)
+    if np.any(bad):
+        raise ConfigError(
+            f"real multiplier must be a finite non-negative number, not {float(m[bad][0])!r}"
+        )
+    fraction, exponent = np.frexp(m)
+    # q * 2**31 is exact in float64 (a power-of-two scaling), so only the rounding is inexact.
+    fixed = round_float(np.ldexp(fraction, 31), Rounding.HALF_AWAY).astype(np.int64)
+    shift = exponent.astype(np.int64)
+    carried = fixed == (1 << 31)
+    fixed = np.where(carried, fixed // 2, fixed)
+    shift = np.where(carried, shift + 1, shift)
+    tiny = shift < -31
+    fixed = np.where(tiny, 0, fixed)
+    shift = np.where(tiny, 0, shift)
+    if single_rounding:
+        big = shift > 30
+        fixed = np.where(big, (1 << 31) - 1, fixed)
+        shift = np.where(big, 30, shift)
+    return fixed.astype(np.int64), shift.astype(np.int64)
+
+
+def saturating_rounding_doubling_high_mul(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
+    """gemmlowp ``SaturatingRoundingDoublingHighMul``: ``a * b / 2**31`` rounded (ARM VQRDMULH).
+
+    Parameters
+    ----------
+    a, b : array-like of int
+        int32 values; broadcast against each other.
+
+    Returns
+    -------
+    np.ndarray
+        int64 array of int32 values.
+
+    Notes
+    -----
+    gemmlowp/fixedpoint/fixedpoint.h: ``INT32_MAX`` if ``a == b == INT32_MIN`` (the only
+    product whose quotient exceeds int32); else ``(a*b + nudge) / 2**31`` with C's truncating
+    division, ``nudge = 2**30`` if ``a*b >= 0`` else ``1 - 2**30``. Ties therefore go toward
+    +infinity (``-0.5 -> 0``, ``0.5 -> 1``): round half up, not half away from zero.
+    """
+    x = _int_array(a, "a")
+    y = _int_array(b, "b")
+    check_fits(x, INT32, "a")
+    check_fits(y, INT32, "b")
+    product = x * y  # |a*b| <= 2**62 fits int64
+    nudged = product + np.where(product >= 0, np.int64(1 << 30), np.int64(1 - (1 << 30)))
+    # C integer division truncates toward zero; numpy's // floors, so divide magnitudes.
+    high = np.where(nudged >= 0, nudged >> 31, -((-nudged) >> 31))
+    overflow = (x == INT32_MIN) & (y == INT32_MIN)
+    return np.asarray(np.where(overflow, np.int64(INT32_MAX), high), dtype=np.int64)
+
+
+def rounding_divide_by_pot(x: np.ndarray | int, exponent: np.ndarray | int) -> np.ndarray:
+    """gemmlowp ``RoundingDivideByPOT``: ``x / 2**exponent`` rounded half away from zero.
+
+    Parameters
+    ----------
+    x : array-like of int
+        int32 values.
+    exponent : array-like of int
+        0 to 31, broadcast against ``x`` (per-channel shifts).
+
+    Returns
+    -------
+    np.ndarray
+        int64 array of int32 values.
+
+    Notes
+    -----
+    gemmlowp/fixedpoint/fixedpoint.h: ``mask = 2**e - 1``,
+    ``threshold = (mask >> 1) + (x < 0)``, result ``(x >> e) + ((x & mask) > threshold)``.
+    """
+    v = _int_array(x, "x")
+    e = _int_array(exponent, "exponent")
+    check_fits(v, INT32, "x")
+    _check_range(e, 0, 31, "exponent")
+    mask = (np.int64(1) << e) - 1
+    threshold = (mask >> 1) + (v < 0)
+    return np.asarray((v >> e) + ((v & mask) > threshold), dtype=np.int64)
+
+
+def multiply_by_quantized_multiplier(x: np.ndarray | int, quantized_multiplier: np.ndarray | int,
+                                     shift: np.ndarray | int, single_rounding: bool = False
+                                     ) -> np.ndarray:
+    """TFLite ``MultiplyByQuantizedMultiplier(int32 x, int32 qm, int shift)``.
+
+    Parameters
+    ----------
+    x : array-like of int
+        int32 values (accumulators).
+    quantized_multiplier : array-like of int
+        0 to ``2**31 - 1``, broadcast against ``x``.
+    shift : array-like of int
+        -31 to 30, broadcast against ``x``.
+    single_rounding : bool
+        False: the default build (double rounding); True: ``TFLITE_SINGLE_ROUNDING``.
+
+    Returns
+    -------
+    np.ndarray
+        int64 array of int32 values.
+
+    Raises
+    ------
+    QsimOverflowError
+        Double rounding: when ``x * 2**max(shift, 0)`` leaves int32 (TFLite's int32 product
+        would overflow). Single rounding: when the result leaves int32 (TFLite's DCHECK).
+
+    Notes
+    -----
+    tensorflow/lite/kernels/internal/common.cc. Double rounding:
+    ``RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(x * 2**max(shift, 0), qm),
+    max(-shift, 0))``, two roundings (half up, then half away). Single rounding:
+    ``(x * qm + 2**(30 - shift)) >> (31 - shift)``, one rounding, half up.
+    """
+    v = _int_array(x, "x")
+    qm = _int_array(quantized_multiplier, "quantized multiplier")
+    s = _int_array(shift, "shift")
+    check_fits(v, INT32, "x")
+    _check_range(qm, 0, INT32_MAX, "quantized multiplier")
+    _check_range(s, -31, 30, "shift")
+    if single_rounding:
+        total = 31 - s
+        result = (v * qm + (np.int64(1) << (total - 1))) >> total
+        check_fits(result, INT32, "MultiplyByQuantizedMultiplier result")
+        return np.asarray(result, dtype=np.int64)
+    shifted = v << np.maximum(s, 0)
+    check_fits(shifted, INT32, "x * 2**left_shift")
+    high = saturating_rounding_doubling_high_mul(shifted, qm)
+    return rounding_divide_by_pot(high, np.maximum(-s, 0))
+
+
+# --------------------------------------------------------------------------- hardware
+
+@dataclass(frozen=True, eq=False)
+class FixedPointRequantizer:
+    """The hardware requantizer: ``clamp(round((acc * qm) / 2**(31 - shift)) + zp)``.
+
+    One integer multiplier (``qm``, Q31) and one rounding right shift per output channel,
+    then the output zero point and a clamp: what a multiplier, an adder of ``2**(n-1)`` and
+    an arithmetic shifter build. With the default ``HALF_UP`` rounding it is *identical* to
+    TFLite's ``TFLITE_SINGLE_ROUNDING`` requantization (same multipliers, same
+    ``(x*qm + 2**(n-1)) >> n``) on every int32 accumulator; it additionally accepts
+    accumulators of up to 33 bits, for which TFLite has no definition.
+
+    Parameters
+    ----------
+    multiplier : array-like of int
+        Scalar or 1-D (per channel); each in ``[0, 2**31 - 1]``.
+    shift : array-like of int
+        Same shape as ``multiplier``; each in ``[-31, 30]`` so that the right shift
+        ``31 - shift`` is 1 to 62.
+    out_zero_point : int
+        In ``out_fmt``.
+    out_fmt : IntFormat or str
+        Output format, at most 32 bits.
+    rounding : Rounding or str
+        Rounding of the shift; ``half_up`` (add half, then shift) by default.
+    """
+
+    multiplier: np.ndarray
+    shift: np.ndarray
+    out_zero_point: int
+    out_fmt: IntFormat
+    rounding: Rounding = Rounding.HALF_UP
+
+    def __post_init__(self) -> None:
+        fmt = _out_format(self.out_fmt)
+        multiplier = _int_array(self.multiplier, "multiplier")
+        shift = _int_array(self.shift, "shift")
+        if multiplier.ndim > 1:
+            raise ConfigError(
+                f"multiplier must be a scalar or 1-D (one per output channel), "
+                f"not shape {multiplier.shape}"
+            )
+        if shift.shape != multiplier.shape:
+            raise ConfigError(
+                f"shift shape {shift.shape} does not match multiplier shape {multiplier.shape}"
+            )
+        _check_range(multiplier, 0, INT32_MAX, "multiplier")
+        _check_range(shift, -31, 30, "shift")
+        multiplier.setflags(write=False)
+        shift.setflags(write=False)
+        object.__setattr__(self, "multiplier", multiplier)
+        object.__setattr__(self, "shift", shift)
+        object.__setattr__(self, "out_fmt", fmt)
+        object.__setattr__(self, "out_zero_point", _zero_point(self.out_zero_point, fmt))
+        object.__setattr__(self, "rounding", Rounding.parse(self.rounding))
+
+    @classmethod
+    def from_scales(cls, in_scale: float, weight_scale: np.ndarray | float, out_scale: float,
+                    out_zero_point: int, out_fmt: IntFormat | str,
+                    rounding: Rounding | str = Rounding.HALF_UP) -> FixedPointRequantizer:
+        """Multipliers and shifts for ``M = in_scale * weight_scale / out_scale``.
+
+        The scales are taken as float32 and ``M`` is computed in float64 exactly as TFLite
+        does (``double(in) * double(w[c]) / double(out)``), then :func:`quantize_multiplier`;
+        so the tables equal TFLite's. ``M`` must be below ``2**30`` (shift at most 30).
+        """
+        s_in = _positive_scale(in_scale, "in_scale", vector=False)
+        s_w = _positive_scale(weight_scale, "weight_scale", vector=True)
+        s_out = _positive_scale(out_scale, "out_scale", vector=False)
+        real = s_in.astype(np.float64) * s_w.astype(np.float64) / s_out.astype(np.float64)
+        multiplier, shift = quantize_multiplier(real)
+        too_big = shift > 30
+        if np.any(too_big):
+            channel = int(np.argwhere(too_big)[0][0]) if shift.ndim else 0
+            raise ConfigError(
+                f"real multiplier {float(np.ravel(real)[channel])!r} (channel {channel}) needs "
+                f"shift {int(np.ravel(shift)[channel])}; the fixed-point requantizer supports "
+                f"shifts up to 30 (multipliers below 2**30)"
+            )
+        return cls(multiplier, shift, out_zero_point, out_fmt, rounding)
+
+    def __call__(self, acc: np.ndarray, channel_axis: int = -1) -> np.ndarray:
+        """Requantize ``acc`` (up to 33-bit integers); per-channel tables along ``channel_axis``.
+
+        Returns int64 values in ``out_fmt``. Raises ``QsimOverflowError`` for accumulators
+        beyond 33 bits, whose product with the multiplier would not fit int64.
+        """
+        values = _int_array(acc, "acc")
+        check_fits(values, FIXED_POINT_ACC, "acc")
+        multiplier = _channel_view(self.multiplier, values.shape, channel_axis, "multiplier")
+        shift = _channel_view(self.shift, values.shape, channel_axis, "shift")
+        scaled = round_shift(values * multiplier, 31 - shift, self.rounding)
+        return saturate(scaled + self.out_zero_point, self.out_fmt)
+
+
+# --------------------------------------------------------------------------- semantics
+
+def _float32_multiplier(s_in: np.ndarray, s_w: np.ndarray, s_out: np.ndarray) -> np.ndarray:
+    # C++ `a_scale * b_scale[j] / y_scale` on floats: two float32 roundings, left to right.
+    return np.float32(s_in) * s_w / np.float32(s_out)
+
+
+def _onnx(acc, s_in, s_w, s_out, zp, fmt):
+    multiplier = _float32_multiplier(s_in, s_w, s_out)
+    # The reference multiplies its int32 tensor by a float32 one: numpy promotes both to
+    # float64, and adds the zero point in float64 before rint.
+    scaled = acc.astype(np.float64) * multiplier.astype(np.float64) + np.float64(zp)
+    return saturate(np.clip(np.rint(scaled), fmt.min, fmt.max).astype(np.int64), fmt)
+
+
+def requantize_float32(acc: np.ndarray, multiplier: np.ndarray | float, out_zero_point: int,
+                       out_fmt: IntFormat) -> np.ndarray:
+    """ONNX Runtime's MLAS ``MlasRequantizeOutput`` with a ready-made float32 multiplier.
+
+    ``v = f32(f32(acc) * multiplier)`` (one float32 product; the int32 to float32 conversion
+    rounds to nearest even), clamped in float32 to ``[qmin - zp, qmax - zp]`` (a NaN takes the
+    lower bound, as ``maxps`` returns its second operand), then ``rne(v) + zp``. The
+    ``onnxruntime`` semantics of :func:`requantize` and every ORT kernel in
+    :mod:`qsim.quant.ortops` that requantizes (QGemm with its ``alpha``, the pools) use it.
+    """
+    lo, hi = np.float32(out_fmt.min - out_zero_point), np.float32(out_fmt.max - out_zero_point)
+    m = np.asarray(multiplier, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = np.asarray(acc).astype(np.float32) * m
+    if not np.all(np.isfinite(m)):  # only an infinite multiplier times 0 gives NaN
+        scaled[np.isnan(scaled)] = lo
+    np.clip(scaled, lo, hi, out=scaled)
+    np.rint(scaled, out=scaled)
+    out = scaled.astype(np.int64)
+    out += out_zero_point
+    return out
+
+
+def _onnxruntime(acc, s_in, s_w, s_out, zp, fmt):
+    return requantize_float32(acc, _float32_multiplier(s_in, s_w, s_out), zp, fmt)
+
+
+def _pytorch_fbgemm(acc, s_in, s_w, s_out, zp, fmt):
+    multiplier = _float32_multiplier(s_in, s_w, s_out)
+    scaled = acc.astype(np.float32) * multiplier
+    # lrintf (round to nearest even) first, then + zero point and clamp.
+    rounded = np.clip(np.rint(scaled.astype(np.float64)), -2.0 ** 62, 2.0 ** 62).astype(np.int64)
+    return saturate(rounded + zp, fmt)
+
+
+def _tflite(acc, s_in, s_w, s_out, zp, fmt, single_rounding):
+    real = np.float64(s_in) * s_w.astype(np.float64) / np.float64(s_out)
+    multiplier, shift = quantize_multiplier(real, single_rounding=single_rounding)
+    scaled = multiply_by_quantized_multiplier(acc, multiplier, shift, single_rounding)
+    return saturate(scaled + zp, fmt)
+
+
+def requantize(acc: np.ndarray, in_scale: float, weight_scale: np.ndarray | float,
+               out_scale: float, out_zero_point: int, out_fmt: IntFormat | str,
+               semantics: Semantics | str = "onnx", *, channel_axis: int = -1) -> np.ndarray:
+    """Requantize accumulators to ``out_fmt`` exactly as the named engine does.
+
+    Parameters
+    ----------
+    acc : np.ndarray
+        Integer accumulators including any int32 bias, ``Σ (x - x_zp)(w - w_zp) + bias``.
+        int32 values for every semantics except ``fixed-point`` (up to 33 bits).
+    in_scale : float
+        Input (activation) scale, scalar.
+    weight_scale : float or 1-D array
+        Scalar, or one scale per output channel along ``channel_axis`` of ``acc``.
+    out_scale : float
+        Output scale, scalar.
+    out_zero_point : int
+        Output zero point, in ``out_fmt``.
+    out_fmt : IntFormat or str
+        Output format (at most 32 bits).
+    semantics : Semantics or str
+        Which engine to reproduce; see the table below.
+    channel_axis : int
+        Axis of ``acc`` that per-channel scales index (default: the last).
+
+    Returns
+    -------
+    np.ndarray
+        int64 values in ``out_fmt``, the shape of ``acc``.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown semantics, a scale that is not positive and finite, a zero point
+        outside ``out_fmt``, an invalid format, or per-channel scales that do not match.
+    QsimOverflowError
+        For accumulators outside int32 (33 bits for ``fixed-point``), or where TFLite's own
+        int32 arithmetic would overflow.
+
+    Notes
+    -----
+    The scales are float32 (as ONNX and TFLite store them). With ``rne`` round half to
+    even, ``f32(.)``/``f64(.)`` one IEEE rounding:
+
+    ``onnx``
+        onnx/reference/ops/op_qlinear_matmul.py and op_qlinear_conv.py:
+        ``M = f32(f32(in * w) / out)``; ``clip(rne(f64(f64(acc) * M) + zp))``.
+    ``onnxruntime``
+        MLAS ``MlasRequantizeOutput``: ``M`` as above; ``v = f32(f32(acc) * M)`` clamped to
+        ``[qmin - zp, qmax - zp]``, ``rne(v) + zp``. One float32 product, so a value such
+        as -43.4999996 becomes -43.5 and then -44 where ``onnx`` gives -43.
+    ``tflite``
+        tensorflow/lite/kernels/internal/common.cc (default build): ``M = f64(in * w) / out``
+        (float64), :func:`quantize_multiplier`, :func:`multiply_by_quantized_multiplier`
+        (double rounding), ``+ zp``, clamp.
+    ``tflite-single-rounding``
+        The same with ``TFLITE_SINGLE_ROUNDING``: ``(acc * qm + 2**(n-1)) >> n``,
+        ``n = 31 - shift``.
+    ``pytorch-fbgemm``
+        fbgemm ``requantizeOutputProcessing`` as described in qsim's NUMERICS notes (torch
+        is not installed here, so this is not checked against PyTorch itself):
+        ``C = f32(f32(in * w) / out)``, ``lrintf(f32(acc) * C) + zp``, clamp. With the bias
+        already in ``acc`` this equals ``onnxruntime`` on every int32 accumulator
+        (PyTorch's float-bias variant, which adds ``bias / (in * w)`` in float32, is not
+        modelled).
+    ``fixed-point``
+        :class:`FixedPointRequantizer` (round half up); identical to
+        ``tflite-single-rounding`` on int32 accumulators.
+    """
+    kind = Semantics.parse(semantics)
+    fmt = _out_format(out_fmt)
+    zp = _zero_point(out_zero_point, fmt)
+    values = _int_array(acc, "acc")
+    s_in = _positive_scale(in_scale, "in_scale", vector=False)
+    per_channel = _positive_scale(weight_scale, "weight_scale", vector=True)
+    s_w = _channel_view(per_channel, values.shape, channel_axis, "weight_scale")
+    s_out = _positive_scale(out_scale, "out_scale", vector=False)
+    if kind is Semantics.FIXED_POINT:
+        requantizer = FixedPointRequantizer.from_scales(s_in, per_channel, s_out, zp, fmt)
+        return requantizer(values, channel_axis)
+    check_fits(values, INT32, "acc")
+    if kind is Semantics.ONNX:
+        return _onnx(values, s_in, s_w, s_out, zp, fmt)
+    if kind is Semantics.ONNXRUNTIME:
+        return _onnxruntime(values, s_in, s_w, s_out, zp, fmt)
+    if kind is Semantics.PYTORCH_FBGEMM:
+        return _pytorch_fbgemm(values, s_in, s_w, s_out, zp, fmt)
+    return _tflite(values, s_in, s_w, s_out, zp, fmt,
+                   single_rounding=kind is Semantics.TFLITE_SINGLE_ROUNDING)
