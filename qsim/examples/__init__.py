@@ -1,0 +1,1 @@
+"""Runnable end-to-end examples of qsim (each one has a ``run()`` API and a ``python -m`` entry)."""
