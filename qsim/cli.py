@@ -271,6 +271,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from qsim.bench import bench_cosim, bench_utilization
 
     results = []
+    if args.which in ("quant", "all"):
+        from qsim.quant.bench import bench_int8_gemm
+
+        results.append({"benchmark": "quant", **bench_int8_gemm(repeats=25)})
     if args.which in ("cosim", "all"):
         results.append(bench_cosim())
     if args.which in ("utilization", "all"):
@@ -280,7 +284,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     else:
         for r in results:
             print(f"== {r['benchmark']} ==")
-            if r["benchmark"] == "cosim":
+            if r["benchmark"] == "quant":
+                _print_table([
+                    ("int8 GEMM", f"{r['size']}^3, median of {r['repeats']} interleaved runs, exact: {r['exact']}"),
+                    ("qsim matmul_integer", f"{r['matmul_integer_s'] * 1e3:.2f} ms ({r['gmacs']:.1f} GMAC/s)"),
+                    ("qsim qlinear_matmul", f"{r['qlinear_matmul_s'] * 1e3:.2f} ms (with requantization)"),
+                    ("numpy float32 matmul", f"{r['float32_s'] * 1e3:.2f} ms"),
+                    ("ratio to float32", f"{r['ratio']:.2f} (qlinear_matmul {r['qlinear_ratio']:.2f})"),
+                    ("target", f">= {r['target']}: {'met' if r['meets_target'] else 'NOT met'}"),
+                ])
+            elif r["benchmark"] == "cosim":
                 _print_table([
                     ("array, GEMM", f"{r['array']}, {'x'.join(map(str, r['gemm']))}"),
                     ("cycles (RTL = model)", f"{r['cycles']:,} = {r['model_cycles']:,}"),
@@ -346,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_presets)
 
     p = sub.add_parser("bench", help="speed and utilization benchmarks (prints figures and ratios)")
-    p.add_argument("which", choices=("cosim", "utilization", "all"))
+    p.add_argument("which", choices=("quant", "cosim", "utilization", "all"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench)
     return parser
