@@ -23,7 +23,7 @@ i-th Matmul, T = take cycle, S = first activation issue, E = S + rows_i; K = max
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal
+from amaranth import Module, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
