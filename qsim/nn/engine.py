@@ -1,0 +1,609 @@
+"""Execution of a graph: float layers in float32, quantized layers in integers only.
+
+:func:`run` evaluates a :class:`~qsim.nn.graph.Graph` layer by layer and can keep every
+intermediate tensor for debugging. A layer with quantization parameters computes with
+integers under the chosen requantization :class:`~qsim.quant.requant.Semantics`:
+
+=========================  =================================================================
+layer                      quantized computation
+=========================  =================================================================
+``Conv2d``, ``Linear``,    exact int32 accumulator ``Σ (x - zx)(w - zw) + bias`` from the
+``MatMul``                 *accumulator backend*, then :func:`~qsim.quant.requant.requantize`
+                           under the semantics, then the fused activation as an integer clamp
+``Add``, ``AvgPool``,      ``onnxruntime``: ONNX Runtime's kernels (:mod:`qsim.quant.ortops`);
+``GlobalAvgPool``,         ``onnx``/``pytorch-fbgemm``: the float QDQ reference (dequantize,
+``Concat``                 float32 op, ONNX QuantizeLinear); ``tflite``,
+                           ``tflite-single-rounding``, ``fixed-point``: integer-only, each
+                           input rescaled to the output with the semantics' integer
+                           requantizer (see :func:`_integer_rescale`)
+``MaxPool``, ``Flatten``,  the same on integers as on floats (order-preserving or layout-only)
+``Reshape``, ``Transpose``
+``Relu``, ``Clip``         an integer clamp at the quantized bounds
+``Quantize``               ONNX QuantizeLinear (``onnxruntime``: ORT's kernel, NaN → qmin)
+``Dequantize``             ONNX DequantizeLinear
+``Softmax``, ``LayerNorm``,  float only
+``Gelu``, ``BatchNorm``
+=========================  =================================================================
+
+The accumulator backend is the one seam between the integer reference and the accelerator:
+:class:`ExactBackend` computes accumulators with exact numpy kernels; the accelerator's
+backend (:mod:`qsim.nn.accelerate`) computes the same integers by running Programs on the
+bit-accurate model or the RTL, so a network compiled for the accelerator goes through the
+same requantization code as the reference.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+
+from qsim.errors import ConfigError
+from qsim.nn import layers as L
+from qsim.nn.graph import Graph, Layer
+from qsim.numerics import IntFormat, saturate
+from qsim.quant.kernels import conv_geometry, conv_integer, im2col, matmul_integer
+from qsim.quant.ops import dequantize, quantize
+from qsim.quant.params import QuantParams
+from qsim.quant.requant import Semantics, requantize
+
+__all__ = ["run", "RunResult", "ExactBackend", "AccumulatorBackend", "FLOAT_ONLY"]
+
+#: Layer kinds that exist only in float (their integer versions are not defined).
+FLOAT_ONLY = ("softmax", "layernorm", "gelu", "batchnorm")
+
+
+class AccumulatorBackend:
+    """Computes the exact int32 accumulators of quantized convolutions and matrix products.
+
+    ``matmul(x, x_zp, w, w_zp)`` returns ``(x - x_zp) @ (w - w_zp)`` for an (M x K) and a
+    (K x N) integer matrix (``w_zp`` scalar or per column) as int64.
+    :meth:`conv` lowers a convolution to one such product per group (im2col with the input
+    zero point as padding, which is real zero), so a backend only has to multiply matrices.
+    """
+
+    def matmul(self, x: np.ndarray, x_zp: int, w: np.ndarray, w_zp: np.ndarray,
+               layer: Layer) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def conv(self, layer: L.Conv2d, x: np.ndarray, x_zp: int, w: np.ndarray,
+             w_zp: np.ndarray) -> np.ndarray:
+        geometry = conv_geometry(x.shape[2:], layer.kernel, strides=layer.strides,
+                                 pads=_onnx_pads(layer.pads), dilations=layer.dilations)
+        n = x.shape[0]
+        groups, out_ch = layer.groups, layer.out_channels
+        cg, mg = layer.in_channels // groups, out_ch // groups
+        cols = im2col(x, geometry, pad_value=x_zp)  # (N, C, oh, ow, kh, kw)
+        oh, ow = geometry.output
+        zw = np.broadcast_to(np.asarray(w_zp, dtype=np.int64).reshape(-1), (out_ch,))
+        parts = []
+        for g in range(groups):
+            field = np.moveaxis(cols[:, g * cg:(g + 1) * cg], 1, 3)  # (N, oh, ow, Cg, kh, kw)
+            field = field.reshape(n * oh * ow, -1)
+            kernel = w[g * mg:(g + 1) * mg].reshape(mg, -1).T  # (Cg*kh*kw, Mg)
+            acc = self.matmul(field, x_zp, kernel, zw[g * mg:(g + 1) * mg], layer)
+            parts.append(acc.reshape(n, oh, ow, mg).transpose(0, 3, 1, 2))
+        return np.concatenate(parts, axis=1) if groups > 1 else parts[0]
+
+
+class ExactBackend(AccumulatorBackend):
+    """Accumulators from qsim's exact numpy kernels (the integer reference)."""
+
+    def matmul(self, x, x_zp, w, w_zp, layer):
+        return matmul_integer(_narrow(x), _narrow(w), _zp_array(x_zp, x), _zp_array(w_zp, w))
+
+    def conv(self, layer, x, x_zp, w, w_zp):
+        return conv_integer(_narrow(x), _narrow(w), _zp_array(x_zp, x), _zp_array(w_zp, w),
+                            strides=layer.strides, pads=_onnx_pads(layer.pads),
+                            dilations=layer.dilations, group=layer.groups)
+
+
+def _narrow(values: np.ndarray) -> np.ndarray:
+    """int8/uint8 view of 8-bit (or narrower) integers, as the ONNX kernels take them."""
+    v = np.asarray(values)
+    if v.dtype in (np.int8, np.uint8):
+        return v
+    lo, hi = int(v.min(initial=0)), int(v.max(initial=0))
+    if -128 <= lo and hi <= 127:
+        return v.astype(np.int8)
+    if 0 <= lo and hi <= 255:
+        return v.astype(np.uint8)
+    raise ConfigError(f"integer operands must fit int8 or uint8, not the range {lo}..{hi}")
+
+
+def _zp_array(zp, like: np.ndarray) -> np.ndarray:
+    z = np.asarray(zp, dtype=np.int64)
+    dtype = _narrow(like).dtype
+    return z.astype(dtype)
+
+
+def _onnx_pads(pads: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """The IR's (top, left, bottom, right) is ONNX's (begin_h, begin_w, end_h, end_w)."""
+    return pads
+
+
+@dataclass
+class RunResult:
+    """Outputs by name, every intermediate tensor when asked, and the time per layer."""
+
+    outputs: dict[str, np.ndarray]
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+    layer_seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Context:
+    semantics: Semantics
+    backend: AccumulatorBackend
+
+
+def run(graph: Graph, feeds: Mapping[str, np.ndarray], semantics: Semantics | str = "onnxruntime",
+        *, keep: bool = False, backend: AccumulatorBackend | None = None) -> RunResult:
+    """Evaluate ``graph`` on ``feeds`` (one array per graph input, batch first).
+
+    Parameters
+    ----------
+    graph : Graph
+    feeds : mapping of str to array
+        Every graph input, with the shape (batch included) and dtype it declares; floats are
+        converted to float32.
+    semantics : Semantics or str
+        Requantization semantics of the quantized layers.
+    keep : bool
+        Keep every intermediate tensor in :attr:`RunResult.values`.
+    backend : AccumulatorBackend, optional
+        Where quantized convolutions and products get their accumulators
+        (default :class:`ExactBackend`).
+
+    Raises
+    ------
+    ConfigError
+        A missing or unexpected input, a wrong shape or dtype, or a layer that cannot run.
+    """
+    ctx = _Context(Semantics.parse(semantics), backend or ExactBackend())
+    values = _check_feeds(graph, feeds)
+    batch = next(iter(values.values())).shape[0] if values else None
+    types = graph.infer(batch)
+    times: dict[str, float] = {}
+    for layer in graph.layers:
+        t0 = time.perf_counter()
+        fn = _RUNNERS.get(type(layer))
+        if fn is None:
+            raise layer._fail("has no implementation in the engine")
+        if layer.kind in FLOAT_ONLY and any(values[i].dtype.kind in "iu" for i in layer.inputs):
+            raise layer._fail("is float only and cannot take an integer input")
+        outs = fn(layer, [values[i] for i in layer.inputs], ctx)
+        for name, value in zip(layer.outputs, outs):
+            expected = types[name]
+            if tuple(value.shape) != tuple(expected.shape):
+                raise layer._fail(f"produced shape {value.shape}, expected {expected}")
+            values[name] = value
+        times[layer.name] = time.perf_counter() - t0
+    outputs = {name: values[name] for name in graph.outputs}
+    return RunResult(outputs, values if keep else {}, times)
+
+
+def _check_feeds(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    missing = [n for n in graph.inputs if n not in feeds]
+    if missing:
+        raise ConfigError(f"graph {graph.name!r}: missing input(s) {', '.join(missing)} "
+                          f"(inputs: {', '.join(graph.inputs)})")
+    extra = [n for n in feeds if n not in graph.inputs]
+    if extra:
+        raise ConfigError(f"graph {graph.name!r}: unknown input(s) {', '.join(extra)} "
+                          f"(inputs: {', '.join(graph.inputs)})")
+    values = {}
+    for name, declared in graph.inputs.items():
+        value = np.asarray(feeds[name])
+        if value.ndim != len(declared.shape) or any(
+                d is not None and d != v for d, v in zip(declared.shape, value.shape)):
+            raise ConfigError(f"input {name!r} has shape {value.shape}, expected {declared}")
+        want = np.dtype(declared.dtype)
+        if want.kind == "f":
+            if value.dtype.kind != "f":
+                raise ConfigError(f"input {name!r} has dtype {value.dtype}, expected {want}")
+            value = value.astype(np.float32)
+        elif value.dtype != want:
+            raise ConfigError(f"input {name!r} has dtype {value.dtype}, expected {want}")
+        values[name] = value
+    return values
+
+
+# ------------------------------------------------------------------------- helpers
+
+def _params(layer: Layer, value: QuantParams | None, what: str) -> QuantParams:
+    if value is None:
+        raise layer._fail(f"is quantized but has no {what}")
+    if not value.per_tensor:
+        raise layer._fail(f"needs per-tensor {what}, got {value}")
+    return value
+
+
+def _scalar(params: QuantParams) -> tuple[np.float32, int]:
+    return np.float32(params.scale), int(params.zero_point)
+
+
+def _int_out(values: np.ndarray, fmt: IntFormat) -> np.ndarray:
+    return np.asarray(values).astype(fmt.numpy_dtype())
+
+
+def _activation_bounds(layer: Layer, activation: object, out: QuantParams) -> tuple[int, int]:
+    """Integer clamp of a fused activation on the output grid of ``out``."""
+    fmt = out.fmt
+    if activation is None:
+        return fmt.min, fmt.max
+    if activation == "relu":
+        lo, hi = 0.0, None
+    elif isinstance(activation, tuple) and len(activation) == 3 and activation[0] == "clip":
+        lo, hi = float(activation[1]), float(activation[2])
+    else:
+        raise layer._fail(f"unknown activation {activation!r} (use None, 'relu' or ('clip', lo, hi))")
+    qlo = int(quantize(np.float32(lo), out)) if lo is not None and np.isfinite(lo) else fmt.min
+    qhi = int(quantize(np.float32(hi), out)) if hi is not None and np.isfinite(hi) else fmt.max
+    return qlo, qhi
+
+
+def _float_activation(layer: Layer, activation: object, y: np.ndarray) -> np.ndarray:
+    if activation is None:
+        return y
+    if activation == "relu":
+        return np.maximum(y, np.float32(0))
+    if isinstance(activation, tuple) and len(activation) == 3 and activation[0] == "clip":
+        return np.clip(y, np.float32(activation[1]), np.float32(activation[2]))
+    raise layer._fail(f"unknown activation {activation!r} (use None, 'relu' or ('clip', lo, hi))")
+
+
+def _requantize_layer(layer, acc, x_p: QuantParams, w_p: QuantParams, y_p: QuantParams,
+                      ctx: _Context, channel_axis: int, activation: object) -> np.ndarray:
+    weight_scale = w_p.scale
+    y = requantize(acc, np.float32(x_p.scale), weight_scale, np.float32(y_p.scale),
+                   int(y_p.zero_point), y_p.fmt, ctx.semantics, channel_axis=channel_axis)
+    lo, hi = _activation_bounds(layer, activation, y_p)
+    return _int_out(np.clip(y, lo, hi), y_p.fmt)
+
+
+def _bias(layer, acc: np.ndarray, bias: np.ndarray | None, channel_axis: int) -> np.ndarray:
+    if bias is None:
+        return acc
+    b = np.asarray(bias)
+    if b.dtype.kind not in "iu":
+        raise layer._fail(f"a quantized layer needs an int32 bias, not dtype {b.dtype}")
+    shape = [1] * acc.ndim
+    shape[channel_axis] = -1
+    return acc + b.astype(np.int64).reshape(shape)
+
+
+# ------------------------------------------------------------------------- GEMM layers
+
+def _conv(layer: L.Conv2d, inputs, ctx):
+    (x,) = inputs
+    if layer.weight is None:
+        raise layer._fail("has no weights (a shape-only graph cannot run)")
+    if not layer.quantized:
+        geometry = conv_geometry(x.shape[2:], layer.kernel, strides=layer.strides,
+                                 pads=_onnx_pads(layer.pads), dilations=layer.dilations)
+        y = _float_conv(x, layer.weight.astype(np.float32), layer.groups, geometry)
+        if layer.bias is not None:
+            y = y + layer.bias.astype(np.float32).reshape(1, -1, 1, 1)
+        return [_float_activation(layer, layer.activation, y.astype(np.float32))]
+    x_p = _params(layer, layer.input_params, "input_params")
+    y_p = _params(layer, layer.output_params, "output_params")
+    w_p = layer.weight_params
+    if w_p is None:
+        raise layer._fail("is quantized but has no weight_params")
+    _, w_zp = w_p.broadcast(layer.weight.shape)
+    acc = ctx.backend.conv(layer, x, int(x_p.zero_point), layer.weight,
+                           np.broadcast_to(w_zp.reshape(-1) if w_zp.ndim else w_zp, (layer.out_channels,)))
+    acc = _bias(layer, acc, layer.bias, 1)
+    return [_requantize_layer(layer, acc, x_p, w_p, y_p, ctx, 1, layer.activation)]
+
+
+def _float_conv(x: np.ndarray, w: np.ndarray, groups: int, geometry) -> np.ndarray:
+    n, c = x.shape[:2]
+    m = w.shape[0]
+    cg, mg = c // groups, m // groups
+    cols = im2col(x, geometry)
+    oh, ow = geometry.output
+    parts = []
+    for g in range(groups):
+        field = np.moveaxis(cols[:, g * cg:(g + 1) * cg], 1, 3).reshape(n * oh * ow, -1)
+        kernel = w[g * mg:(g + 1) * mg].reshape(mg, -1).T
+        parts.append((field @ kernel).reshape(n, oh, ow, mg).transpose(0, 3, 1, 2))
+    return np.concatenate(parts, axis=1) if groups > 1 else parts[0]
+
+
+def _linear(layer: L.Linear, inputs, ctx):
+    (x,) = inputs
+    if layer.weight is None:
+        raise layer._fail("has no weights (a shape-only graph cannot run)")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    if not layer.quantized:
+        y = x2 @ layer.weight.astype(np.float32)
+        if layer.bias is not None:
+            y = y + layer.bias.astype(np.float32)
+        return [_float_activation(layer, layer.activation, y.astype(np.float32)).reshape(*lead, -1)]
+    x_p = _params(layer, layer.input_params, "input_params")
+    y_p = _params(layer, layer.output_params, "output_params")
+    w_p = layer.weight_params
+    if w_p is None:
+        raise layer._fail("is quantized but has no weight_params")
+    _, w_zp = w_p.broadcast(layer.weight.shape)
+    zw = np.broadcast_to(np.asarray(w_zp).reshape(-1) if np.ndim(w_zp) else w_zp, (layer.out_features,))
+    acc = ctx.backend.matmul(x2, int(x_p.zero_point), layer.weight, zw, layer)
+    acc = _bias(layer, acc, layer.bias, 1)
+    y = _requantize_layer(layer, acc, x_p, w_p, y_p, ctx, 1, layer.activation)
+    return [y.reshape(*lead, -1)]
+
+
+def _matmul(layer: L.MatMul, inputs, ctx):
+    a, b = inputs
+    if a.dtype.kind == "f":
+        return [np.matmul(a, b).astype(np.float32)]
+    raise layer._fail("quantized products of two activations are not supported yet")
+
+
+# ------------------------------------------------------------------------- element-wise and pools
+
+def _float_qdq(params: QuantParams, fn: Callable[..., np.ndarray], *ints_and_params) -> np.ndarray:
+    """The float QDQ reference: dequantize the inputs, run ``fn`` in float32, quantize."""
+    floats = [dequantize(v, p) for v, p in ints_and_params]
+    return _int_out(quantize(fn(*floats).astype(np.float32), params), params.fmt)
+
+
+def _integer_rescale(centered: np.ndarray, in_scale: float, dst_scale: float, count: int,
+                     semantics: Semantics) -> np.ndarray:
+    """``centered * in_scale / (dst_scale * count)`` rounded to integers (no zero point).
+
+    The integer-only rescaling of the ``tflite``, ``tflite-single-rounding`` and
+    ``fixed-point`` semantics: zero-point-free integers (or their sum over ``count`` taps)
+    are requantized with the semantics' own integer multiplier and shift (``requantize`` with
+    ``in_scale``, ``weight_scale = 1 / count``, ``out_scale = dst_scale``) into int32.
+    """
+    return requantize(centered, np.float32(in_scale), np.float32(1.0 / count), np.float32(dst_scale),
+                      0, IntFormat(32, True), semantics)
+
+
+def _centered(values: np.ndarray, params: QuantParams) -> np.ndarray:
+    return values.astype(np.int64) - int(params.zero_point)
+
+
+_INTEGER_SEMANTICS = (Semantics.TFLITE, Semantics.TFLITE_SINGLE_ROUNDING, Semantics.FIXED_POINT)
+
+
+def _add(layer: L.Add, inputs, ctx):
+    a, b = inputs
+    if layer.output_params is None:
+        if a.dtype.kind != "f" or b.dtype.kind != "f":
+            raise layer._fail("integer inputs need output_params (and input_params)")
+        return [_float_activation(layer, layer.activation, (a + b).astype(np.float32))]
+    if layer.input_params is None:
+        raise layer._fail("is quantized but has no input_params")
+    pa, pb = layer.input_params
+    py = layer.output_params
+    if ctx.semantics is Semantics.ONNXRUNTIME:
+        from qsim.quant.ortops import qlinear_add
+
+        y = qlinear_add(_narrow_like(a, pa), *_scalar(pa), _narrow_like(b, pb), *_scalar(pb),
+                        *_as_onnx_zp(py))
+    elif ctx.semantics in _INTEGER_SEMANTICS:
+        # Each input is brought to a common grid 2**-20 finer than the output (TFLite's
+        # left shift of 20 bits), summed exactly, and requantized once.
+        fine = np.float32(py.scale) / np.float32(1 << 20)
+        total = (_integer_rescale(_centered(a, pa), pa.scale, fine, 1, ctx.semantics)
+                 + _integer_rescale(_centered(b, pb), pb.scale, fine, 1, ctx.semantics))
+        y = requantize(total, fine, np.float32(1.0), np.float32(py.scale), int(py.zero_point), py.fmt,
+                       ctx.semantics) if np.abs(total).max(initial=0) < 1 << 31 else None
+        if y is None:
+            raise layer._fail("the integer sum leaves int32; the inputs' ranges are too wide for "
+                              "the output scale")
+    else:
+        y = _float_qdq(py, np.add, (a, pa), (b, pb))
+    lo, hi = _activation_bounds(layer, layer.activation, py)
+    return [_int_out(np.clip(y, lo, hi), py.fmt)]
+
+
+def _narrow_like(values: np.ndarray, params: QuantParams) -> np.ndarray:
+    return np.asarray(values).astype(params.fmt.numpy_dtype())
+
+
+def _as_onnx_zp(params: QuantParams) -> tuple[np.float32, np.ndarray]:
+    return np.float32(params.scale), np.asarray(params.zero_point).astype(params.fmt.numpy_dtype())
+
+
+def _relu_clip(layer, inputs, ctx):
+    (x,) = inputs
+    lo, hi = (0.0, np.inf) if isinstance(layer, L.Relu) else (layer.lo, layer.hi)
+    if x.dtype.kind == "f":
+        return [np.clip(x, np.float32(lo), np.float32(hi)).astype(np.float32)]
+    params = _params(layer, layer.output_params, "output_params (the tensor's quantization)")
+    qlo, qhi = _activation_bounds(layer, ("clip", lo, hi), params)
+    return [np.clip(x, qlo, qhi).astype(x.dtype)]
+
+
+def _windows(layer: L._Pool, x: np.ndarray, pad_value) -> tuple[np.ndarray, np.ndarray]:
+    """Every pooling window ``(N, C, oh, ow, kh, kw)`` and a mask of its real (unpadded) taps."""
+    t, l, b, r = layer.pads
+    n, c, h, w = x.shape
+    from qsim.nn.graph import window_output
+
+    oh = window_output(h, layer.kernel[0], layer.strides[0], t, b, layer.dilations[0], layer.ceil_mode)
+    ow = window_output(w, layer.kernel[1], layer.strides[1], l, r, layer.dilations[1], layer.ceil_mode)
+    ext_h = (layer.kernel[0] - 1) * layer.dilations[0] + 1
+    ext_w = (layer.kernel[1] - 1) * layer.dilations[1] + 1
+    # ceil_mode may need extra padding at the end
+    need_h = (oh - 1) * layer.strides[0] + ext_h - (h + t)
+    need_w = (ow - 1) * layer.strides[1] + ext_w - (w + l)
+    pad = ((0, 0), (0, 0), (t, max(b, need_h)), (l, max(r, need_w)))
+    padded = np.pad(x, pad, constant_values=pad_value)
+    mask = np.pad(np.ones((h, w), dtype=bool), pad[2:], constant_values=False)
+    view = np.lib.stride_tricks.sliding_window_view(padded, (ext_h, ext_w), axis=(2, 3))
+    mview = np.lib.stride_tricks.sliding_window_view(mask, (ext_h, ext_w))
+    pick = (slice(0, (oh - 1) * layer.strides[0] + 1, layer.strides[0]),
+            slice(0, (ow - 1) * layer.strides[1] + 1, layer.strides[1]),
+            slice(None, None, layer.dilations[0]), slice(None, None, layer.dilations[1]))
+    return view[(slice(None), slice(None)) + pick], mview[pick]
+
+
+def _maxpool(layer: L.MaxPool, inputs, ctx):
+    (x,) = inputs
+    low = np.finfo(np.float32).min if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+    windows, _ = _windows(layer, x, low)
+    return [windows.max(axis=(-2, -1)).astype(x.dtype)]
+
+
+def _avgpool(layer: L.AvgPool, inputs, ctx):
+    (x,) = inputs
+    if layer.output_params is None:
+        if x.dtype.kind != "f":
+            raise layer._fail("integer input needs input_params and output_params")
+        return [_float_avgpool(layer, x)]
+    px = _params(layer, layer.input_params, "input_params")
+    py = layer.output_params
+    if ctx.semantics is Semantics.ONNXRUNTIME:
+        from qsim.quant.ortops import qlinear_average_pool
+
+        y = qlinear_average_pool(_narrow_like(x, px), *_scalar(px), *_as_onnx_zp(py),
+                                 kernel_shape=layer.kernel, strides=layer.strides,
+                                 pads=layer.pads, ceil_mode=int(layer.ceil_mode),
+                                 count_include_pad=int(layer.count_include_pad))
+        return [_int_out(y, py.fmt)]
+    if ctx.semantics in _INTEGER_SEMANTICS:
+        windows, mask = _windows(layer, x, int(px.zero_point))
+        sums = (windows.astype(np.int64) - int(px.zero_point)).sum(axis=(-2, -1))
+        counts = np.full(mask.shape[:2], mask.shape[2] * mask.shape[3]) if layer.count_include_pad \
+            else mask.sum(axis=(-2, -1))
+        y = np.empty(sums.shape, dtype=np.int64)
+        for count in np.unique(counts):  # a handful of distinct window sizes
+            where = counts == count
+            y[:, :, where] = _integer_rescale(sums[:, :, where], px.scale, float(py.scale),
+                                              int(count), ctx.semantics)
+        return [_int_out(saturate(y + int(py.zero_point), py.fmt), py.fmt)]
+    return [_float_qdq(py, lambda v: _float_avgpool(layer, v), (x, px))]
+
+
+def _float_avgpool(layer: L.AvgPool, x: np.ndarray) -> np.ndarray:
+    windows, mask = _windows(layer, x.astype(np.float32), 0.0)
+    sums = windows.sum(axis=(-2, -1), dtype=np.float32)
+    counts = (np.full(mask.shape[:2], mask.shape[2] * mask.shape[3]) if layer.count_include_pad
+              else mask.sum(axis=(-2, -1)))
+    return (sums / counts.astype(np.float32)).astype(np.float32)
+
+
+def _globalavgpool(layer: L.GlobalAvgPool, inputs, ctx):
+    (x,) = inputs
+    if layer.output_params is None:
+        if x.dtype.kind != "f":
+            raise layer._fail("integer input needs input_params and output_params")
+        return [x.mean(axis=(2, 3), keepdims=True, dtype=np.float32)]
+    px = _params(layer, layer.input_params, "input_params")
+    py = layer.output_params
+    if ctx.semantics is Semantics.ONNXRUNTIME:
+        from qsim.quant.ortops import qlinear_global_average_pool
+
+        y = qlinear_global_average_pool(_narrow_like(x, px), *_scalar(px), *_as_onnx_zp(py))
+        return [_int_out(y, py.fmt)]
+    if ctx.semantics in _INTEGER_SEMANTICS:
+        count = x.shape[2] * x.shape[3]
+        sums = _centered(x, px).sum(axis=(2, 3), keepdims=True)
+        y = _integer_rescale(sums, px.scale, float(py.scale), count, ctx.semantics)
+        return [_int_out(saturate(y + int(py.zero_point), py.fmt), py.fmt)]
+    return [_float_qdq(py, lambda v: v.mean(axis=(2, 3), keepdims=True, dtype=np.float32), (x, px))]
+
+
+def _concat(layer: L.Concat, inputs, ctx):
+    if layer.output_params is None:
+        return [np.concatenate(inputs, axis=layer.axis)]
+    if layer.input_params is None or len(layer.input_params) != len(inputs):
+        raise layer._fail("is quantized but has no input_params for every input")
+    py = layer.output_params
+    if ctx.semantics is Semantics.ONNXRUNTIME:
+        from qsim.quant.ortops import qlinear_concat
+
+        parts = [(_narrow_like(v, p), *_scalar(p)) for v, p in zip(inputs, layer.input_params)]
+        y = qlinear_concat(parts, *_as_onnx_zp(py), axis=layer.axis)
+        return [_int_out(y, py.fmt)]
+    if ctx.semantics in _INTEGER_SEMANTICS:
+        parts = [saturate(_integer_rescale(_centered(v, p), p.scale, float(py.scale), 1, ctx.semantics)
+                          + int(py.zero_point), py.fmt) for v, p in zip(inputs, layer.input_params)]
+        return [_int_out(np.concatenate(parts, axis=layer.axis), py.fmt)]
+    return [_float_qdq(py, lambda *v: np.concatenate(v, axis=layer.axis),
+                       *zip(inputs, layer.input_params))]
+
+
+# ------------------------------------------------------------------------- layout, float-only, conversions
+
+def _flatten(layer: L.Flatten, inputs, ctx):
+    (x,) = inputs
+    axis = layer.axis + x.ndim if layer.axis < 0 else layer.axis
+    return [x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), -1)]
+
+
+def _reshape(layer: L.Reshape, inputs, ctx):
+    (x,) = inputs
+    target = [x.shape[i] if d == 0 else d for i, d in enumerate(layer.shape)]
+    return [x.reshape(target)]
+
+
+def _transpose(layer: L.Transpose, inputs, ctx):
+    return [np.transpose(inputs[0], layer.perm)]
+
+
+def _softmax(layer: L.Softmax, inputs, ctx):
+    (x,) = inputs
+    shifted = x - x.max(axis=layer.axis, keepdims=True)
+    e = np.exp(shifted, dtype=np.float32)
+    return [(e / e.sum(axis=layer.axis, keepdims=True)).astype(np.float32)]
+
+
+def _layernorm(layer: L.LayerNorm, inputs, ctx):
+    (x,) = inputs
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    return [((x - mean) / np.sqrt(var + np.float32(layer.eps))).astype(np.float32)]
+
+
+_ERF = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _gelu(layer: L.Gelu, inputs, ctx):
+    """Exact GELU, ``x * (1 + erf(x / sqrt(2))) / 2`` (erf per element: float-only, small use)."""
+    (x,) = inputs
+    return [(0.5 * x * (1.0 + _ERF(x / math.sqrt(2.0)))).astype(np.float32)]
+
+
+def _batchnorm(layer: L.BatchNorm, inputs, ctx):
+    (x,) = inputs
+    for name in ("gamma", "beta", "mean", "var"):
+        if getattr(layer, name) is None:
+            raise layer._fail(f"has no {name}")
+    view = (1, -1) + (1,) * (x.ndim - 2)
+    scale = layer.gamma.astype(np.float32) / np.sqrt(layer.var.astype(np.float32) + np.float32(layer.eps))
+    y = (x - layer.mean.astype(np.float32).reshape(view)) * scale.reshape(view) + layer.beta.astype(np.float32).reshape(view)
+    return [y.astype(np.float32)]
+
+
+def _quantize(layer: L.Quantize, inputs, ctx):
+    (x,) = inputs
+    params = layer.params
+    if ctx.semantics is Semantics.ONNXRUNTIME:
+        q = quantize(x.astype(np.float32), params, nan=params.fmt.min)  # ORT: NaN -> qmin
+    else:
+        q = quantize(x.astype(np.float32), params)
+    return [_int_out(q, params.fmt)]
+
+
+def _dequantize(layer: L.Dequantize, inputs, ctx):
+    return [dequantize(inputs[0], layer.params).astype(np.float32)]
+
+
+_RUNNERS: dict[type, Callable] = {
+    L.Conv2d: _conv, L.Linear: _linear, L.MatMul: _matmul, L.Add: _add, L.Relu: _relu_clip,
+    L.Clip: _relu_clip, L.MaxPool: _maxpool, L.AvgPool: _avgpool, L.GlobalAvgPool: _globalavgpool,
+    L.Flatten: _flatten, L.Reshape: _reshape, L.Transpose: _transpose, L.Concat: _concat,
+    L.Softmax: _softmax, L.LayerNorm: _layernorm, L.Gelu: _gelu, L.BatchNorm: _batchnorm,
+    L.Quantize: _quantize, L.Dequantize: _dequantize,
+}
