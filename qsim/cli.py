@@ -258,6 +258,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK if report.agrees else EXIT_DISAGREE
 
 
+def _cmd_infer(args: argparse.Namespace) -> int:
+    from qsim.nn.infer import infer_command
+
+    return infer_command(args.model, args.inputs, args.output, semantics=args.semantics,
+                         keep_intermediates=args.intermediates)
+
+
 def _cmd_presets(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({name: cfg.to_dict() for name, cfg in PRESETS.items()}, indent=1))
@@ -353,6 +360,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, help="output file ('-' for stdout)")
     p.add_argument("--lint", action="store_true", help="also run verilator --lint-only -Wall")
     p.set_defaults(func=_cmd_rtl)
+
+    p = sub.add_parser("infer", help="integer-only inference of an ONNX model (float or quantized)")
+    p.add_argument("model", type=Path, help="ONNX model")
+    p.add_argument("--inputs", type=Path, required=True, metavar="X.npz",
+                   help="inputs keyed by the graph's input names (.npy for a single-input model)")
+    p.add_argument("--output", type=Path, required=True, metavar="Y.npz",
+                   help="outputs keyed by the graph's output names (written only on success)")
+    p.add_argument("--semantics", default="onnxruntime",
+                   help="requantization semantics: onnxruntime (default), onnx, tflite, "
+                        "tflite-single-rounding, pytorch-fbgemm, fixed-point")
+    p.add_argument("--intermediates", action="store_true",
+                   help="also store every intermediate tensor in the output file")
+    p.set_defaults(func=_cmd_infer)
 
     p = sub.add_parser("presets", help="list the named accelerator configurations")
     p.add_argument("--json", action="store_true")
