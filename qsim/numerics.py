@@ -124,9 +124,11 @@ class IntFormat:
 
     def numpy_dtype(self) -> np.dtype:
         """The narrowest numpy integer dtype that holds every value of this format."""
-        width = next(w for w in (8, 16, 32, 64) if self.bits <= w)
-        return np.dtype(f"{'' if self.signed else 'u'}int{width}")
+        return _NUMPY_DTYPES[(self.bits, self.signed)]
 
+
+_NUMPY_DTYPES = {(bits, signed): np.dtype(f"{'' if signed else 'u'}int{next(w for w in (8, 16, 32, 64) if bits <= w)}")
+                 for bits in range(MIN_BITS, MAX_BITS + 1) for signed in (True, False)}
 
 INT2 = IntFormat(2, True)
 UINT2 = IntFormat(2, False)

@@ -23,6 +23,7 @@ from qsim.numerics import INT8, INT32, UINT8, IntFormat, check_fits, int_matmul
 from qsim.quant.requant import Semantics, requantize
 
 __all__ = [
+    "conv_columns",
     "AUTO_PAD_MODES",
     "ConvGeometry",
     "conv_geometry",
@@ -307,6 +308,37 @@ def im2col(x: np.ndarray, geometry: ConvGeometry, pad_value: int = 0) -> np.ndar
     return windows[pick]
 
 
+def conv_columns(x: np.ndarray, geometry: ConvGeometry, dtype: np.dtype | type, *,
+                 subtract: int = 0, pad_value: int | None = None) -> np.ndarray:
+    """The im2col matrix ``(C * taps, N * positions)`` of ``x - subtract``, copied as ``dtype``.
+
+    Row ``c * taps + t`` holds channel ``c`` under kernel tap ``t`` (taps in C order) for every
+    output position of every image (images outermost), so the rows of group ``g`` are the
+    contiguous block ``[g * Cg * taps, (g + 1) * Cg * taps)``. The padding holds
+    ``pad_value - subtract`` (by default 0: with ``subtract`` the input zero point, the padding
+    is real zero, as ONNX pads quantized convolutions with the zero point). Each tap is one
+    strided copy: copying a window view at once walks it element by element, several times
+    slower.
+    """
+    dtype = np.dtype(dtype)
+    n, c = x.shape[:2]
+    nd = len(geometry.kernel)
+    spatial = x.shape[2:]
+    padded_shape = tuple(size + geometry.pads[i] + geometry.pads[i + nd] for i, size in enumerate(spatial))
+    fill = 0 if pad_value is None else pad_value - subtract
+    padded = np.full((n, c) + padded_shape, fill, dtype=dtype)
+    inner = (slice(None), slice(None)) + tuple(slice(geometry.pads[i], geometry.pads[i] + size)
+                                               for i, size in enumerate(spatial))
+    np.subtract(x, dtype.type(subtract), out=padded[inner], dtype=dtype)
+    field = np.empty((c,) + geometry.kernel + (n,) + geometry.output, dtype=dtype)
+    for tap in np.ndindex(*geometry.kernel):
+        window = tuple(slice(t * d, t * d + (o - 1) * s + 1, s) for t, d, o, s in
+                       zip(tap, geometry.dilations, geometry.output, geometry.strides))
+        field[(slice(None),) + tap] = np.moveaxis(padded[(slice(None), slice(None)) + window], 1, 0)
+    taps, positions = int(np.prod(geometry.kernel)), int(np.prod(geometry.output))
+    return field.reshape(c * taps, n * positions)
+
+
 def _conv_operands(x: np.ndarray, w: np.ndarray, group: object,
                    kernel_shape: Sequence[int] | None) -> int:
     """Validate NCHW shapes and groups; return the group count as an int."""
@@ -353,26 +385,24 @@ def _conv_accumulate(x: np.ndarray, w: np.ndarray, group: int, geometry: ConvGeo
     outputs = w.shape[0]
     cg, mg = channels // group, outputs // group
     nd = len(geometry.kernel)
-    cols = im2col(x, geometry)  # (N, C, *out, *k), a view
     taps = int(np.prod(geometry.kernel))
-    positions = int(np.prod(geometry.output))
-    if cg == 1:
+    if cg == 1 and group > 1:
         # One input channel per group (depthwise and its channel multipliers): K is only the
         # kernel taps, so a multiply-add per tap over every channel at once beats one tiny
         # GEMM per group.
+        cols = im2col(x, geometry)  # (N, C, *out, *k), a view
         acc = np.zeros((n, group, mg) + geometry.output, dtype=np.int64)
         weights = w.reshape(group, mg, taps).astype(np.int64)
         for t, tap in enumerate(np.ndindex(*geometry.kernel)):
             field = cols[(Ellipsis,) + tap].astype(np.int64)  # (N, G, *out)
             acc += field[:, :, None] * weights[:, :, t].reshape((1, group, mg) + (1,) * nd)
         return acc.reshape((n, outputs) + geometry.output)
+    cols = conv_columns(x, geometry, x.dtype)  # (C * taps, N * positions)
     parts = []
-    for g in range(group):  # one GEMM per group: (N*L, Cg*taps) @ (Cg*taps, Mg)
-        field = cols[:, g * cg:(g + 1) * cg]
-        field = np.moveaxis(field, 1, 1 + nd).reshape(n * positions, cg * taps)
+    for g in range(group):  # one GEMM per group: (Mg, Cg*taps) @ (Cg*taps, N*L)
         kernel = w[g * mg:(g + 1) * mg].reshape(mg, cg * taps)
-        y = int_matmul(field, kernel.T).reshape((n,) + geometry.output + (mg,))
-        parts.append(np.moveaxis(y, -1, 1))
+        y = int_matmul(kernel, cols[g * cg * taps:(g + 1) * cg * taps])
+        parts.append(np.moveaxis(y.reshape((mg, n) + geometry.output), 0, 1))
     return parts[0] if group == 1 else np.concatenate(parts, axis=1)
 
 

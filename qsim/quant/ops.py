@@ -92,6 +92,9 @@ def quantize(x: np.ndarray, params: QuantParams,
             f"quantize supports formats of at most {MAX_QUANT_BITS} bits, not {fmt.name}"
         )
     values = _real_array(x, "quantize input")
+    if (params.per_tensor and params.scale.dtype == np.float32 and fmt.bits <= 16
+            and mode is Rounding.HALF_EVEN and values.dtype in (np.float32, np.float64)):
+        return _quantize_per_tensor_f32(values, params, nan)
     scale, zero_point = params.broadcast(values.shape)
     dtype = params.scale.dtype
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
@@ -108,6 +111,29 @@ def quantize(x: np.ndarray, params: QuantParams,
     rounded = rounded.astype(np.int64)
     result = saturate(rounded + zero_point, fmt)
     return np.where(nans, saturate(nan, fmt), result) if nan is not None else result
+
+
+def _quantize_per_tensor_f32(values: np.ndarray, params: QuantParams, nan: int | None) -> np.ndarray:
+    """The common case of :func:`quantize` in a few in-place float32 passes.
+
+    One float32 division (as in the general path), then a clamp to ``[qmin - zp, qmax - zp]``
+    before rounding half to even: the bounds are integers, so clamping and rounding commute
+    and the result is the general path's ``saturate(rne(x / s) + zp)``. Every integer of a
+    format of up to 16 bits is exact in float32.
+    """
+    fmt, zp = params.fmt, int(params.zero_point)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # IEEE gives +-inf, NaN
+        quotient = np.array(np.divide(values, params.scale, dtype=np.float32), dtype=np.float32)
+    nans = np.isnan(quotient)
+    if nans.any():
+        if nan is None:
+            raise ConfigError(f"quantize input{_first_index(nans)} is NaN, which has no quantized value")
+        quotient[nans] = np.float32(saturate(nan, fmt) - zp)
+    np.clip(quotient, np.float32(fmt.min - zp), np.float32(fmt.max - zp), out=quotient)
+    np.rint(quotient, out=quotient)
+    result = quotient.astype(np.int64)
+    result += zp
+    return result
 
 
 def dequantize(q: np.ndarray, params: QuantParams) -> np.ndarray:
@@ -147,6 +173,15 @@ def dequantize(q: np.ndarray, params: QuantParams) -> np.ndarray:
     values = np.asarray(q)
     if values.dtype == np.bool_ or values.dtype.kind not in "iu":
         raise ConfigError(f"dequantize input must be an integer array, not dtype {values.dtype}")
+    fmt = params.fmt
+    if values.dtype.itemsize == 1 and params.per_tensor and params.scale.dtype == np.float32 \
+            and (fmt.min, fmt.max) == (np.iinfo(values.dtype).min, np.iinfo(values.dtype).max):
+        # An 8-bit array of its own format cannot overflow it; f32(q - zp) is exact and one
+        # float32 product of exact values is the correctly rounded result of the general path.
+        out = values.astype(np.float32)
+        out -= np.float32(params.zero_point)
+        out *= params.scale
+        return out
     check_fits(values, params.fmt, "dequantize input")
     scale, zero_point = params.broadcast(values.shape)
     centered = values.astype(np.int64) - zero_point

@@ -40,6 +40,7 @@ __all__ = [
     "multiply_by_quantized_multiplier",
     "FixedPointRequantizer",
     "requantize_float32",
+    "float32_multiplier",
     "MAX_OUT_BITS",
 ]
 
@@ -421,13 +422,14 @@ class FixedPointRequantizer:
 
 # --------------------------------------------------------------------------- semantics
 
-def _float32_multiplier(s_in: np.ndarray, s_w: np.ndarray, s_out: np.ndarray) -> np.ndarray:
-    # C++ `a_scale * b_scale[j] / y_scale` on floats: two float32 roundings, left to right.
-    return np.float32(s_in) * s_w / np.float32(s_out)
+def float32_multiplier(in_scale, weight_scale, out_scale) -> np.ndarray:
+    """``f32(f32(in_scale * weight_scale) / out_scale)``: the multiplier ONNX Runtime (and the
+    ONNX reference) form from float32 scales, left to right, as C++ ``a * b[j] / y``."""
+    return (np.float32(in_scale) * np.asarray(weight_scale, np.float32)) / np.float32(out_scale)
 
 
 def _onnx(acc, s_in, s_w, s_out, zp, fmt):
-    multiplier = _float32_multiplier(s_in, s_w, s_out)
+    multiplier = float32_multiplier(s_in, s_w, s_out)
     # The reference multiplies its int32 tensor by a float32 one: numpy promotes both to
     # float64, and adds the zero point in float64 before rint.
     scaled = acc.astype(np.float64) * multiplier.astype(np.float64) + np.float64(zp)
@@ -435,7 +437,8 @@ def _onnx(acc, s_in, s_w, s_out, zp, fmt):
 
 
 def requantize_float32(acc: np.ndarray, multiplier: np.ndarray | float, out_zero_point: int,
-                       out_fmt: IntFormat) -> np.ndarray:
+                       out_fmt: IntFormat, *, clamp: tuple[int, int] | None = None,
+                       overwrite: bool = False) -> np.ndarray:
     """ONNX Runtime's MLAS ``MlasRequantizeOutput`` with a ready-made float32 multiplier.
 
     ``v = f32(f32(acc) * multiplier)`` (one float32 product; the int32 to float32 conversion
@@ -443,11 +446,21 @@ def requantize_float32(acc: np.ndarray, multiplier: np.ndarray | float, out_zero
     lower bound, as ``maxps`` returns its second operand), then ``rne(v) + zp``. The
     ``onnxruntime`` semantics of :func:`requantize` and every ORT kernel in
     :mod:`qsim.quant.ortops` that requantizes (QGemm with its ``alpha``, the pools) use it.
+
+    ``acc`` may be integers or floats holding the accumulators' float32 image (what MLAS's
+    conversion gives); with ``overwrite`` a float32 ``acc`` is scaled in place. ``clamp``
+    narrows the output range to ``[lo, hi]`` (a fused activation): clamping to integer bounds
+    commutes with rounding, so it is applied with the format's clamp.
     """
-    lo, hi = np.float32(out_fmt.min - out_zero_point), np.float32(out_fmt.max - out_zero_point)
+    lo_q, hi_q = (out_fmt.min, out_fmt.max) if clamp is None else clamp
+    lo, hi = np.float32(lo_q - out_zero_point), np.float32(hi_q - out_zero_point)
     m = np.asarray(multiplier, dtype=np.float32)
     with np.errstate(over="ignore", invalid="ignore"):
-        scaled = np.asarray(acc).astype(np.float32) * m
+        if overwrite and isinstance(acc, np.ndarray) and acc.dtype == np.float32:
+            scaled = acc
+            scaled *= m
+        else:
+            scaled = np.asarray(acc).astype(np.float32) * m
     if not np.all(np.isfinite(m)):  # only an infinite multiplier times 0 gives NaN
         scaled[np.isnan(scaled)] = lo
     np.clip(scaled, lo, hi, out=scaled)
@@ -458,11 +471,11 @@ def requantize_float32(acc: np.ndarray, multiplier: np.ndarray | float, out_zero
 
 
 def _onnxruntime(acc, s_in, s_w, s_out, zp, fmt):
-    return requantize_float32(acc, _float32_multiplier(s_in, s_w, s_out), zp, fmt)
+    return requantize_float32(acc, float32_multiplier(s_in, s_w, s_out), zp, fmt)
 
 
 def _pytorch_fbgemm(acc, s_in, s_w, s_out, zp, fmt):
-    multiplier = _float32_multiplier(s_in, s_w, s_out)
+    multiplier = float32_multiplier(s_in, s_w, s_out)
     scaled = acc.astype(np.float32) * multiplier
     # lrintf (round to nearest even) first, then + zero point and clamp.
     rounded = np.clip(np.rint(scaled.astype(np.float64)), -2.0 ** 62, 2.0 ** 62).astype(np.int64)
