@@ -21,6 +21,7 @@ layer                      quantized computation
 ``Relu``, ``Clip``         an integer clamp at the quantized bounds
 ``Quantize``               ONNX QuantizeLinear (``onnxruntime``: ORT's kernel, NaN → qmin)
 ``Dequantize``             ONNX DequantizeLinear
+``Constant``               its stored value (float or integer), as is
 ``Softmax``, ``LayerNorm``,  float only
 ``Gelu``, ``BatchNorm``
 =========================  =================================================================
@@ -30,6 +31,12 @@ The accumulator backend is the one seam between the integer reference and the ac
 backend (:mod:`qsim.nn.accelerate`) computes the same integers by running Programs on the
 bit-accurate model or the RTL, so a network compiled for the accelerator goes through the
 same requantization code as the reference.
+
+With :class:`ExactBackend` the engine takes a faster route to the same integers: convolutions
+and products run in float32 (or float64) BLAS whenever the worst-case accumulator, known from
+the operand types and zero points, proves every partial sum exact, and under ``onnxruntime``
+the requantization then stays in float32 exactly as MLAS computes it (see
+:func:`_fast_requantize`); ``tests/nn/test_ort_parity.py`` checks both routes agree.
 """
 
 from __future__ import annotations
@@ -45,10 +52,10 @@ from qsim.errors import ConfigError
 from qsim.nn import layers as L
 from qsim.nn.graph import Graph, Layer
 from qsim.numerics import IntFormat, saturate
-from qsim.quant.kernels import conv_geometry, conv_integer, im2col, matmul_integer
+from qsim.quant.kernels import conv_columns, conv_geometry, conv_integer, matmul_integer
 from qsim.quant.ops import dequantize, quantize
 from qsim.quant.params import QuantParams
-from qsim.quant.requant import Semantics, requantize
+from qsim.quant.requant import Semantics, float32_multiplier, requantize, requantize_float32
 
 __all__ = ["run", "RunResult", "ExactBackend", "AccumulatorBackend", "FLOAT_ONLY"]
 
@@ -75,15 +82,16 @@ class AccumulatorBackend:
                                  pads=_onnx_pads(layer.pads), dilations=layer.dilations)
         n = x.shape[0]
         groups, out_ch = layer.groups, layer.out_channels
-        cg, mg = layer.in_channels // groups, out_ch // groups
-        cols = im2col(x, geometry, pad_value=x_zp)  # (N, C, oh, ow, kh, kw)
+        mg = out_ch // groups
+        depth = (layer.in_channels // groups) * layer.kernel[0] * layer.kernel[1]
+        # raw values, padded with the zero point (real zero): the backend folds the zero points
+        cols = conv_columns(x, geometry, np.int16, pad_value=x_zp)  # (C * taps, N * oh * ow)
         oh, ow = geometry.output
         zw = np.broadcast_to(np.asarray(w_zp, dtype=np.int64).reshape(-1), (out_ch,))
         parts = []
         for g in range(groups):
-            field = np.moveaxis(cols[:, g * cg:(g + 1) * cg], 1, 3)  # (N, oh, ow, Cg, kh, kw)
-            field = field.reshape(n * oh * ow, -1)
-            kernel = w[g * mg:(g + 1) * mg].reshape(mg, -1).T  # (Cg*kh*kw, Mg)
+            field = cols[g * depth:(g + 1) * depth].T  # (N * oh * ow, Cg * taps)
+            kernel = w[g * mg:(g + 1) * mg].reshape(mg, -1).T  # (Cg * taps, Mg)
             acc = self.matmul(field, x_zp, kernel, zw[g * mg:(g + 1) * mg], layer)
             parts.append(acc.reshape(n, oh, ow, mg).transpose(0, 3, 1, 2))
         return np.concatenate(parts, axis=1) if groups > 1 else parts[0]
@@ -256,24 +264,146 @@ def _float_activation(layer: Layer, activation: object, y: np.ndarray) -> np.nda
     raise layer._fail(f"unknown activation {activation!r} (use None, 'relu' or ('clip', lo, hi))")
 
 
-def _requantize_layer(layer, acc, x_p: QuantParams, w_p: QuantParams, y_p: QuantParams,
-                      ctx: _Context, channel_axis: int, activation: object) -> np.ndarray:
-    weight_scale = w_p.scale
-    y = requantize(acc, np.float32(x_p.scale), weight_scale, np.float32(y_p.scale),
-                   int(y_p.zero_point), y_p.fmt, ctx.semantics, channel_axis=channel_axis)
-    lo, hi = _activation_bounds(layer, activation, y_p)
-    return _int_out(np.clip(y, lo, hi), y_p.fmt)
+# ------------------------------------------------------------------------- exact float fast paths
+
+# The reference kernels (qsim.quant.kernels) validate every operand and accumulate in int64.
+# With the exact backend the engine instead multiplies in float32 (float64) BLAS whenever the
+# worst case |sum| of the product, known from the operand types and zero points alone, stays
+# below 2**24 (2**53): then every partial sum is an exactly representable integer, whatever
+# order BLAS adds in, and the result is the exact accumulator. Under the onnxruntime semantics
+# the requantization then stays in float32 too (_fast_requantize), which is MLAS's arithmetic.
+
+_EXACT_FLOATS = ((np.dtype(np.float32), 1 << 24), (np.dtype(np.float64), 1 << 53))
+_EIGHT_BIT = (np.dtype(np.int8), np.dtype(np.uint8))
 
 
-def _bias(layer, acc: np.ndarray, bias: np.ndarray | None, channel_axis: int) -> np.ndarray:
-    if bias is None:
-        return acc
-    b = np.asarray(bias)
-    if b.dtype.kind not in "iu":
-        raise layer._fail(f"a quantized layer needs an int32 bias, not dtype {b.dtype}")
-    shape = [1] * acc.ndim
-    shape[channel_axis] = -1
-    return acc + b.astype(np.int64).reshape(shape)
+_RANGES = {dtype: (int(np.iinfo(dtype).min), int(np.iinfo(dtype).max)) for dtype in _EIGHT_BIT}
+
+
+def _span(dtype: np.dtype, zero_point) -> int:
+    """Largest ``|v - zero_point|`` over every value ``v`` of the 8-bit ``dtype``."""
+    lo, hi = _RANGES[dtype]
+    if np.ndim(zero_point) == 0:
+        zp = int(zero_point)
+        return max(hi - zp, zp - lo)
+    return max(hi - int(np.min(zero_point)), int(np.max(zero_point)) - lo)
+
+
+def _exact_dtype(bound: int) -> np.dtype | None:
+    return next((dtype for dtype, limit in _EXACT_FLOATS if bound < limit), None)
+
+
+@dataclass
+class _PreparedGemm:
+    """What a quantized conv or linear layer needs on every run, computed once per layer.
+
+    ``weight`` is the (N x K) weight matrix (conv kernels flattened per output channel),
+    ``zw`` the per-channel weight zero points, ``clamp`` the output clamp of the fused
+    activation, ``multiplier`` ONNX Runtime's float32 multiplier per channel (N, 1).
+    """
+
+    x_p: QuantParams
+    w_p: QuantParams
+    y_p: QuantParams
+    weight: np.ndarray
+    zw: np.ndarray
+    clamp: tuple[int, int]
+    multiplier: np.ndarray
+    bias: np.ndarray | None
+    bias_top: int
+    centered: dict = field(default_factory=dict)  # float dtype -> (N x K) weight - zw
+
+    def centered_weight(self, dtype: np.dtype) -> np.ndarray:
+        if dtype not in self.centered:
+            self.centered[dtype] = _centered_as(self.weight, self.zw.reshape(-1, 1), dtype)
+        return self.centered[dtype]
+
+
+def _prepared_gemm(layer: L.Conv2d | L.Linear) -> _PreparedGemm:
+    """The layer's :class:`_PreparedGemm` (cached on the layer: layers are fixed once they run)."""
+    cached = layer.__dict__.get("_engine_prepared")
+    if cached is not None:
+        return cached
+    x_p = _params(layer, layer.input_params, "input_params")
+    y_p = _params(layer, layer.output_params, "output_params")
+    w_p = layer.weight_params
+    if w_p is None:
+        raise layer._fail("is quantized but has no weight_params")
+    outputs = layer.out_channels if isinstance(layer, L.Conv2d) else layer.out_features
+    _, w_zp = w_p.broadcast(layer.weight.shape)
+    zw = np.broadcast_to(np.asarray(w_zp, dtype=np.int64).reshape(-1) if np.ndim(w_zp) else
+                         np.int64(w_zp), (outputs,)).copy()
+    weight = layer.weight.reshape(outputs, -1) if isinstance(layer, L.Conv2d) else layer.weight.T
+    bias = None
+    if layer.bias is not None:
+        b = np.asarray(layer.bias)
+        if b.dtype.kind not in "iu":
+            raise layer._fail(f"a quantized layer needs an int32 bias, not dtype {b.dtype}")
+        bias = b.astype(np.int64)
+    prepared = _PreparedGemm(
+        x_p, w_p, y_p, weight, zw, _activation_bounds(layer, layer.activation, y_p),
+        np.asarray(float32_multiplier(x_p.scale, w_p.scale, y_p.scale), np.float32).reshape(-1, 1)
+        * np.ones((outputs, 1), np.float32),
+        bias, 0 if bias is None else max(-int(bias.min()), int(bias.max())))
+    layer.__dict__["_engine_prepared"] = prepared
+    return prepared
+
+
+def _fast_accumulate(prep: _PreparedGemm, columns: Callable[[np.dtype], np.ndarray], k: int,
+                     x_dtype: np.dtype, ctx: _Context) -> tuple[np.ndarray, int] | None:
+    """Exact ``(w - zw) @ columns`` as floats (N x P), and its magnitude bound, or ``None``.
+
+    ``columns(dtype)`` gives the centered input as a (K x P) matrix of ``dtype``. Taken only
+    with the exact backend and 8-bit operands, when the worst case sum proves every partial
+    sum exact in the float type.
+    """
+    w_dtype = prep.weight.dtype
+    if type(ctx.backend) is not ExactBackend or x_dtype not in _EIGHT_BIT or w_dtype not in _EIGHT_BIT:
+        return None
+    bound = k * _span(x_dtype, int(prep.x_p.zero_point)) * _span(w_dtype, prep.zw)
+    dtype = _exact_dtype(bound)
+    if dtype is None:
+        return None
+    return prep.centered_weight(dtype) @ columns(dtype), bound
+
+
+def _centered_as(values: np.ndarray, zero_point, dtype: np.dtype) -> np.ndarray:
+    if np.ndim(zero_point) == 0 or np.any(zero_point):
+        return np.subtract(values, np.asarray(zero_point, dtype=dtype), dtype=dtype)
+    return values.astype(dtype)
+
+
+def _fast_requantize(prep: _PreparedGemm, acc: np.ndarray, bound: int, ctx: _Context) -> np.ndarray | None:
+    """MLAS's requantization of exact float accumulators (N x P), or ``None`` outside it.
+
+    ``v = f32(f32(acc + bias) * M)`` with ``M`` ONNX Runtime's float32 multiplier, clamped to
+    the output format and the fused activation, rounded half to even, plus the zero point:
+    :func:`qsim.quant.requant.requantize_float32`. ``acc + bias`` is one IEEE addition of exact
+    values, so it is the correctly rounded int32 sum that MLAS converts; the path is taken only
+    when that sum provably fits int32 and the bias is exact in the accumulator's float type.
+    """
+    if ctx.semantics is not Semantics.ONNXRUNTIME:
+        return None
+    limit = 1 << 24 if acc.dtype == np.float32 else 1 << 53
+    if prep.bias is not None:
+        if prep.bias_top >= limit or bound + prep.bias_top >= 1 << 31:
+            return None
+        acc += prep.bias.astype(acc.dtype).reshape(-1, 1)  # acc is the fresh product: in place
+    values = acc if acc.dtype == np.float32 else acc.astype(np.float32)
+    y = requantize_float32(values, prep.multiplier, int(prep.y_p.zero_point), prep.y_p.fmt,
+                           clamp=prep.clamp, overwrite=True)
+    return y.astype(prep.y_p.fmt.numpy_dtype())
+
+
+def _exact_gemm(layer, prep: _PreparedGemm, acc: np.ndarray, ctx: _Context, channel_axis: int) -> np.ndarray:
+    """The general route: exact int64 accumulators from the backend, plus bias, requantized."""
+    if prep.bias is not None:
+        shape = [1] * acc.ndim
+        shape[channel_axis] = -1
+        acc = acc + prep.bias.reshape(shape)
+    y = requantize(acc, np.float32(prep.x_p.scale), prep.w_p.scale, np.float32(prep.y_p.scale),
+                   int(prep.y_p.zero_point), prep.y_p.fmt, ctx.semantics, channel_axis=channel_axis)
+    return _int_out(np.clip(y, *prep.clamp), prep.y_p.fmt)
 
 
 # ------------------------------------------------------------------------- GEMM layers
@@ -289,30 +419,34 @@ def _conv(layer: L.Conv2d, inputs, ctx):
         if layer.bias is not None:
             y = y + layer.bias.astype(np.float32).reshape(1, -1, 1, 1)
         return [_float_activation(layer, layer.activation, y.astype(np.float32))]
-    x_p = _params(layer, layer.input_params, "input_params")
-    y_p = _params(layer, layer.output_params, "output_params")
-    w_p = layer.weight_params
-    if w_p is None:
-        raise layer._fail("is quantized but has no weight_params")
-    _, w_zp = w_p.broadcast(layer.weight.shape)
-    acc = ctx.backend.conv(layer, x, int(x_p.zero_point), layer.weight,
-                           np.broadcast_to(w_zp.reshape(-1) if w_zp.ndim else w_zp, (layer.out_channels,)))
-    acc = _bias(layer, acc, layer.bias, 1)
-    return [_requantize_layer(layer, acc, x_p, w_p, y_p, ctx, 1, layer.activation)]
+    prep = _prepared_gemm(layer)
+    x_zp = int(prep.x_p.zero_point)
+    if layer.groups == 1:
+        geometry = conv_geometry(x.shape[2:], layer.kernel, strides=layer.strides,
+                                 pads=_onnx_pads(layer.pads), dilations=layer.dilations)
+        fast = _fast_accumulate(prep, lambda dtype: conv_columns(x, geometry, dtype, subtract=x_zp),
+                                prep.weight.shape[1], x.dtype, ctx)
+        if fast is not None:
+            acc, bound = fast  # (M, N * oh * ow) exact floats, channels first
+            cnhw = (layer.out_channels, x.shape[0]) + geometry.output
+            y = _fast_requantize(prep, acc, bound, ctx)
+            if y is not None:
+                return [y.reshape(cnhw).transpose(1, 0, 2, 3)]
+            return [_exact_gemm(layer, prep, acc.reshape(cnhw).astype(np.int64), ctx, 0)
+                    .transpose(1, 0, 2, 3)]
+    acc = ctx.backend.conv(layer, x, x_zp, layer.weight, prep.zw)
+    return [_exact_gemm(layer, prep, acc, ctx, 1)]
 
 
 def _float_conv(x: np.ndarray, w: np.ndarray, groups: int, geometry) -> np.ndarray:
-    n, c = x.shape[:2]
+    n = x.shape[0]
     m = w.shape[0]
-    cg, mg = c // groups, m // groups
-    cols = im2col(x, geometry)
-    oh, ow = geometry.output
-    parts = []
-    for g in range(groups):
-        field = np.moveaxis(cols[:, g * cg:(g + 1) * cg], 1, 3).reshape(n * oh * ow, -1)
-        kernel = w[g * mg:(g + 1) * mg].reshape(mg, -1).T
-        parts.append((field @ kernel).reshape(n, oh, ow, mg).transpose(0, 3, 1, 2))
-    return np.concatenate(parts, axis=1) if groups > 1 else parts[0]
+    mg = m // groups
+    depth = w[0].size  # Cg * kh * kw
+    cols = conv_columns(x, geometry, np.float32)  # (C * taps, N * oh * ow)
+    parts = [(w[g * mg:(g + 1) * mg].reshape(mg, depth) @ cols[g * depth:(g + 1) * depth])
+             .reshape((mg, n) + geometry.output) for g in range(groups)]
+    return np.moveaxis(np.concatenate(parts, axis=0), 0, 1)
 
 
 def _linear(layer: L.Linear, inputs, ctx):
@@ -326,17 +460,18 @@ def _linear(layer: L.Linear, inputs, ctx):
         if layer.bias is not None:
             y = y + layer.bias.astype(np.float32)
         return [_float_activation(layer, layer.activation, y.astype(np.float32)).reshape(*lead, -1)]
-    x_p = _params(layer, layer.input_params, "input_params")
-    y_p = _params(layer, layer.output_params, "output_params")
-    w_p = layer.weight_params
-    if w_p is None:
-        raise layer._fail("is quantized but has no weight_params")
-    _, w_zp = w_p.broadcast(layer.weight.shape)
-    zw = np.broadcast_to(np.asarray(w_zp).reshape(-1) if np.ndim(w_zp) else w_zp, (layer.out_features,))
-    acc = ctx.backend.matmul(x2, int(x_p.zero_point), layer.weight, zw, layer)
-    acc = _bias(layer, acc, layer.bias, 1)
-    y = _requantize_layer(layer, acc, x_p, w_p, y_p, ctx, 1, layer.activation)
-    return [y.reshape(*lead, -1)]
+    prep = _prepared_gemm(layer)
+    x_zp = int(prep.x_p.zero_point)
+    fast = _fast_accumulate(prep, lambda dtype: _centered_as(x2, x_zp, dtype).T, layer.in_features,
+                            x2.dtype, ctx)
+    if fast is not None:
+        acc, bound = fast  # (N, P) exact floats
+        y = _fast_requantize(prep, acc, bound, ctx)
+        if y is not None:
+            return [y.T.reshape(*lead, -1)]
+        return [_exact_gemm(layer, prep, acc.T.astype(np.int64), ctx, 1).reshape(*lead, -1)]
+    acc = ctx.backend.matmul(x2, x_zp, layer.weight, prep.zw, layer)
+    return [_exact_gemm(layer, prep, acc, ctx, 1).reshape(*lead, -1)]
 
 
 def _matmul(layer: L.MatMul, inputs, ctx):
@@ -449,10 +584,17 @@ def _windows(layer: L._Pool, x: np.ndarray, pad_value) -> tuple[np.ndarray, np.n
 
 
 def _maxpool(layer: L.MaxPool, inputs, ctx):
+    """Running maximum over the kernel taps, each tap one strided slice of the padded input
+    (a reduction over a window view of every tap at once is an order of magnitude slower)."""
     (x,) = inputs
     low = np.finfo(np.float32).min if x.dtype.kind == "f" else np.iinfo(x.dtype).min
-    windows, _ = _windows(layer, x, low)
-    return [windows.max(axis=(-2, -1)).astype(x.dtype)]
+    windows, _ = _windows(layer, x, low)  # a view; only its strides and shape are used
+    best = None
+    for i in range(layer.kernel[0]):
+        for j in range(layer.kernel[1]):
+            tap = windows[..., i, j]
+            best = tap.copy() if best is None else np.maximum(best, tap, out=best)
+    return [best.astype(x.dtype, copy=False)]
 
 
 def _avgpool(layer: L.AvgPool, inputs, ctx):
@@ -589,15 +731,19 @@ def _batchnorm(layer: L.BatchNorm, inputs, ctx):
 def _quantize(layer: L.Quantize, inputs, ctx):
     (x,) = inputs
     params = layer.params
-    if ctx.semantics is Semantics.ONNXRUNTIME:
-        q = quantize(x.astype(np.float32), params, nan=params.fmt.min)  # ORT: NaN -> qmin
-    else:
-        q = quantize(x.astype(np.float32), params)
-    return [_int_out(q, params.fmt)]
+    # ONNX Runtime's kernel gives a NaN the format's minimum; the ONNX reference leaves it undefined.
+    nan = params.fmt.min if ctx.semantics is Semantics.ONNXRUNTIME else None
+    return [_int_out(quantize(x, params, nan=nan), params.fmt)]
 
 
 def _dequantize(layer: L.Dequantize, inputs, ctx):
-    return [dequantize(inputs[0], layer.params).astype(np.float32)]
+    return [dequantize(inputs[0], layer.params).astype(np.float32, copy=False)]
+
+
+def _constant(layer: L.Constant, inputs, ctx):
+    if layer.value is None:
+        raise layer._fail("has no value")
+    return [np.asarray(layer.value)]
 
 
 _RUNNERS: dict[type, Callable] = {
@@ -605,5 +751,5 @@ _RUNNERS: dict[type, Callable] = {
     L.Clip: _relu_clip, L.MaxPool: _maxpool, L.AvgPool: _avgpool, L.GlobalAvgPool: _globalavgpool,
     L.Flatten: _flatten, L.Reshape: _reshape, L.Transpose: _transpose, L.Concat: _concat,
     L.Softmax: _softmax, L.LayerNorm: _layernorm, L.Gelu: _gelu, L.BatchNorm: _batchnorm,
-    L.Quantize: _quantize, L.Dequantize: _dequantize,
+    L.Quantize: _quantize, L.Dequantize: _dequantize, L.Constant: _constant,
 }

@@ -153,7 +153,17 @@ class Graph:
         raise KeyError(f"graph {self.name!r} has no layer {name!r}")
 
     def infer(self, batch: int | None = None) -> dict[str, TensorType]:
-        """Types of every tensor; ``batch`` replaces an unspecified (``None``) batch size."""
+        """Types of every tensor; ``batch`` replaces an unspecified (``None``) batch size.
+
+        The result is cached per batch size: a graph's layers are treated as fixed once its
+        shapes have been inferred (transformations such as PTQ build new graphs).
+        """
+        cache = self.__dict__.setdefault("_types_by_batch", {})
+        if batch not in cache:
+            cache[batch] = self._infer(batch)
+        return dict(cache[batch])
+
+    def _infer(self, batch: int | None) -> dict[str, TensorType]:
         types: dict[str, TensorType] = {}
         for name, t in self.inputs.items():
             if t.shape and t.shape[0] is None and batch is not None:

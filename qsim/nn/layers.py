@@ -22,7 +22,7 @@ from qsim.quant.params import QuantParams
 __all__ = [
     "Conv2d", "Linear", "MatMul", "Add", "Relu", "Clip", "MaxPool", "AvgPool", "GlobalAvgPool",
     "Flatten", "Reshape", "Concat", "Softmax", "BatchNorm", "Transpose", "LayerNorm", "Gelu",
-    "Quantize", "Dequantize", "LAYERS",
+    "Quantize", "Dequantize", "Constant", "LAYERS",
 ]
 
 
@@ -194,11 +194,13 @@ class Add(Layer):
         self._expect_inputs(types, 2)
         a, b = types
         try:
-            shape = np.broadcast_shapes(tuple(d or 1 for d in a.shape), tuple(d or 1 for d in b.shape))
+            shape = list(np.broadcast_shapes(tuple(d or 1 for d in a.shape), tuple(d or 1 for d in b.shape)))
         except ValueError:
             raise self._fail(f"cannot broadcast {a} with {b}") from None
-        if a.shape and a.shape[0] is None:
-            shape = (None, *shape[1:])
+        # An output axis is unknown (None) when an input of full rank leaves it unknown.
+        for t in (a, b):
+            if len(t.shape) == len(shape):
+                shape = [None if d is None else s for d, s in zip(t.shape, shape)]
         dtype = self.output_params.fmt.numpy_dtype().name if self.output_params else a.dtype
         return [TensorType(tuple(shape), dtype)]
 
@@ -428,7 +430,26 @@ class Dequantize(_Convert):
         return "float32"
 
 
+@dataclass
+class Constant(Layer):
+    """A tensor stored in the graph: no inputs, one output equal to ``value``.
+
+    ONNX models feed initializers straight into element-wise ops (the quantized bias operand
+    of a ``QLinearAdd`` after a ``QLinearMatMul``, a constant addend); the value keeps its
+    dtype (float32, or the integers of a quantized tensor) and has no batch dimension.
+    """
+
+    kind: ClassVar[str] = "constant"
+    value: np.ndarray | None = None
+
+    def infer(self, types: Sequence[TensorType]) -> list[TensorType]:
+        self._expect_inputs(types, 0)
+        if self.value is None:
+            raise self._fail("has no value")
+        return [TensorType(tuple(int(d) for d in np.shape(self.value)), np.asarray(self.value).dtype.name)]
+
+
 #: Every layer type by its ``kind``.
 LAYERS = {cls.kind: cls for cls in (Conv2d, Linear, MatMul, Add, Relu, Clip, MaxPool, AvgPool,
                                     GlobalAvgPool, Flatten, Reshape, Concat, Softmax, BatchNorm,
-                                    Transpose, LayerNorm, Gelu, Quantize, Dequantize)}
+                                    Transpose, LayerNorm, Gelu, Quantize, Dequantize, Constant)}

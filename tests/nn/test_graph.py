@@ -104,3 +104,10 @@ def test_pool_concat_reshape_shapes():
     assert Concat("c", ("x", "x"), ("y",), axis=1).infer([x, x]) == [TensorType((2, 6, 7, 7))]
     assert Reshape("r", ("x",), ("y",), shape=(0, -1)).infer([x]) == [TensorType((2, 147))]
     assert Flatten("f", ("x",), ("y",), axis=2).infer([x]) == [TensorType((6, 49))]
+
+
+def test_add_keeps_an_unknown_batch_whichever_operand_carries_it():
+    add = Add("a", ("c", "x"), ("y",))
+    assert add.infer([TensorType((1, 10)), TensorType((None, 10))]) == [TensorType((None, 10))]
+    assert add.infer([TensorType((None, 10)), TensorType((10,))]) == [TensorType((None, 10))]
+    assert add.infer([TensorType((3, 10)), TensorType((3, 10))]) == [TensorType((3, 10))]
