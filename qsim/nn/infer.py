@@ -1,0 +1,158 @@
+"""``qsim infer``: run an ONNX model on inputs from a file with integer-only arithmetic.
+
+This module owns the command behind ``qsim infer MODEL.onnx --inputs X.npz --output Y.npz``:
+reading the inputs (an ``.npz`` keyed by the model's input names, or one ``.npy`` array for a
+single-input model), importing the model (:func:`qsim.nn.onnx_import.load_onnx`), running it
+with :func:`qsim.nn.engine.run` under a requantization semantics, and writing the outputs keyed
+by the model's output names. The output file is written to a temporary file in the same
+directory and renamed into place, so that no partial output is ever left behind: on any error
+the output path is untouched. Every mistake a user can make raises
+:class:`~qsim.errors.ConfigError` with one message (the CLI prints it and exits with status 2).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from qsim.errors import ConfigError
+from qsim.nn.graph import Graph
+from qsim.quant.requant import Semantics
+
+__all__ = ["infer", "infer_command", "read_inputs", "write_outputs"]
+
+
+def _graph(model: Any) -> Graph:
+    if isinstance(model, Graph):
+        return model
+    from qsim.nn.onnx_import import load_onnx
+
+    return load_onnx(model)
+
+
+def infer(model: Any, feeds: Mapping[str, np.ndarray], semantics: Semantics | str = "onnxruntime",
+          *, keep: bool = False) -> dict[str, np.ndarray]:
+    """Run an ONNX model (a path, bytes, an ``onnx.ModelProto`` or an imported Graph).
+
+    Parameters
+    ----------
+    model : path, bytes, onnx.ModelProto or Graph
+    feeds : mapping of str to array
+        One array per model input, batch first, with the model's element type.
+    semantics : Semantics or str
+        Requantization semantics of the quantized layers (``onnxruntime`` reproduces ONNX
+        Runtime bit for bit).
+    keep : bool
+        Return every intermediate tensor too, not only the outputs.
+
+    Returns
+    -------
+    dict of str to array
+        The model's outputs by name (with ``keep``, every tensor by name).
+    """
+    from qsim.nn.engine import run
+
+    kind = Semantics.parse(semantics)
+    graph = _graph(model)
+    result = run(graph, feeds, kind, keep=keep)
+    return dict(result.values) if keep else dict(result.outputs)
+
+
+def read_inputs(path: str | os.PathLike, graph: Graph) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` (by name) or of a ``.npy`` (the only input of ``graph``).
+
+    Raises :class:`ConfigError` for an unreadable or malformed file, and for a bare array
+    given to a model with several inputs. Names and shapes are checked by the engine.
+    """
+    label = os.fspath(path)
+    if not os.path.exists(label):
+        raise ConfigError(f"cannot read inputs {label}: No such file or directory")
+    try:
+        with open(label, "rb") as handle:
+            head = handle.read(6)
+            handle.seek(0)
+            if head.startswith(b"PK"):  # a zip archive: .npz
+                kind = ".npz"
+                with np.load(handle, allow_pickle=False) as archive:
+                    return {name: np.asarray(archive[name]) for name in archive.files}
+            if head != b"\x93NUMPY":
+                raise ConfigError(f"cannot read inputs {label}: not an .npz or .npy file (it starts "
+                                  f"with neither signature)")
+            kind = ".npy"
+            loaded = np.load(handle, allow_pickle=False)
+    except ConfigError:
+        raise
+    except OSError as exc:
+        raise ConfigError(f"cannot read inputs {label}: {exc.strerror or exc}") from None
+    except Exception as exc:  # numpy's ValueError/EOFError, zipfile's BadZipFile ...
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot read inputs {label}: not a valid {kind} file ({text})") from None
+    if len(graph.inputs) != 1:
+        raise ConfigError(f"inputs {label} holds one array, but the model has {len(graph.inputs)} "
+                          f"inputs ({', '.join(graph.inputs)}); use an .npz keyed by input name")
+    return {next(iter(graph.inputs)): np.asarray(loaded)}
+
+
+def write_outputs(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write ``arrays`` as an ``.npz`` at ``path`` atomically (temporary file, then rename)."""
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise ConfigError(f"cannot write {target}: Is a directory")
+    if not directory.is_dir():
+        raise ConfigError(f"cannot write {target}: No such file or directory ({directory})")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {target}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            # np.savez's layout (one NAME.npy member per array), written member by member:
+            # np.savez(**arrays) would fail for a tensor named "file" or "allow_pickle".
+            with zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED) as archive:
+                for name, value in arrays.items():
+                    with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                        np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise ConfigError(f"cannot write {target}: {exc.strerror or exc}") from None
+        raise
+
+
+def infer_command(model: str | os.PathLike, inputs: str | os.PathLike,
+                  output: str | os.PathLike, semantics: str = "onnxruntime",
+                  keep_intermediates: bool = False) -> int:
+    """``qsim infer``: read, run, write; return the exit status (0).
+
+    Prints one line per output (name and type) after writing ``output``. With
+    ``keep_intermediates`` the file holds every tensor of the run (inputs and intermediates
+    by their ONNX names). Raises :class:`ConfigError` for every user error; ``output`` is then
+    neither created nor modified.
+    """
+    from qsim.nn.engine import run
+
+    kind = Semantics.parse(semantics)
+    graph = _graph(model)
+    feeds = read_inputs(inputs, graph)
+    result = run(graph, feeds, kind, keep=keep_intermediates)
+    arrays = dict(result.values) if keep_intermediates else dict(result.outputs)
+    write_outputs(output, arrays)
+    for name in graph.outputs:
+        value = result.outputs[name]
+        dims = "x".join(str(d) for d in value.shape)
+        print(f"{name}: {value.dtype}[{dims}]")
+    extra = f", {len(arrays)} tensors" if keep_intermediates else ""
+    print(f"wrote {output} ({graph.meta.get('format', 'ir')} model, {kind.value} semantics{extra})")
+    return 0
