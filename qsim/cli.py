@@ -222,6 +222,13 @@ def _lint(text: str) -> None:
     print("verilator --lint-only -Wall: clean (waivers: rtl/verilator.vlt)", file=sys.stderr)
 
 
+def _print_rows(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    print("  ".join(h.ljust(wd) for h, wd in zip(header, widths)).rstrip())
+    for r in rows:
+        print("  ".join(c.ljust(wd) for c, wd in zip(r, widths)).rstrip())
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from qsim.scenario import load_scenario, run_scenario
 
@@ -237,18 +244,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"scenario {scenario.name}: {scenario.config.describe()}")
     if scenario.description:
         print(f"  {scenario.description}")
-    header = ("workload", "M x K x N", "elements", "mismatches", "model cycles", "RTL cycles",
-              "util", "sim cycles/s")
-    rows = []
-    for w in report.workloads:
-        rows.append((w.name, "x".join(map(str, w.shape)), str(w.elements),
-                     "-" if w.mismatches is None else str(w.mismatches), str(w.model_cycles),
-                     "-" if w.rtl_cycles is None else str(w.rtl_cycles), f"{w.utilization:.1%}",
-                     "-" if w.sim_cycles_per_s is None else f"{w.sim_cycles_per_s:,.0f}"))
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    print("  ".join(h.ljust(wd) for h, wd in zip(header, widths)))
-    for r in rows:
-        print("  ".join(c.ljust(wd) for c, wd in zip(r, widths)))
+    if report.workloads:
+        header = ("workload", "M x K x N", "elements", "mismatches", "model cycles", "RTL cycles",
+                  "util", "sim cycles/s")
+        rows = []
+        for w in report.workloads:
+            rows.append((w.name, "x".join(map(str, w.shape)), str(w.elements),
+                         "-" if w.mismatches is None else str(w.mismatches), str(w.model_cycles),
+                         "-" if w.rtl_cycles is None else str(w.rtl_cycles), f"{w.utilization:.1%}",
+                         "-" if w.sim_cycles_per_s is None else f"{w.sim_cycles_per_s:,.0f}"))
+        _print_rows(header, rows)
+    if report.networks:
+        header = ("network", "outputs", "vs reference", "programs", "RTL acc mismatches",
+                  "model cycles", "RTL cycles")
+        rows = [(n.network, str(n.output_elements), f"{n.output_mismatches} mismatches",
+                 str(n.programs), "-" if not scenario.rtl else str(n.rtl_mismatches),
+                 str(n.model_cycles), "-" if not scenario.rtl else str(n.rtl_cycles))
+                for n in report.networks]
+        _print_rows(header, rows)
     if scenario.rtl:
         verdict = ("AGREE: every output bit-exact and every cycle count and counter exact"
                    if report.agrees else "DISAGREE")

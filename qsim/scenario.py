@@ -18,6 +18,13 @@ bit-accurate model, the timing model and (optionally) the RTL, and reports agree
     k = 100
     n = 29
 
+    [[network]]                 # a whole quantized network, every GEMM on the accelerator
+    name = "cnn"                # optional
+    model = "digits_cnn"        # a built-in network, or the path of an ONNX model
+    weight_bits = 8             # post-training quantization of a float model (8, 4 or 2)
+    semantics = "onnxruntime"   # requantization semantics of the host-side steps
+    batch = 4                   # inputs: the first `batch` digits test images
+
     [run]
     rtl = true                  # co-simulate on Verilator (false: model and timing only)
     timeout_cycles = 1000000    # optional per-workload limit
@@ -38,13 +45,17 @@ import numpy as np
 
 from qsim.config import AcceleratorConfig, preset
 from qsim.errors import ConfigError, QsimError
+from qsim.nn.graph import Graph
 
-__all__ = ["GemmWorkload", "Scenario", "WorkloadReport", "ScenarioReport", "load_scenario",
+__all__ = ["GemmWorkload", "NetworkWorkload", "Scenario", "WorkloadReport", "ScenarioReport", "load_scenario",
            "parse_scenario", "run_scenario"]
 
-_TABLES = {"scenario", "accelerator", "gemm", "run"}
+_TABLES = {"scenario", "accelerator", "gemm", "network", "run"}
 _SCENARIO_KEYS = {"name", "description", "seed"}
 _GEMM_KEYS = {"name", "m", "k", "n"}
+_NETWORK_KEYS = {"name", "model", "weight_bits", "activation_format", "semantics", "batch"}
+#: Built-in networks a scenario may name (float graphs quantized by the scenario's PTQ).
+BUILTIN_NETWORKS = ("digits_mlp", "digits_cnn")
 _RUN_KEYS = {"rtl", "timeout_cycles"}
 
 
@@ -65,6 +76,47 @@ class GemmWorkload:
 
 
 @dataclass(frozen=True)
+class NetworkWorkload:
+    """A whole network: a built-in one or an ONNX model, quantized if it is float."""
+
+    name: str
+    model: str
+    weight_bits: int = 8
+    activation_format: str = "int8"
+    semantics: str = "onnxruntime"
+    batch: int = 4
+
+    def load(self, source_dir: Path) -> tuple[Graph, dict[str, np.ndarray]]:
+        """The quantized graph and its input feeds (digits test images)."""
+        from qsim.nn.examples import digits_data
+
+        x_train, _, x_test, _ = digits_data()
+        if self.model in BUILTIN_NETWORKS:
+            from qsim.nn import examples
+
+            graph = getattr(examples, self.model)()
+        else:
+            from qsim.nn.onnx_import import load_onnx
+
+            path = Path(self.model)
+            graph = load_onnx(path if path.is_absolute() else source_dir / path)
+        (input_name, declared), = graph.inputs.items()
+        shape = tuple(d for d in declared.shape[1:])
+
+        def images(x: np.ndarray) -> np.ndarray:
+            return x.reshape((x.shape[0],) + shape).astype(np.float32)
+
+        if not any(layer.kind in ("quantize", "dequantize") or getattr(layer, "output_params", None)
+                   for layer in graph.layers):
+            from qsim.nn.ptq import quantize_graph
+
+            graph = quantize_graph(graph, {input_name: images(x_train[:256])},
+                                   weight_bits=self.weight_bits,
+                                   activation_format=self.activation_format)
+        return graph, {input_name: images(x_test[: self.batch])}
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     config: AcceleratorConfig
@@ -74,6 +126,7 @@ class Scenario:
     rtl: bool = True
     timeout_cycles: int | None = None
     source: str = "<scenario>"
+    networks: tuple[NetworkWorkload, ...] = ()
 
 
 def _unknown(where: str, keys: set[str], allowed: set[str]) -> None:
@@ -108,8 +161,10 @@ def parse_scenario(data: dict[str, Any], source: str = "<scenario>") -> Scenario
         raise ConfigError(f"{source} [accelerator]: {exc}") from None
 
     gemms = data.get("gemm", [])
-    if not isinstance(gemms, list) or not gemms:
-        raise ConfigError(f"{source}: at least one [[gemm]] workload is needed")
+    if not isinstance(gemms, list) or not isinstance(data.get("network", []), list):
+        raise ConfigError(f"{source}: [[gemm]] and [[network]] must be arrays of tables")
+    if not gemms and not data.get("network"):
+        raise ConfigError(f"{source}: at least one [[gemm]] or [[network]] workload is needed")
     workloads = []
     for i, entry in enumerate(gemms, start=1):
         where = f"{source} [[gemm]] {i}"
@@ -122,6 +177,30 @@ def parse_scenario(data: dict[str, Any], source: str = "<scenario>") -> Scenario
         m, k, n = (_int(where, key, entry[key]) for key in ("m", "k", "n"))
         workloads.append(GemmWorkload(str(entry.get("name", f"gemm{i}")), m, k, n))
 
+    networks = []
+    for i, entry in enumerate(data.get("network", []), start=1):
+        where = f"{source} [[network]] {i}"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: must be a table")
+        _unknown(where, set(entry), _NETWORK_KEYS)
+        if "model" not in entry:
+            raise ConfigError(f"{where}: missing model (one of {', '.join(BUILTIN_NETWORKS)}, or an ONNX path)")
+        model = entry["model"]
+        if not isinstance(model, str) or not (model in BUILTIN_NETWORKS or model.endswith(".onnx")):
+            raise ConfigError(f"{where}: model must be one of {', '.join(BUILTIN_NETWORKS)} or a path "
+                              f"ending in .onnx, not {model!r}")
+        bits = entry.get("weight_bits", 8)
+        if bits not in (2, 4, 8) or isinstance(bits, bool):
+            raise ConfigError(f"{where}: weight_bits must be 8, 4 or 2, not {bits!r}")
+        act = entry.get("activation_format", "int8")
+        if act not in ("int8", "uint8"):
+            raise ConfigError(f"{where}: activation_format must be int8 or uint8, not {act!r}")
+        from qsim.quant.requant import Semantics
+
+        semantics = Semantics.parse(entry.get("semantics", "onnxruntime")).value
+        batch = _int(where, "batch", entry.get("batch", 4))
+        networks.append(NetworkWorkload(str(entry.get("name", model)), model, bits, act, semantics, batch))
+
     run = data.get("run", {})
     _unknown(f"{source} [run]", set(run), _RUN_KEYS)
     rtl = run.get("rtl", True)
@@ -132,7 +211,7 @@ def parse_scenario(data: dict[str, Any], source: str = "<scenario>") -> Scenario
         timeout = _int(f"{source} [run]", "timeout_cycles", timeout)
     return Scenario(name=str(name), config=config, workloads=tuple(workloads), seed=seed,
                     description=str(head.get("description", "")), rtl=rtl,
-                    timeout_cycles=timeout, source=source)
+                    timeout_cycles=timeout, source=source, networks=tuple(networks))
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -186,15 +265,17 @@ class ScenarioReport:
     scenario: Scenario
     workloads: list[WorkloadReport]
     wall_s: float
+    networks: list[Any] = field(default_factory=list)  # NetworkCosimReport per [[network]]
 
     @property
     def agrees(self) -> bool:
-        return all(w.agrees for w in self.workloads)
+        return all(w.agrees for w in self.workloads) and all(n.agrees for n in self.networks)
 
     def to_dict(self) -> dict[str, Any]:
         return {"scenario": self.scenario.name, "config": self.scenario.config.to_dict(),
                 "rtl": self.scenario.rtl, "agrees": self.agrees, "wall_s": round(self.wall_s, 3),
-                "workloads": [w.to_dict() for w in self.workloads]}
+                "workloads": [w.to_dict() for w in self.workloads],
+                "networks": [n.to_dict() for n in self.networks]}
 
 
 def run_scenario(scenario: Scenario) -> ScenarioReport:
@@ -227,4 +308,15 @@ def run_scenario(scenario: Scenario) -> ScenarioReport:
             report.mismatches = cmp.mismatches + cmp.acc_mismatches
             report.counter_diffs = cmp.counter_diffs
             report.sim_cycles_per_s = cmp.sim_cycles_per_s
-    return ScenarioReport(scenario, reports, time.perf_counter() - t0)
+    networks = []
+    if scenario.networks:
+        from qsim.nn.accelerate import cosim_network
+
+        source_dir = Path(scenario.source).parent
+        for net in scenario.networks:
+            graph, feeds = net.load(source_dir)
+            report = cosim_network(graph, feeds, cfg, net.semantics, rtl=scenario.rtl,
+                                   timeout_cycles=scenario.timeout_cycles)
+            report.network = net.name
+            networks.append(report)
+    return ScenarioReport(scenario, reports, time.perf_counter() - t0, networks)

@@ -101,4 +101,4 @@ def test_toml_examples_are_valid_scenarios(path, index):
 
     _, _, body = list(blocks(path))[index]
     scenario = parse_scenario(tomllib.loads(body), f"{path.name} block {index}")
-    assert scenario.workloads
+    assert scenario.workloads or scenario.networks

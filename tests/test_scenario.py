@@ -15,7 +15,7 @@ def test_every_shipped_scenario_parses():
     assert files, "no scenarios shipped"
     for path in files:
         scenario = load_scenario(path)
-        assert scenario.workloads
+        assert scenario.workloads or scenario.networks
 
 
 def test_default_scenario_contents():
@@ -24,6 +24,7 @@ def test_default_scenario_contents():
     assert [(w.name, w.m, w.k, w.n) for w in s.workloads] == [
         ("square", 128, 128, 128), ("primes", 37, 101, 29), ("single-row", 1, 64, 64),
         ("tall", 512, 72, 24)]
+    assert [(n.name, n.model, n.weight_bits, n.batch) for n in s.networks] == [("digits-cnn", "digits_cnn", 8, 8)]
 
 
 def test_model_only_run_reports_exact_cycles():
@@ -38,8 +39,21 @@ def test_model_only_run_reports_exact_cycles():
 
 @pytest.mark.parametrize("data, message", [
     ({"gemm": [{"m": 1, "k": 1, "n": 1}], "extra": {}},
-     "x.toml: unknown key(s) extra (allowed: accelerator, gemm, run, scenario)"),
-    ({"gemm": []}, "x.toml: at least one [[gemm]] workload is needed"),
+     "x.toml: unknown key(s) extra (allowed: accelerator, gemm, network, run, scenario)"),
+    ({"gemm": []}, "x.toml: at least one [[gemm]] or [[network]] workload is needed"),
+    ({"network": [{"weight_bits": 8}]},
+     "x.toml [[network]] 1: missing model (one of digits_mlp, digits_cnn, or an ONNX path)"),
+    ({"network": [{"model": "resnet"}]},
+     "x.toml [[network]] 1: model must be one of digits_mlp, digits_cnn or a path ending in .onnx, "
+     "not 'resnet'"),
+    ({"network": [{"model": "digits_cnn", "weight_bits": 3}]},
+     "x.toml [[network]] 1: weight_bits must be 8, 4 or 2, not 3"),
+    ({"network": [{"model": "digits_cnn", "semantics": "tensorrt"}]},
+     "requantization semantics must be one of onnx, onnxruntime, tflite, tflite-single-rounding, "
+     "pytorch-fbgemm, fixed-point, not 'tensorrt'"),
+    ({"network": [{"model": "digits_cnn", "layers": 3}]},
+     "x.toml [[network]] 1: unknown key(s) layers (allowed: activation_format, batch, model, name, "
+     "semantics, weight_bits)"),
     ({"gemm": [{"m": 1, "k": 0, "n": 1}]}, "x.toml [[gemm]] 1: k must be an integer of at least 1, not 0"),
     ({"gemm": [{"m": 1, "k": 2}]}, "x.toml [[gemm]] 1: missing n"),
     ({"gemm": [{"m": 1, "k": 2, "n": 3, "dtype": "int8"}]},
@@ -55,6 +69,22 @@ def test_bad_scenarios(data, message):
     with pytest.raises(ConfigError) as exc:
         parse_scenario(data, "x.toml")
     assert str(exc.value) == message
+
+
+def test_network_runs_on_the_model_without_rtl():
+    s = parse_scenario({"accelerator": {"preset": "tiny-4x4"}, "network": [{"model": "digits_mlp", "batch": 3}],
+                        "run": {"rtl": False}}, "x.toml")
+    (n,) = run_scenario(s).networks
+    assert (n.network, n.output_elements, n.output_mismatches, n.programs) == ("digits_mlp", 30, 0, 3)
+    assert n.model_cycles == n.rtl_cycles > 0 and n.agrees
+
+
+def test_network_tables_parse():
+    s = parse_scenario({"network": [{"model": "digits_cnn", "weight_bits": 4, "batch": 2},
+                                    {"name": "m", "model": "models/x.onnx", "semantics": "tflite"}]}, "x.toml")
+    assert [(n.name, n.model, n.weight_bits, n.semantics, n.batch) for n in s.networks] == [
+        ("digits_cnn", "digits_cnn", 4, "onnxruntime", 2), ("m", "models/x.onnx", 8, "tflite", 4)]
+    assert s.workloads == ()
 
 
 def test_unreadable_and_malformed_files(tmp_path):
