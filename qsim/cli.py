@@ -275,7 +275,22 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     from qsim.nn.infer import infer_command
 
     return infer_command(args.model, args.inputs, args.output, semantics=args.semantics,
-                         keep_intermediates=args.intermediates)
+                         keep_intermediates=args.intermediates, calibration=args.calibration,
+                         weight_bits=args.weight_bits)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from qsim.nn.report import accuracy_report, format_report, plot_report
+
+    report = accuracy_report(args.networks, semantics=args.semantics, budget_bits=args.budget_bits)
+    print(format_report(report))
+    if args.figure is not None:
+        try:
+            plot_report(report).savefig(args.figure, dpi=120)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {args.figure}: {exc.strerror}") from None
+        print(f"figure saved to {args.figure}")
+    return EXIT_OK
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
@@ -291,6 +306,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from qsim.bench import bench_cosim, bench_utilization
 
     results = []
+    if args.which in ("infer", "all"):
+        from qsim.nn.bench_infer import bench_ort
+
+        for threads in (1, 0):
+            r = bench_ort(batch=256, repeats=30, threads=threads)
+            worst = max(m["ratio"] for m in r["models"].values())
+            results.append({**r, "meets_target": worst <= 3.0
+                            and all(m["mismatches"] == 0 for m in r["models"].values())})
     if args.which in ("quant", "all"):
         from qsim.quant.bench import bench_int8_gemm
 
@@ -304,7 +327,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     else:
         for r in results:
             print(f"== {r['benchmark']} ==")
-            if r["benchmark"] == "quant":
+            if r["benchmark"] == "infer":
+                threads = r["threads"] or "default"
+                for name, m in r["models"].items():
+                    _print_table([(f"{name}, batch {r['batch']}, ORT threads {threads}",
+                                   f"onnxruntime {m['ort_s'] * 1e3:.3f} ms, qsim {m['qsim_s'] * 1e3:.3f} ms, "
+                                   f"ratio {m['ratio']:.2f}x, {m['mismatches']} mismatches")])
+                print(f"target: qsim within 3x of onnxruntime: {'met' if r['meets_target'] else 'NOT met'}")
+            elif r["benchmark"] == "quant":
                 _print_table([
                     ("int8 GEMM", f"{r['size']}^3, median of {r['repeats']} interleaved runs, exact: {r['exact']}"),
                     ("qsim matmul_integer", f"{r['matmul_integer_s'] * 1e3:.2f} ms ({r['gmacs']:.1f} GMAC/s)"),
@@ -385,14 +415,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "tflite-single-rounding, pytorch-fbgemm, fixed-point")
     p.add_argument("--intermediates", action="store_true",
                    help="also store every intermediate tensor in the output file")
+    p.add_argument("--calibration", type=Path, metavar="CAL.npz",
+                   help="quantize a float model first (qsim PTQ), calibrated on these inputs")
+    p.add_argument("--weight-bits", type=int, default=8, choices=(8, 4, 2),
+                   help="weight bits of every layer for --calibration (default 8)")
     p.set_defaults(func=_cmd_infer)
+
+    p = sub.add_parser("report", help="accuracy of the digits networks: float, int8, int4, mixed")
+    p.add_argument("--networks", nargs="+", default=["mlp", "cnn"], choices=("mlp", "cnn"))
+    p.add_argument("--semantics", default="onnxruntime", help="requantization semantics")
+    p.add_argument("--budget-bits", type=float, default=5.0,
+                   help="mixed-precision budget in bits per weight on average (default 5)")
+    p.add_argument("--figure", type=Path, metavar="PNG", help="save the figure to this file")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("presets", help="list the named accelerator configurations")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_presets)
 
     p = sub.add_parser("bench", help="speed and utilization benchmarks (prints figures and ratios)")
-    p.add_argument("which", choices=("quant", "cosim", "utilization", "all"))
+    p.add_argument("which", choices=("infer", "quant", "cosim", "utilization", "all"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench)
     return parser

@@ -133,18 +133,28 @@ def write_outputs(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> 
 
 def infer_command(model: str | os.PathLike, inputs: str | os.PathLike,
                   output: str | os.PathLike, semantics: str = "onnxruntime",
-                  keep_intermediates: bool = False) -> int:
+                  keep_intermediates: bool = False, calibration: str | os.PathLike | None = None,
+                  weight_bits: int = 8) -> int:
     """``qsim infer``: read, run, write; return the exit status (0).
 
     Prints one line per output (name and type) after writing ``output``. With
     ``keep_intermediates`` the file holds every tensor of the run (inputs and intermediates
-    by their ONNX names). Raises :class:`ConfigError` for every user error; ``output`` is then
-    neither created nor modified.
+    by their ONNX names). With ``calibration`` (inputs in the same format as ``inputs``) a
+    float model is first quantized by qsim's post-training quantization
+    (:func:`qsim.nn.ptq.quantize_graph`, ``weight_bits`` per layer) and then run with integers
+    only. Raises :class:`ConfigError` for every user error; ``output`` is then neither created
+    nor modified.
     """
     from qsim.nn.engine import run
 
     kind = Semantics.parse(semantics)
     graph = _graph(model)
+    if calibration is not None:
+        from qsim.nn.ptq import quantize_graph
+
+        if any(layer.kind in ("quantize", "dequantize") for layer in graph.layers):
+            raise ConfigError("--calibration quantizes a float model, but this model is already quantized")
+        graph = quantize_graph(graph, read_inputs(calibration, graph), weight_bits=weight_bits)
     feeds = read_inputs(inputs, graph)
     result = run(graph, feeds, kind, keep=keep_intermediates)
     arrays = dict(result.values) if keep_intermediates else dict(result.outputs)

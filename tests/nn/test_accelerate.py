@@ -67,3 +67,37 @@ def test_network_cosim_on_the_rtl(rng):
     assert report.rtl_mismatches == 0 and report.counter_diffs == 0
     assert report.rtl_cycles == report.model_cycles > 0
     assert report.programs > 10 and report.agrees
+
+
+def _digits_networks():
+    from qsim.nn.examples import digits_cnn, digits_data, digits_mlp
+    from qsim.nn.ptq import quantize_graph
+
+    flat_train, _, flat_test, _ = digits_data()
+    img_train, _, img_test, _ = digits_data(layout="image")
+    for name, make, train, test in (("mlp", digits_mlp, flat_train, flat_test),
+                                    ("cnn", digits_cnn, img_train, img_test)):
+        float_graph = make()
+        (input_name,) = float_graph.inputs
+        for bits in (8, 4):
+            graph = quantize_graph(float_graph, {input_name: train[:256]}, weight_bits=bits)
+            yield f"{name}-int{bits}", graph, {input_name: test[:32]}
+
+
+@pytest.mark.parametrize("semantics", [s.value for s in Semantics])
+def test_every_example_network_compiles_to_its_integer_reference(semantics):
+    for name, graph, feeds in _digits_networks():
+        reference = run(graph, feeds, semantics)
+        compiled = compile_network(graph, feeds, AcceleratorConfig(), semantics)
+        for out in graph.outputs:
+            assert np.array_equal(compiled.result.outputs[out], reference.outputs[out]), (name, out)
+        assert len(compiled.records) == 3, name  # three conv/linear layers each
+
+
+@pytest.mark.verilator
+def test_example_networks_on_the_rtl():
+    for name, graph, feeds in _digits_networks():
+        report = cosim_network(graph, feeds, AcceleratorConfig(), "onnxruntime")
+        assert report.agrees, (name, report.to_dict())
+        assert report.output_mismatches == 0 and report.rtl_mismatches == 0
+        assert report.rtl_cycles == report.model_cycles > 0

@@ -224,3 +224,29 @@ def test_read_inputs_checks_only_the_file(files, tmp_path):
                               f"elements, could only read 18 elements. (file seems not fully "
                               f"written?))")
     assert infer_command is not None
+
+
+def test_float_model_quantized_with_calibration(tmp_path, capsys):
+    """qsim infer --calibration: float ONNX + calibration data -> qsim PTQ -> integer inference."""
+    from qsim.cli import main
+    from qsim.nn.engine import run
+    from qsim.nn.examples import digits_data, digits_mlp
+    from qsim.nn.onnx_export import export_onnx
+    from qsim.nn.ptq import quantize_graph
+
+    x_train, _, x_test, _ = digits_data()
+    model = tmp_path / "mlp.onnx"
+    model.write_bytes(export_onnx(digits_mlp()).SerializeToString())
+    graph = digits_mlp()
+    (name,) = graph.inputs
+    np.savez(tmp_path / "cal.npz", **{name: x_train[:128]})
+    np.savez(tmp_path / "x.npz", **{name: x_test[:20]})
+    out = tmp_path / "y.npz"
+    assert main(["infer", str(model), "--inputs", str(tmp_path / "x.npz"), "--output", str(out),
+                 "--calibration", str(tmp_path / "cal.npz"), "--weight-bits", "4"]) == 0
+    capsys.readouterr()
+    expected = run(quantize_graph(graph, {name: x_train[:128]}, weight_bits=4), {name: x_test[:20]})
+    (output_name,) = expected.outputs
+    with np.load(out) as got:
+        assert list(got) == [output_name]
+        assert np.array_equal(got[output_name], expected.outputs[output_name])
