@@ -563,10 +563,7 @@ def _windows(layer: L._Pool, x: np.ndarray, pad_value) -> tuple[np.ndarray, np.n
     """Every pooling window ``(N, C, oh, ow, kh, kw)`` and a mask of its real (unpadded) taps."""
     t, l, b, r = layer.pads
     n, c, h, w = x.shape
-    from qsim.nn.graph import window_output
-
-    oh = window_output(h, layer.kernel[0], layer.strides[0], t, b, layer.dilations[0], layer.ceil_mode)
-    ow = window_output(w, layer.kernel[1], layer.strides[1], l, r, layer.dilations[1], layer.ceil_mode)
+    oh, ow = layer.out_hw(h, w, layer.ceil_mode)
     ext_h = (layer.kernel[0] - 1) * layer.dilations[0] + 1
     ext_w = (layer.kernel[1] - 1) * layer.dilations[1] + 1
     # ceil_mode may need extra padding at the end

@@ -32,7 +32,33 @@ def _check_rank(layer: Layer, t: TensorType, rank: int, what: str) -> None:
 
 
 @dataclass
-class Conv2d(Layer):
+class _Windowed(Layer):
+    """A layer that slides a 2-D window: kernel, strides, pads (top, left, bottom, right)
+    and dilations, validated and normalised once for convolutions and pools."""
+
+    kernel: tuple[int, int] = (1, 1)
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilations: tuple[int, int] = (1, 1)
+
+    def __post_init__(self) -> None:
+        self.kernel = _pairs("kernel", self.kernel, 2)
+        self.strides = _pairs("strides", self.strides, 2)
+        self.pads = _pairs("pads", self.pads, 4)
+        self.dilations = _pairs("dilations", self.dilations, 2)
+        if min(self.strides) < 1 or min(self.dilations) < 1 or min(self.kernel) < 1 or min(self.pads) < 0:
+            raise self._fail(f"kernel, strides and dilations must be positive and pads not "
+                             f"negative: kernel {self.kernel}, strides {self.strides}, "
+                             f"dilations {self.dilations}, pads {self.pads}")
+
+    def out_hw(self, h: int, w: int, ceil_mode: bool = False) -> tuple[int, int]:
+        t, l, b, r = self.pads
+        return (window_output(h, self.kernel[0], self.strides[0], t, b, self.dilations[0], ceil_mode),
+                window_output(w, self.kernel[1], self.strides[1], l, r, self.dilations[1], ceil_mode))
+
+
+@dataclass
+class Conv2d(_Windowed):
     """2-D convolution, NCHW, ONNX Conv semantics (pads = top, left, bottom, right).
 
     ``weight`` has shape ``(out_channels, in_channels // groups, kh, kw)``. ``activation`` is
@@ -42,10 +68,6 @@ class Conv2d(Layer):
     kind: ClassVar[str] = "conv2d"
     in_channels: int = 0
     out_channels: int = 0
-    kernel: tuple[int, int] = (1, 1)
-    strides: tuple[int, int] = (1, 1)
-    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
-    dilations: tuple[int, int] = (1, 1)
     groups: int = 1
     weight: np.ndarray | None = None
     bias: np.ndarray | None = None
@@ -55,18 +77,11 @@ class Conv2d(Layer):
     output_params: QuantParams | None = None
 
     def __post_init__(self) -> None:
-        self.kernel = _pairs("kernel", self.kernel, 2)
-        self.strides = _pairs("strides", self.strides, 2)
-        self.pads = _pairs("pads", self.pads, 4)
-        self.dilations = _pairs("dilations", self.dilations, 2)
         if self.groups < 1 or self.in_channels % self.groups or self.out_channels % self.groups:
             raise self._fail(
                 f"groups = {self.groups} must divide in_channels = {self.in_channels} and "
                 f"out_channels = {self.out_channels}")
-        if min(self.strides) < 1 or min(self.dilations) < 1 or min(self.kernel) < 1 or min(self.pads) < 0:
-            raise self._fail(f"kernel, strides and dilations must be positive and pads not "
-                             f"negative: kernel {self.kernel}, strides {self.strides}, "
-                             f"dilations {self.dilations}, pads {self.pads}")
+        super().__post_init__()
         if self.weight is not None and tuple(self.weight.shape) != self.weight_shape:
             raise self._fail(f"weight shape {tuple(self.weight.shape)} is not {self.weight_shape}")
         if self.bias is not None and tuple(np.shape(self.bias)) != (self.out_channels,):
@@ -79,11 +94,6 @@ class Conv2d(Layer):
     @property
     def quantized(self) -> bool:
         return self.output_params is not None
-
-    def out_hw(self, h: int, w: int) -> tuple[int, int]:
-        t, l, b, r = self.pads
-        return (window_output(h, self.kernel[0], self.strides[0], t, b, self.dilations[0]),
-                window_output(w, self.kernel[1], self.strides[1], l, r, self.dilations[1]))
 
     def infer(self, types: Sequence[TensorType]) -> list[TensorType]:
         self._expect_inputs(types, 1)
@@ -224,27 +234,15 @@ class Clip(_Elementwise):
 
 
 @dataclass
-class _Pool(Layer):
-    kernel: tuple[int, int] = (1, 1)
-    strides: tuple[int, int] = (1, 1)
-    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
-    dilations: tuple[int, int] = (1, 1)
+class _Pool(_Windowed):
     ceil_mode: bool = False
-
-    def __post_init__(self) -> None:
-        self.kernel = _pairs("kernel", self.kernel, 2)
-        self.strides = _pairs("strides", self.strides, 2)
-        self.pads = _pairs("pads", self.pads, 4)
-        self.dilations = _pairs("dilations", self.dilations, 2)
 
     def infer(self, types: Sequence[TensorType]) -> list[TensorType]:
         self._expect_inputs(types, 1)
         (x,) = types
         _check_rank(self, x, 4, "NCHW")
-        t, l, b, r = self.pads
         try:
-            oh = window_output(x.shape[2], self.kernel[0], self.strides[0], t, b, self.dilations[0], self.ceil_mode)
-            ow = window_output(x.shape[3], self.kernel[1], self.strides[1], l, r, self.dilations[1], self.ceil_mode)
+            oh, ow = self.out_hw(x.shape[2], x.shape[3], self.ceil_mode)
         except Exception as exc:
             raise self._fail(str(exc)) from None
         dtype = self.output_params.fmt.numpy_dtype().name if getattr(self, "output_params", None) else x.dtype
