@@ -32,6 +32,26 @@ def _check_rank(layer: Layer, t: TensorType, rank: int, what: str) -> None:
 
 
 @dataclass
+class _GemmParams:
+    """Weights, bias, fused activation and quantization parameters of a conv or linear layer.
+
+    A layer is quantized when it has ``output_params``; it then holds integer weights in
+    ``weight_params.fmt`` and an int32 bias.
+    """
+
+    weight: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    activation: object = None
+    input_params: QuantParams | None = None
+    weight_params: QuantParams | None = None
+    output_params: QuantParams | None = None
+
+    @property
+    def quantized(self) -> bool:
+        return self.output_params is not None
+
+
+@dataclass
 class _Windowed(Layer):
     """A layer that slides a 2-D window: kernel, strides, pads (top, left, bottom, right)
     and dilations, validated and normalised once for convolutions and pools."""
@@ -58,7 +78,7 @@ class _Windowed(Layer):
 
 
 @dataclass
-class Conv2d(_Windowed):
+class Conv2d(_GemmParams, _Windowed):
     """2-D convolution, NCHW, ONNX Conv semantics (pads = top, left, bottom, right).
 
     ``weight`` has shape ``(out_channels, in_channels // groups, kh, kw)``. ``activation`` is
@@ -69,12 +89,6 @@ class Conv2d(_Windowed):
     in_channels: int = 0
     out_channels: int = 0
     groups: int = 1
-    weight: np.ndarray | None = None
-    bias: np.ndarray | None = None
-    activation: object = None
-    input_params: QuantParams | None = None
-    weight_params: QuantParams | None = None
-    output_params: QuantParams | None = None
 
     def __post_init__(self) -> None:
         if self.groups < 1 or self.in_channels % self.groups or self.out_channels % self.groups:
@@ -90,10 +104,6 @@ class Conv2d(_Windowed):
     @property
     def weight_shape(self) -> tuple[int, int, int, int]:
         return (self.out_channels, self.in_channels // self.groups, *self.kernel)
-
-    @property
-    def quantized(self) -> bool:
-        return self.output_params is not None
 
     def infer(self, types: Sequence[TensorType]) -> list[TensorType]:
         self._expect_inputs(types, 1)
@@ -117,7 +127,7 @@ class Conv2d(_Windowed):
 
 
 @dataclass
-class Linear(Layer):
+class Linear(_GemmParams, Layer):
     """``y = x @ weight + bias`` over the last axis; ``weight`` is ``(in_features, out_features)``.
 
     Covers ONNX Gemm (with its transposes resolved at import) and MatMul by a constant.
@@ -126,12 +136,6 @@ class Linear(Layer):
     kind: ClassVar[str] = "linear"
     in_features: int = 0
     out_features: int = 0
-    weight: np.ndarray | None = None
-    bias: np.ndarray | None = None
-    activation: object = None
-    input_params: QuantParams | None = None
-    weight_params: QuantParams | None = None
-    output_params: QuantParams | None = None
 
     def __post_init__(self) -> None:
         if self.in_features < 1 or self.out_features < 1:
@@ -141,10 +145,6 @@ class Linear(Layer):
                              f"({self.in_features}, {self.out_features})")
         if self.bias is not None and tuple(np.shape(self.bias)) != (self.out_features,):
             raise self._fail(f"bias shape {tuple(np.shape(self.bias))} is not ({self.out_features},)")
-
-    @property
-    def quantized(self) -> bool:
-        return self.output_params is not None
 
     def infer(self, types: Sequence[TensorType]) -> list[TensorType]:
         self._expect_inputs(types, 1)

@@ -92,26 +92,28 @@ def fma_f32(a: np.ndarray | float, b: np.ndarray | float, c: np.ndarray | float)
     return np.asarray(r, dtype=_F32)
 
 
+def _x86_float_to_int32(v: np.ndarray, rounding: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """x86 float32 to int32 conversion with ``rounding``, as int64: a NaN or a result outside
+    int32 becomes the "integer indefinite" value ``-2**31``."""
+    v = np.asarray(v, dtype=_F32)
+    with np.errstate(invalid="ignore"):
+        r = rounding(v.astype(np.float64))
+        ok = np.isfinite(r) & (r >= _INT32_MIN) & (r < (1 << 31))
+    return np.where(ok, np.where(ok, r, 0).astype(np.int64), np.int64(_INT32_MIN))
+
+
 def cvtps_epi32(v: np.ndarray) -> np.ndarray:
     """``_mm_cvtps_epi32``: round float32 to int32 with ties to even, as int64.
 
-    A NaN or a value whose rounded result is outside int32 becomes the "integer indefinite"
-    value ``-2**31`` (so a huge positive value ends up at the *lowest* code after saturation).
+    A NaN or a value whose rounded result is outside int32 becomes ``-2**31`` (so a huge
+    positive value ends up at the *lowest* code after saturation).
     """
-    v = np.asarray(v, dtype=_F32)
-    with np.errstate(invalid="ignore"):
-        r = np.rint(v.astype(np.float64))
-        ok = np.isfinite(r) & (r >= _INT32_MIN) & (r < (1 << 31))
-    return np.where(ok, np.where(ok, r, 0).astype(np.int64), np.int64(_INT32_MIN))
+    return _x86_float_to_int32(v, np.rint)
 
 
 def _cvttss_epi32(v: np.ndarray) -> np.ndarray:
     """``(int32_t)float`` on x86 (``cvttss2si``): truncate; NaN or out of range gives ``-2**31``."""
-    v = np.asarray(v, dtype=_F32)
-    with np.errstate(invalid="ignore"):
-        r = np.trunc(v.astype(np.float64))
-        ok = np.isfinite(r) & (r >= _INT32_MIN) & (r < (1 << 31))
-    return np.where(ok, np.where(ok, r, 0).astype(np.int64), np.int64(_INT32_MIN))
+    return _x86_float_to_int32(v, np.trunc)
 
 
 def _i32_to_f32(values: np.ndarray) -> np.ndarray:
