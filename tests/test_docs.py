@@ -7,6 +7,9 @@
   exit status must be 0 (or the ``# exit N`` the line ends with). If the block follows
   ``<!-- test: exact -->`` the printed lines must equal the block's lines after it.
 * The text diagram under ``<!-- diagram: NAME -->`` must equal what the RTL trace gives.
+* A console block after ``<!-- measured -->`` shows the output of one benchmark run, as
+  measured: benchmarks are not timed in tests (a loaded test machine would make them flaky),
+  so such blocks are not executed, and only ``qsim bench`` commands may be marked so.
 """
 
 from __future__ import annotations
@@ -63,6 +66,10 @@ def test_console_examples(path, index, monkeypatch):
     lines = body.splitlines()
     commands = [i for i, line in enumerate(lines) if line.startswith("$ ")]
     assert commands, f"{path.name} block {index} has no $ command"
+    if mark == "measured":
+        assert all(lines[i].startswith("$ qsim bench ") for i in commands), \
+            f"{path.name} block {index}: only benchmark output may be marked measured"
+        return
     for n, start in enumerate(commands):
         line = lines[start][2:]
         expected_code = 0
