@@ -249,38 +249,13 @@ def quantize_linear(x: np.ndarray, scale: float | np.ndarray,
         out = np.dtype(dtype)
         if out not in _QTYPES:
             raise ConfigError(f"{op}: dtype must be uint8 or int8, not {out}")
-    scale_arr = np.asarray(scale)
-    zp_arr = (np.zeros_like(scale_arr, dtype=np.int64) if zero_point is None
-              else np.asarray(zero_point))
-    if scale_arr.size == 1:
-        s = _scale(scale_arr, op, "scale")
-        zp = _zero_point(zp_arr if zp_arr.size else None, out, op, "zero_point")
-        s_b, z_b = s, np.int64(zp)
-    else:
-        if scale_arr.ndim != 1:
-            raise ConfigError(f"{op}: per-axis scale must be 1-D, not shape {scale_arr.shape}")
-        ax = axis + xs.ndim if axis < 0 else axis
-        if not 0 <= ax < xs.ndim:
-            raise ConfigError(f"{op}: axis {axis} is out of range for x of shape {xs.shape}")
-        if scale_arr.shape[0] != xs.shape[ax]:
-            raise ConfigError(f"{op}: per-axis scale has {scale_arr.shape[0]} entries but axis "
-                              f"{axis} of x shape {xs.shape} has {xs.shape[ax]}")
-        if zp_arr.shape != scale_arr.shape:
-            raise ConfigError(f"{op}: zero_point shape {zp_arr.shape} does not match scale shape "
-                              f"{scale_arr.shape}")
-        _check_scales(scale_arr, op, "scale")
-        _check_zero_points(zp_arr, out, op, "zero_point")
-        view = [1] * xs.ndim
-        view[ax] = -1
-        s_b = scale_arr.astype(_F32).reshape(view)
-        z_b = zp_arr.astype(np.int64).reshape(view)
+    # An empty zero point counts as absent (ORT's optional input), as it always has here.
+    absent = zero_point is None or np.size(zero_point) == 0
+    params = _linear_params(xs.shape, scale, None if absent else zero_point, axis, out, op)
     # Dividing in float32, clamping to integer bounds, then rounding half to even is the ONNX
     # rule for every finite quotient (the bounds are integers); only NaN differs: MLAS's
     # maxps returns the lower bound.
     info = np.iinfo(out)
-    params = QuantParams(np.asarray(s_b, _F32).reshape(-1) if np.ndim(s_b) else _F32(s_b),
-                         np.asarray(z_b).reshape(-1) if np.ndim(z_b) else int(z_b),
-                         IntFormat(info.bits, info.min < 0), axis=None if not np.ndim(s_b) else ax)
     return quantize(xs, params, nan=info.min).astype(out)
 
 
@@ -301,29 +276,39 @@ def dequantize_linear(x: np.ndarray, scale: float | np.ndarray,
     """
     op = "dequantize_linear"
     xq = _qtensor(x, op, "x")
+    # f32(x - zp) is exact for 8-bit values, so one float32 product equals ops.dequantize's
+    # single correctly rounded product.
+    return dequantize(xq, _linear_params(xq.shape, scale, zero_point, axis, xq.dtype, op))
+
+
+def _linear_params(shape: tuple[int, ...], scale, zero_point, axis: int, dtype: np.dtype,
+                   op: str) -> QuantParams:
+    """Validated ``QuantParams`` of Quantize/DequantizeLinear inputs for a tensor of ``shape``.
+
+    A one-element ``scale`` is per tensor; otherwise 1-D along ``axis`` with a zero point of
+    the same shape (zeros when ``zero_point`` is None). ``dtype`` (uint8/int8) is the format.
+    """
+    info = np.iinfo(dtype)
+    fmt = IntFormat(info.bits, info.min < 0)
     scale_arr = np.asarray(scale)
-    fmt = IntFormat(np.iinfo(xq.dtype).bits, np.iinfo(xq.dtype).min < 0)
     if scale_arr.size == 1:
-        s = _scale(scale_arr, op, "scale")
-        zp = _zero_point(zero_point, xq.dtype, op, "zero_point")
-        return dequantize(xq, QuantParams(s, zp, fmt))
+        return QuantParams(_scale(scale_arr, op, "scale"),
+                           _zero_point(zero_point, dtype, op, "zero_point"), fmt)
     if scale_arr.ndim != 1:
         raise ConfigError(f"{op}: per-axis scale must be 1-D, not shape {scale_arr.shape}")
-    ax = axis + xq.ndim if axis < 0 else axis
-    if not 0 <= ax < xq.ndim:
-        raise ConfigError(f"{op}: axis {axis} is out of range for x of shape {xq.shape}")
-    if scale_arr.shape[0] != xq.shape[ax]:
+    ax = axis + len(shape) if axis < 0 else axis
+    if not 0 <= ax < len(shape):
+        raise ConfigError(f"{op}: axis {axis} is out of range for x of shape {shape}")
+    if scale_arr.shape[0] != shape[ax]:
         raise ConfigError(f"{op}: per-axis scale has {scale_arr.shape[0]} entries but axis {axis} "
-                          f"of x shape {xq.shape} has {xq.shape[ax]}")
+                          f"of x shape {shape} has {shape[ax]}")
     zp_arr = np.zeros(scale_arr.shape, np.int64) if zero_point is None else np.asarray(zero_point)
     if zp_arr.shape != scale_arr.shape:
         raise ConfigError(f"{op}: zero_point shape {zp_arr.shape} does not match scale shape "
                           f"{scale_arr.shape}")
     _check_scales(scale_arr, op, "scale")
-    _check_zero_points(zp_arr, xq.dtype, op, "zero_point")
-    # f32(x - zp) is exact for 8-bit values, so one float32 product equals ops.dequantize's
-    # single correctly rounded product.
-    return dequantize(xq, QuantParams(scale_arr.astype(_F32), zp_arr, fmt, axis=ax))
+    _check_zero_points(zp_arr, dtype, op, "zero_point")
+    return QuantParams(scale_arr.astype(_F32), zp_arr, fmt, axis=ax)
 
 
 # --------------------------------------------------------------------------------------------
