@@ -52,6 +52,7 @@ from qsim.errors import ConfigError
 from qsim.nn import layers as L
 from qsim.nn.graph import Graph, Layer
 from qsim.numerics import IntFormat, saturate
+from qsim.quant.isa import resolve_isa
 from qsim.quant.kernels import conv_columns, conv_geometry, conv_integer, matmul_integer
 from qsim.quant.ops import dequantize, quantize
 from qsim.quant.params import QuantParams
@@ -146,10 +147,12 @@ class RunResult:
 class _Context:
     semantics: Semantics
     backend: AccumulatorBackend
+    isa: str = "exact"  # a concrete instruction path (qsim.quant.isa), never "auto"
 
 
 def run(graph: Graph, feeds: Mapping[str, np.ndarray], semantics: Semantics | str = "onnxruntime",
-        *, keep: bool = False, backend: AccumulatorBackend | None = None) -> RunResult:
+        *, isa: str = "auto", keep: bool = False,
+        backend: AccumulatorBackend | None = None) -> RunResult:
     """Evaluate ``graph`` on ``feeds`` (one array per graph input, batch first).
 
     Parameters
@@ -160,6 +163,11 @@ def run(graph: Graph, feeds: Mapping[str, np.ndarray], semantics: Semantics | st
         converted to float32.
     semantics : Semantics or str
         Requantization semantics of the quantized layers.
+    isa : str
+        The x86 instruction path of the engine the semantics is named after
+        (:data:`qsim.quant.isa.ISA_NAMES`; ``auto``, the default, is the running CPU's). It
+        matters to ``onnxruntime`` and ``pytorch-fbgemm``, whose uint8 x int8 kernels saturate
+        int16 pair sums on ``avx2`` and ``avx512bw``; the other semantics ignore it.
     keep : bool
         Keep every intermediate tensor in :attr:`RunResult.values`.
     backend : AccumulatorBackend, optional
@@ -171,7 +179,7 @@ def run(graph: Graph, feeds: Mapping[str, np.ndarray], semantics: Semantics | st
     ConfigError
         A missing or unexpected input, a wrong shape or dtype, or a layer that cannot run.
     """
-    ctx = _Context(Semantics.parse(semantics), backend or ExactBackend())
+    ctx = _Context(Semantics.parse(semantics), backend or ExactBackend(), resolve_isa(isa))
     values = _check_feeds(graph, feeds)
     batch = next(iter(values.values())).shape[0] if values else None
     types = graph.infer(batch)

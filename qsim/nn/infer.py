@@ -36,7 +36,7 @@ def _graph(model: Any) -> Graph:
 
 
 def infer(model: Any, feeds: Mapping[str, np.ndarray], semantics: Semantics | str = "onnxruntime",
-          *, keep: bool = False) -> dict[str, np.ndarray]:
+          *, isa: str = "auto", keep: bool = False) -> dict[str, np.ndarray]:
     """Run an ONNX model (a path, bytes, an ``onnx.ModelProto`` or an imported Graph).
 
     Parameters
@@ -47,6 +47,9 @@ def infer(model: Any, feeds: Mapping[str, np.ndarray], semantics: Semantics | st
     semantics : Semantics or str
         Requantization semantics of the quantized layers (``onnxruntime`` reproduces ONNX
         Runtime bit for bit).
+    isa : str
+        Instruction path of the engine (:mod:`qsim.quant.isa`): ``auto`` (the running CPU),
+        ``avx2``, ``avx512bw``, ``avx-vnni``, ``avx512-vnni``, ``amx-int8`` or ``exact``.
     keep : bool
         Return every intermediate tensor too, not only the outputs.
 
@@ -59,7 +62,7 @@ def infer(model: Any, feeds: Mapping[str, np.ndarray], semantics: Semantics | st
 
     kind = Semantics.parse(semantics)
     graph = _graph(model)
-    result = run(graph, feeds, kind, keep=keep)
+    result = run(graph, feeds, kind, isa=isa, keep=keep)
     return dict(result.values) if keep else dict(result.outputs)
 
 
