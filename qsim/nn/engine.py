@@ -51,9 +51,10 @@ import numpy as np
 from qsim.errors import ConfigError
 from qsim.nn import layers as L
 from qsim.nn.graph import Graph, Layer
-from qsim.numerics import IntFormat, saturate
-from qsim.quant.isa import resolve_isa
-from qsim.quant.kernels import conv_columns, conv_geometry, conv_integer, matmul_integer
+from qsim.numerics import INT32, IntFormat, saturate, wrap
+from qsim.quant.hazards import u8s8_conv_correction, u8s8_matmul_correction
+from qsim.quant.isa import resolve_isa, u8s8_saturates
+from qsim.quant.kernels import ISA_DEPENDENT, conv_columns, conv_geometry, conv_integer, matmul_integer
 from qsim.quant.ops import dequantize, quantize
 from qsim.quant.params import QuantParams
 from qsim.quant.requant import Semantics, float32_multiplier, requantize, requantize_float32
@@ -167,7 +168,8 @@ def run(graph: Graph, feeds: Mapping[str, np.ndarray], semantics: Semantics | st
         The x86 instruction path of the engine the semantics is named after
         (:data:`qsim.quant.isa.ISA_NAMES`; ``auto``, the default, is the running CPU's). It
         matters to ``onnxruntime`` and ``pytorch-fbgemm``, whose uint8 x int8 kernels saturate
-        int16 pair sums on ``avx2`` and ``avx512bw``; the other semantics ignore it.
+        int16 pair sums on ``avx2`` and ``avx512bw``; the other semantics ignore it, and so
+        does any backend other than :class:`ExactBackend` (the accelerator never saturates).
     keep : bool
         Keep every intermediate tensor in :attr:`RunResult.values`.
     backend : AccumulatorBackend, optional
@@ -414,6 +416,23 @@ def _exact_gemm(layer, prep: _PreparedGemm, acc: np.ndarray, ctx: _Context, chan
     return _int_out(np.clip(y, *prep.clamp), prep.y_p.fmt)
 
 
+def _saturating(ctx: _Context, x: np.ndarray, prep: _PreparedGemm) -> bool:
+    """Whether this layer's engine kernel adds u8 x s8 pairs in saturating int16.
+
+    Under ``onnxruntime`` or ``pytorch-fbgemm`` on a ``vpmaddubsw`` path
+    (:func:`qsim.quant.isa.u8s8_saturates`), for uint8 activations times int8 weights, and only
+    with the exact backend: the accelerator's accumulators come from its own datapath, which
+    never saturates.
+    """
+    return (ctx.semantics in ISA_DEPENDENT and isinstance(ctx.backend, ExactBackend)
+            and u8s8_saturates(ctx.isa) and x.dtype == np.uint8 and prep.weight.dtype == np.int8)
+
+
+def _with_correction(acc: np.ndarray, correction: np.ndarray) -> np.ndarray:
+    """Exact int64 accumulators plus an engine's saturation correction, wrapped like int32."""
+    return wrap(acc.astype(np.int64) + correction, INT32)
+
+
 # ------------------------------------------------------------------------- GEMM layers
 
 def _conv(layer: L.Conv2d, inputs, ctx):
@@ -429,9 +448,15 @@ def _conv(layer: L.Conv2d, inputs, ctx):
         return [_float_activation(layer, layer.activation, y.astype(np.float32))]
     prep = _prepared_gemm(layer)
     x_zp = int(prep.x_p.zero_point)
+    geometry = conv_geometry(x.shape[2:], layer.kernel, strides=layer.strides,
+                             pads=_onnx_pads(layer.pads), dilations=layer.dilations)
+    correction = (u8s8_conv_correction(x, layer.weight, x_zp, geometry, layer.groups,
+                                       ctx.semantics.value)
+                  if _saturating(ctx, x, prep) else None)
+    if correction is not None:  # the engine's own integers, then its requantization
+        acc = _with_correction(ctx.backend.conv(layer, x, x_zp, layer.weight, prep.zw), correction)
+        return [_exact_gemm(layer, prep, acc, ctx, 1)]
     if layer.groups == 1:
-        geometry = conv_geometry(x.shape[2:], layer.kernel, strides=layer.strides,
-                                 pads=_onnx_pads(layer.pads), dilations=layer.dilations)
         fast = _fast_accumulate(prep, lambda dtype: conv_columns(x, geometry, dtype, subtract=x_zp),
                                 prep.weight.shape[1], x.dtype, ctx)
         if fast is not None:
@@ -470,6 +495,10 @@ def _linear(layer: L.Linear, inputs, ctx):
         return [_float_activation(layer, layer.activation, y.astype(np.float32)).reshape(*lead, -1)]
     prep = _prepared_gemm(layer)
     x_zp = int(prep.x_p.zero_point)
+    correction = u8s8_matmul_correction(x2, prep.weight.T) if _saturating(ctx, x2, prep) else None
+    if correction is not None:  # the engine's own integers, then its requantization
+        acc = _with_correction(ctx.backend.matmul(x2, x_zp, layer.weight, prep.zw, layer), correction)
+        return [_exact_gemm(layer, prep, acc, ctx, 1).reshape(*lead, -1)]
     fast = _fast_accumulate(prep, lambda dtype: _centered_as(x2, x_zp, dtype).T, layer.in_features,
                             x2.dtype, ctx)
     if fast is not None:

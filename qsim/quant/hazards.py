@@ -44,7 +44,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -68,7 +67,9 @@ __all__ = [
     "u8s8_conv_saturation",
     "matmul_u8s8_avx2",
     "conv_u8s8_avx2",
-    "int8_dot_product_path",
+    "u8s8_matmul_correction",
+    "u8s8_conv_correction",
+    "ENGINES",
 ]
 
 INT16_MIN = -(1 << 15)
@@ -327,45 +328,24 @@ def matmul_u8s8_avx2(a: np.ndarray, b: np.ndarray, a_zero_point: object = 0,
                            limit=0).engine
 
 
-def u8s8_conv_saturation(x_u8: np.ndarray, w_s8: np.ndarray, x_zero_point: object = 0,
-                         w_zero_point: object = 0, *, strides: Sequence[int] | None = None,
-                         pads: Sequence[int] | None = None,
-                         dilations: Sequence[int] | None = None, group: int = 1,
-                         auto_pad: str = "NOTSET", kernel_shape: Sequence[int] | None = None,
-                         limit: int = 5) -> SaturationReport:
-    """The ``vpmaddubsw`` hazard of ONNX Runtime's u8 x s8 QLinearConv/ConvInteger.
+def _conv_pair_scan(x: np.ndarray, w: np.ndarray, x_zp: int, geometry, group: int, limit: int
+                    ) -> tuple[np.ndarray, np.ndarray, int, list[SaturatedPair]]:
+    """:func:`_pair_scan` of a grouped convolution lowered as ONNX Runtime lowers it.
 
-    The convolution is lowered as ONNX Runtime does: per group, a channels-last im2col (K
-    ordered by kernel tap, then channel; padding holds the raw ``x_zero_point``) times the
-    reordered filter. Depthwise convolutions (one input and one output channel per group) run
-    an exact int16-widening kernel there and are reported with ``path="depthwise"``.
-
-    Parameters are those of :func:`qsim.quant.kernels.conv_integer`, plus ``limit`` (number of
-    example pairs). Positions and examples use the output layout ``(N, M, *output)``.
+    Per group, a channels-last im2col (K ordered by kernel tap, then channel; padding holds the
+    raw ``x_zp``) times the reordered filter. Returns the correction and the per-output count
+    in the layout ``(N, M, *output)``, the total count and up to ``limit`` examples.
     """
-    x = _u8("x_u8", x_u8)
-    w = _s8("w_s8", w_s8)
-    limit = _check_limit(limit)
-    group = _conv_operands(x, w, group, kernel_shape)
-    exact = conv_integer(x, w, x_zero_point, w_zero_point, strides=strides, pads=pads,
-                         dilations=dilations, group=group, auto_pad=auto_pad)
-    x_zp = int(_zero_point("x_zero_point", x_zero_point, "x", x).ravel()[0])
-    geometry = conv_geometry(x.shape[2:], w.shape[2:], strides=strides, pads=pads,
-                             dilations=dilations, auto_pad=auto_pad)
+    cols = im2col(x, geometry, pad_value=x_zp)  # raw bytes: the engine sees the zero point
     n, channels = x.shape[:2]
     outputs = w.shape[0]
     cg, mg = channels // group, outputs // group
-    if cg == 1 and mg == 1:
-        none = np.zeros(exact.shape, dtype=bool)
-        return SaturationReport(exact=exact, engine=exact.copy(), affected=none,
-                                saturating=none.copy(), saturated_pairs=0, examples=(),
-                                path="depthwise")
-    cols = im2col(x, geometry, pad_value=x_zp)  # raw bytes: the engine sees the zero point
     taps = int(np.prod(geometry.kernel))
     positions = int(np.prod(geometry.output))
     tap_index = list(np.ndindex(*geometry.kernel))
-    correction = np.zeros(exact.shape, dtype=np.int64)
-    per_output = np.zeros(exact.shape, dtype=np.int64)
+    out_shape = (n, outputs) + tuple(geometry.output)
+    correction = np.zeros(out_shape, dtype=np.int64)
+    per_output = np.zeros(out_shape, dtype=np.int64)
     total = 0
     found: list[SaturatedPair] = []
     for g in range(group):
@@ -374,7 +354,7 @@ def u8s8_conv_saturation(x_u8: np.ndarray, w_s8: np.ndarray, x_zero_point: objec
         field = np.moveaxis(field, 1, -1).reshape(n * positions, taps * cg)
         kernel = np.moveaxis(w[g * mg:(g + 1) * mg], 1, -1).reshape(mg, taps * cg).T
         corr, count, hits, pairs = _pair_scan(field, kernel, limit)
-        shape = (n,) + geometry.output + (mg,)
+        shape = (n,) + tuple(geometry.output) + (mg,)
         correction[:, g * mg:(g + 1) * mg] = np.moveaxis(corr.reshape(shape), -1, 1)
         per_output[:, g * mg:(g + 1) * mg] = np.moveaxis(count.reshape(shape), -1, 1)
         total += hits
@@ -391,6 +371,89 @@ def u8s8_conv_saturation(x_u8: np.ndarray, w_s8: np.ndarray, x_zero_point: objec
                 where.append((g * cg + c,) + tuple(int(v) for v in tap_index[t]))
             found.append(SaturatedPair(output, (where[0], where[1]), a_pair, b_pair,
                                        pair_sum, kept))
+    return correction, per_output, total, found
+
+
+def u8s8_matmul_correction(a_u8: np.ndarray, b_s8: np.ndarray) -> np.ndarray | None:
+    """What a ``vpmaddubsw`` engine adds to the exact ``a_u8 @ b_s8`` (M x K times K x N).
+
+    ``None`` when no pair can leave int16 (the cheap bound of :func:`_candidate_pairs`), else
+    the int64 (M x N) correction ``sum_j (sat16(s_j) - s_j)``, zero points not involved.
+    """
+    a, b = _u8("a_u8", a_u8), _s8("b_s8", b_s8)
+    k_pad = a.shape[-1] + a.shape[-1] % 2
+    a_pad = np.zeros(a.shape[:-1] + (k_pad,), np.uint8)
+    a_pad[..., :a.shape[-1]] = a
+    b_pad = np.zeros(b.shape[:-2] + (k_pad,) + b.shape[-1:], np.int8)
+    b_pad[..., :b.shape[-2], :] = b
+    if _candidate_pairs(a_pad, b_pad).size == 0:
+        return None
+    return _pair_scan(a, b, 0)[0]
+
+
+#: Engines whose u8 x s8 kernels this module emulates, and whether their depthwise kernel is exact.
+ENGINES = {"onnxruntime": True, "pytorch-fbgemm": False}
+
+
+def _check_engine(engine: object) -> str:
+    if engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    return str(engine)
+
+
+def _depthwise(channels: int, outputs: int, group: int) -> bool:
+    return channels // group == 1 and outputs // group == 1
+
+
+def u8s8_conv_correction(x_u8: np.ndarray, w_s8: np.ndarray, x_zero_point: int, geometry,
+                         group: int, engine: str = "onnxruntime") -> np.ndarray | None:
+    """What an AVX2 engine's u8 x s8 convolution adds to the exact accumulators ``(N, M, *output)``.
+
+    ``engine="onnxruntime"`` (QLinearConv): ``None`` for depthwise convolutions, whose kernels
+    widen to int16 and are exact. ``engine="pytorch-fbgemm"``: depthwise convolutions pair
+    consecutive kernel taps of one channel (fbgemm's depthwise kernels), which is the same
+    channels-last pairing with one channel per group. ``None`` when no pair saturates.
+    """
+    x, w = _u8("x_u8", x_u8), _s8("w_s8", w_s8)
+    if ENGINES[_check_engine(engine)] and _depthwise(x.shape[1], w.shape[0], group):
+        return None
+    correction, per_output, total, _ = _conv_pair_scan(x, w, int(x_zero_point), geometry, group, 0)
+    return correction if total else None
+
+
+def u8s8_conv_saturation(x_u8: np.ndarray, w_s8: np.ndarray, x_zero_point: object = 0,
+                         w_zero_point: object = 0, *, strides: Sequence[int] | None = None,
+                         pads: Sequence[int] | None = None,
+                         dilations: Sequence[int] | None = None, group: int = 1,
+                         auto_pad: str = "NOTSET", kernel_shape: Sequence[int] | None = None,
+                         limit: int = 5, engine: str = "onnxruntime") -> SaturationReport:
+    """The ``vpmaddubsw`` hazard of a u8 x s8 convolution: ONNX Runtime's QLinearConv or fbgemm's.
+
+    The convolution is lowered as both engines do: per group, a channels-last im2col (K
+    ordered by kernel tap, then channel; padding holds the raw ``x_zero_point``) times the
+    reordered filter. Depthwise convolutions (one input and one output channel per group) run
+    an exact int16-widening kernel in ONNX Runtime and are reported with ``path="depthwise"``;
+    fbgemm's depthwise kernels pair consecutive kernel taps (``engine="pytorch-fbgemm"``).
+    ONNX Runtime's ConvInteger is exact on every path (measured, onnxruntime 1.32 on AVX2).
+
+    Parameters are those of :func:`qsim.quant.kernels.conv_integer`, plus ``limit`` (number of
+    example pairs) and ``engine``. Positions and examples use the output layout ``(N, M, *output)``.
+    """
+    x = _u8("x_u8", x_u8)
+    w = _s8("w_s8", w_s8)
+    limit = _check_limit(limit)
+    group = _conv_operands(x, w, group, kernel_shape)
+    exact = conv_integer(x, w, x_zero_point, w_zero_point, strides=strides, pads=pads,
+                         dilations=dilations, group=group, auto_pad=auto_pad)
+    x_zp = int(_zero_point("x_zero_point", x_zero_point, "x", x).ravel()[0])
+    geometry = conv_geometry(x.shape[2:], w.shape[2:], strides=strides, pads=pads,
+                             dilations=dilations, auto_pad=auto_pad)
+    if ENGINES[_check_engine(engine)] and _depthwise(x.shape[1], w.shape[0], group):
+        none = np.zeros(exact.shape, dtype=bool)
+        return SaturationReport(exact=exact, engine=exact.copy(), affected=none,
+                                saturating=none.copy(), saturated_pairs=0, examples=(),
+                                path="depthwise")
+    correction, per_output, total, found = _conv_pair_scan(x, w, x_zp, geometry, group, limit)
     found.sort(key=lambda p: (np.ravel_multi_index(p.output, exact.shape), p.k))
     engine = wrap(exact + correction, INT32)
     return SaturationReport(exact=exact, engine=engine, affected=engine != exact,
@@ -400,28 +463,6 @@ def u8s8_conv_saturation(x_u8: np.ndarray, w_s8: np.ndarray, x_zero_point: objec
 
 def conv_u8s8_avx2(x: np.ndarray, w: np.ndarray, x_zero_point: object = 0,
                    w_zero_point: object = 0, **attributes: object) -> np.ndarray:
-    """What ONNX Runtime's AVX2 u8 x s8 ConvInteger returns (see :func:`u8s8_conv_saturation`)."""
+    """What ONNX Runtime's AVX2 u8 x s8 QLinearConv accumulates (see :func:`u8s8_conv_saturation`)."""
     return u8s8_conv_saturation(x, w, x_zero_point, w_zero_point, limit=0,
                                 **attributes).engine  # type: ignore[arg-type]
-
-
-def int8_dot_product_path(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
-    """Which u8 x s8 kernel ONNX Runtime picks on this CPU, from its feature flags.
-
-    Returns ``"int32"`` (AVX-VNNI, AVX512-VNNI or AMX-INT8: products accumulate in int32,
-    exact), ``"vpmaddubsw"`` (AVX2 or AVX512BW without those: pairs saturate to int16), or
-    ``"unknown"`` (no x86 flags readable, for example on ARM).
-    """
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return "unknown"
-    flags: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-    if flags & {"avx512_vnni", "avx_vnni", "amx_int8"}:
-        return "int32"
-    if "avx2" in flags:
-        return "vpmaddubsw"
-    return "unknown"

@@ -19,7 +19,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from qsim.errors import ConfigError
-from qsim.numerics import INT8, INT32, UINT8, IntFormat, check_fits, int_matmul
+from qsim.numerics import INT8, INT32, UINT8, IntFormat, check_fits, int_matmul, wrap
 from qsim.quant.requant import Semantics, requantize
 
 __all__ = [
@@ -144,8 +144,13 @@ def _zero_point_span(tensor: np.ndarray, zp: np.ndarray) -> int:
 
 
 def matmul_integer(a: np.ndarray, b: np.ndarray, a_zero_point: object = 0,
-                   b_zero_point: object = 0) -> np.ndarray:
+                   b_zero_point: object = 0, *, isa: str = "exact") -> np.ndarray:
     """ONNX ``MatMulInteger``: ``(a - a_zero_point) @ (b - b_zero_point)`` in int32, exactly.
+
+    With ``isa`` an instruction path that saturates (``avx2``, ``avx512bw``, or ``auto`` on such a
+    CPU; :mod:`qsim.quant.isa`) and uint8 ``a`` times int8 ``b``, the result is what ONNX
+    Runtime's MLAS kernel returns there instead: adjacent K pairs of raw products saturated to
+    int16 (:func:`qsim.quant.hazards.u8s8_matmul_correction`).
 
     Parameters
     ----------
@@ -203,9 +208,23 @@ def matmul_integer(a: np.ndarray, b: np.ndarray, a_zero_point: object = 0,
     acc = int_matmul(x, y)
     _check_int32(acc, k_a * _zero_point_span(a, a_zp) * _zero_point_span(b, b_zp),
                  "MatMulInteger accumulator")
+    correction = _engine_correction(isa, a[None, :] if a.ndim == 1 else a,
+                                    b[:, None] if b.ndim == 1 else b)
+    if correction is not None:
+        acc = wrap(acc + correction, INT32)
     if squeeze:
         acc = acc.squeeze(axis=tuple(squeeze))
     return acc
+
+
+def _engine_correction(isa: str, a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+    """The saturation correction of a u8 x s8 product on ``isa``, or ``None`` where exact."""
+    from qsim.quant.hazards import u8s8_matmul_correction
+    from qsim.quant.isa import resolve_isa, u8s8_saturates
+
+    if a.dtype != np.uint8 or b.dtype != np.int8 or not u8s8_saturates(resolve_isa(isa)):
+        return None
+    return u8s8_matmul_correction(a, b)
 
 
 # --------------------------------------------------------------------------- convolution
@@ -522,11 +541,27 @@ def _requantize(acc: np.ndarray, in_scale: np.ndarray, weight_scale: np.ndarray,
     return np.asarray(y).astype(fmt.numpy_dtype())
 
 
+#: Semantics named after an engine whose u8 x s8 integers depend on the instruction path.
+ISA_DEPENDENT = (Semantics.ONNXRUNTIME, Semantics.PYTORCH_FBGEMM)
+
+
+def _engine_isa(semantics: object, isa: str) -> str:
+    """``isa`` where the semantics is an engine whose integers depend on it, else ``exact``."""
+    from qsim.quant.isa import parse_isa
+
+    name = parse_isa(isa)
+    return name if Semantics.parse(semantics) in ISA_DEPENDENT else "exact"
+
+
 def qlinear_matmul(a: np.ndarray, a_scale: object, a_zero_point: object, b: np.ndarray,
                    b_scale: object, b_zero_point: object, y_scale: object,
                    y_zero_point: object, *, semantics: object = "onnx",
-                   out_fmt: IntFormat | str | None = None) -> np.ndarray:
+                   out_fmt: IntFormat | str | None = None, isa: str = "auto") -> np.ndarray:
     """ONNX ``QLinearMatMul``: an exact int32 product, requantized under ``semantics``.
+
+    Under ``semantics="onnxruntime"`` or ``"pytorch-fbgemm"`` the product is the one that engine
+    computes on the instruction path ``isa`` (default: the running CPU's; see
+    :func:`matmul_integer`); other semantics ignore ``isa``.
 
     Parameters
     ----------
@@ -567,8 +602,22 @@ def qlinear_matmul(a: np.ndarray, a_scale: object, a_zero_point: object, b: np.n
     if np.asarray(a_zero_point).size != 1:
         raise ConfigError(f"a_zero_point must be a scalar (per tensor), not shape "
                           f"{np.asarray(a_zero_point).shape}")
-    acc = matmul_integer(a, b, a_zero_point, b_zero_point)
+    acc = matmul_integer(a, b, a_zero_point, b_zero_point, isa=_engine_isa(semantics, isa))
     return _requantize(acc, a_s, b_s, y_s, zp, fmt, semantics, channel_axis=-1)
+
+
+def _conv_engine_accumulators(acc: np.ndarray, x: np.ndarray, w: np.ndarray, x_zero_point: object,
+                              isa: str, group: int, geometry: ConvGeometry,
+                              semantics: object) -> np.ndarray:
+    """``acc`` plus the engine's u8 x s8 saturation on ``isa`` (unchanged where exact)."""
+    from qsim.quant.hazards import u8s8_conv_correction
+    from qsim.quant.isa import resolve_isa, u8s8_saturates
+
+    if x.dtype != np.uint8 or w.dtype != np.int8 or not u8s8_saturates(resolve_isa(isa)):
+        return acc
+    correction = u8s8_conv_correction(x, w, int(np.asarray(x_zero_point).reshape(-1)[0]), geometry,
+                                      int(group), Semantics.parse(semantics).value)
+    return acc if correction is None else wrap(acc + correction, INT32)
 
 
 def qlinear_conv(x: np.ndarray, x_scale: object, x_zero_point: object, w: np.ndarray,
@@ -577,8 +626,13 @@ def qlinear_conv(x: np.ndarray, x_scale: object, x_zero_point: object, w: np.nda
                  pads: Sequence[int] | None = None, dilations: Sequence[int] | None = None,
                  group: int = 1, auto_pad: str = "NOTSET",
                  kernel_shape: Sequence[int] | None = None, semantics: object = "onnx",
-                 out_fmt: IntFormat | str | None = None) -> np.ndarray:
+                 out_fmt: IntFormat | str | None = None, isa: str = "auto") -> np.ndarray:
     """ONNX ``QLinearConv``: exact int32 convolution plus bias, requantized under ``semantics``.
+
+    Under ``semantics="onnxruntime"`` or ``"pytorch-fbgemm"`` with uint8 ``x``, int8 ``w`` and a
+    saturating ``isa`` (default: the running CPU's), the accumulators are those of that engine's
+    lowering on that path (:func:`qsim.quant.hazards.u8s8_conv_correction`: ONNX Runtime's
+    depthwise convolutions stay exact, fbgemm's pair consecutive kernel taps).
 
     Parameters
     ----------
@@ -611,6 +665,10 @@ def qlinear_conv(x: np.ndarray, x_scale: object, x_zero_point: object, w: np.nda
     acc = conv_integer(x, w, x_zero_point, w_zero_point, strides=strides, pads=pads,
                        dilations=dilations, group=group, auto_pad=auto_pad,
                        kernel_shape=kernel_shape)
+    acc = _conv_engine_accumulators(acc, x, w, x_zero_point, _engine_isa(semantics, isa), group,
+                                    conv_geometry(x.shape[2:], w.shape[2:], strides=strides, pads=pads,
+                                                  dilations=dilations, auto_pad=auto_pad),
+                                    semantics)
     if bias is not None:
         b = np.asarray(bias)
         if b.dtype.kind not in "iu":

@@ -31,6 +31,7 @@ import numpy as np
 
 from qsim.errors import ConfigError
 from qsim.numerics import INT32, IntFormat, int_matmul, wrap
+from qsim.quant.kernels import _engine_correction
 from qsim.quant.ops import dequantize, quantize
 from qsim.quant.params import QuantParams
 from qsim.quant.requant import requantize_float32
@@ -319,8 +320,8 @@ def qgemm(a: np.ndarray, a_scale: float, a_zero_point: int | np.ndarray,
           b: np.ndarray, b_scale: float | np.ndarray, b_zero_point: int | np.ndarray,
           c: np.ndarray | None = None, y_scale: float | None = None,
           y_zero_point: int | np.ndarray | None = None, *, alpha: float = 1.0,
-          trans_a: bool = False, trans_b: bool = False) -> np.ndarray:
-    """``com.microsoft.QGemm`` as ORT computes it.
+          trans_a: bool = False, trans_b: bool = False, isa: str = "auto") -> np.ndarray:
+    """``com.microsoft.QGemm`` as ORT computes it (on the instruction path ``isa``).
 
     ``acc[m, n] = wrap_int32(C[m, n] + sum_k (A[m, k] - a_zp) * (B[k, n] - b_zp[n]))`` (exact
     integer products, int32 wrap-around like MLAS), then per column
@@ -333,9 +334,10 @@ def qgemm(a: np.ndarray, a_scale: float, a_zero_point: int | np.ndarray,
     column (``b_scale``/``b_zero_point`` of length N); ``C`` is int32 of shape (), (N,), (1, N),
     (M, 1) or (M, N); the output type is ``A``'s (ORT's type constraint ``TYZ``).
 
-    The integer product is computed exactly. On CPUs whose MLAS kernel for uint8 x int8 uses
-    ``vpmaddubsw`` (AVX2 without VNNI) ORT itself can saturate pair sums to int16; on this
-    project's reference machine (AVX512-VNNI/AMX) it does not, and qsim never copies that bug.
+    The integer product is the one MLAS computes on the instruction path ``isa`` (default
+    ``auto``: the running CPU's, :mod:`qsim.quant.isa`): exact with VNNI or AMX, and for uint8
+    ``A`` times int8 ``B`` on ``avx2``/``avx512bw`` with adjacent K pairs of raw products
+    saturated to int16 (``vpmaddubsw``, :func:`qsim.quant.hazards.u8s8_matmul_correction`).
 
     Notes
     -----
@@ -375,6 +377,9 @@ def qgemm(a: np.ndarray, a_scale: float, a_zero_point: int | np.ndarray,
     sb = _check_scales(sb_arr.reshape(-1), op, "b_scale")
     zb = _check_zero_points(zb_arr.reshape(-1), bq.dtype, op, "b_zero_point")
     acc = int_matmul(am.astype(np.int64) - za, bm.astype(np.int64) - zb.reshape(1, -1))
+    correction = _engine_correction(isa, am, bm)
+    if correction is not None:
+        acc = acc + correction
     if c is not None:
         cq = np.asarray(c)
         if cq.dtype != np.int32:
