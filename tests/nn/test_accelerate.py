@@ -46,7 +46,7 @@ def _qcnn(rng) -> Graph:
 def test_compiled_network_equals_integer_reference(rng, semantics):
     graph = _qcnn(rng)
     feeds = {"x": rng.integers(0, 256, (3, 2, 7, 7)).astype(np.uint8)}
-    reference = run(graph, feeds, semantics, keep=True)
+    reference = run(graph, feeds, semantics, keep=True, isa="exact")  # the datapath is exact
     compiled = compile_network(graph, feeds, TINY, semantics, keep=True)
     for name in ("a", "b", "y"):
         assert np.array_equal(compiled.result.values[name], reference.values[name]), name
@@ -87,7 +87,7 @@ def _digits_networks():
 @pytest.mark.parametrize("semantics", [s.value for s in Semantics])
 def test_every_example_network_compiles_to_its_integer_reference(semantics):
     for name, graph, feeds in _digits_networks():
-        reference = run(graph, feeds, semantics)
+        reference = run(graph, feeds, semantics, isa="exact")
         compiled = compile_network(graph, feeds, AcceleratorConfig(), semantics)
         for out in graph.outputs:
             assert np.array_equal(compiled.result.outputs[out], reference.outputs[out]), (name, out)

@@ -4,8 +4,9 @@ The emulation is checked against a Python-integer model of MLAS's AVX2 kernel (p
 elements ``(2j, 2j + 1)`` saturated to int16, summed in int32, zero points applied exactly).
 ONNX Runtime itself is run on saturating inputs too: on an x86 CPU without VNNI its result
 must equal the emulation, with VNNI (or AMX) it must equal the exact result; which of the two
-this machine is, is read from /proc/cpuinfo and printed. (The machine these tests were
-written on reports avx512_vnni and avx_vnni, so there ONNX Runtime is exact.)
+this machine is comes from :func:`qsim.quant.isa.detect_isa` and is printed. Both kinds of
+machine run every test here; golden files recorded on an AVX2 CPU check the emulation on any
+machine (tests/quant/test_isa_golden.py).
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from qsim.errors import ConfigError
 from qsim.quant.hazards import (
     SaturatedPair,
     conv_u8s8_avx2,
-    int8_dot_product_path,
     matmul_u8s8_avx2,
     u8s8_conv_saturation,
     u8s8_saturation,
 )
+from qsim.quant.isa import detect_isa, u8s8_saturates
 from qsim.quant.kernels import conv_integer, qlinear_conv, qlinear_matmul
 
 
@@ -274,22 +275,6 @@ def test_errors(call, message):
     assert str(info.value) == message
 
 
-@pytest.mark.parametrize("flags, path", [
-    ("fpu sse2 avx avx2 fma", "vpmaddubsw"),
-    ("avx2 avx512f avx512bw", "vpmaddubsw"),
-    ("avx2 avx_vnni", "int32"),
-    ("avx2 avx512f avx512bw avx512_vnni", "int32"),
-    ("avx2 amx_tile amx_int8", "int32"),
-    ("fp asimd asimddp", "unknown"),
-])
-def test_int8_dot_product_path_from_cpu_flags(tmp_path, flags, path):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpu = f"flags\t\t: {flags}\n"
-    cpuinfo.write_text(f"processor\t: 0\n{cpu}\nprocessor\t: 1\n{cpu}")
-    assert int8_dot_product_path(cpuinfo) == path
-    assert int8_dot_product_path(tmp_path / "missing") == "unknown"
-
-
 # --------------------------------------------------------------------------- ONNX Runtime
 
 
@@ -310,17 +295,12 @@ def _ort_run(op_type, inputs, initializers, feeds, out_type, **attributes):
 
 
 def _expect_engine(got, report, what):
-    """Assert ONNX Runtime's result against the prediction for this CPU's kernel."""
-    path = int8_dot_product_path()
-    print(f"{what}: this CPU's u8s8 path is {path!r}; {report.count} of {report.exact.size} "
-          f"outputs would be wrong without VNNI; ONNX Runtime "
+    """Assert ONNX Runtime's result against the prediction for this CPU's instruction path."""
+    isa = detect_isa()
+    print(f"{what}: this CPU's path is {isa!r}; {report.count} of {report.exact.size} "
+          f"outputs differ from the exact result on a saturating path; ONNX Runtime "
           f"{'saturates' if not np.array_equal(got, report.exact) else 'is exact'} here")
-    if path == "vpmaddubsw":  # AVX2 / AVX512BW without VNNI: the detector's prediction
-        assert np.array_equal(got, report.engine)
-    elif path == "int32":  # VNNI or AMX: int32 accumulation, no int16 step
-        assert np.array_equal(got, report.exact)
-    else:
-        pytest.skip(f"no x86 u8s8 kernel to predict on this CPU (path {path!r})")
+    assert np.array_equal(got, report.engine if u8s8_saturates(isa) else report.exact)
 
 
 def test_onnxruntime_matmul_integer_u8s8(rng):
@@ -353,7 +333,7 @@ def test_onnxruntime_qlinear_conv_u8s8(rng):
                     "y_scale": np.array(y_scale), "y_zero_point": np.array(120, np.uint8)},
                    {"x": x}, TensorProto.UINT8, pads=[1, 1, 1, 1])
     exact = qlinear_conv(x, x_scale, np.uint8(128), w, w_scale, np.int8(0), y_scale,
-                         np.uint8(120), pads=[1, 1, 1, 1], semantics="onnxruntime")
+                         np.uint8(120), pads=[1, 1, 1, 1], semantics="onnxruntime", isa="exact")
     from qsim.quant.requant import requantize
 
     engine = requantize(report.engine, x_scale, w_scale, y_scale, 120, "uint8", "onnxruntime",
@@ -373,7 +353,7 @@ def test_qlinear_matmul_u8s8_prediction_requantized(rng):
 
     scales = (np.float32(0.02), np.float32(0.01), np.float32(0.9))
     exact = qlinear_matmul(a, scales[0], np.uint8(128), b, scales[1], np.int8(0), scales[2],
-                           np.uint8(128), semantics="onnxruntime")
+                           np.uint8(128), semantics="onnxruntime", isa="exact")
     engine = requantize(matmul_u8s8_avx2(a, b, 128), *scales, 128, "uint8", "onnxruntime")
     wrong = np.count_nonzero(engine != exact)
     assert wrong > exact.size // 2
