@@ -10,6 +10,7 @@ checks the accuracy first, then the weights.
 from __future__ import annotations
 
 import io
+import re
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -88,21 +89,29 @@ def test_weight_files_are_small_float32_with_layer_keys():
 
 
 def test_retraining_reproduces_the_shipped_weights(tmp_path):
+    """Retraining gives the shipped networks again, up to float32 summation order.
+
+    Training is float32 numpy: the BLAS kernel the CPU selects (OpenBLAS picks one per CPU
+    family) changes summation orders, so the retrained weights are not bit-identical across
+    machines. What holds on any machine: every weight within 1e-5 of the largest weight of its
+    tensor (measured: at most 9e-7 on an AVX2 CPU, 0 on the AVX-512 machine that wrote the
+    files) and the test accuracy within one image of the shipped networks'. The shipped files
+    themselves are fixed, and everything downstream starts from them.
+    """
     out = io.StringIO()
     with redirect_stdout(out):
         assert train_digits.main(["--out-dir", str(tmp_path)]) == 0
     printed = out.getvalue()
-    assert f"digits_mlp: {PINNED['mlp']}/449 test images correct" in printed
-    assert f"digits_cnn: {PINNED['cnn']}/449 test images correct" in printed
     for network in ("mlp", "cnn"):
+        found = re.search(rf"digits_{network}: (\d+)/449 test images correct", printed)
+        assert found and abs(int(found.group(1)) - PINNED[network]) <= 1, printed
         fresh = train_digits.load_weights(tmp_path / f"digits_{network}.npz")
         shipped = train_digits.load_weights(DATA / f"digits_{network}.npz")
         assert list(fresh) == list(shipped)
         for name in shipped:
-            assert np.array_equal(fresh[name], shipped[name]), (network, name)
-        # Fixed zip timestamps: same weights, same bytes.
-        name = f"digits_{network}.npz"
-        assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes()
+            assert fresh[name].dtype == shipped[name].dtype and fresh[name].shape == shipped[name].shape
+            limit = 1e-5 * np.abs(shipped[name]).max()
+            assert np.abs(fresh[name] - shipped[name]).max() <= limit, (network, name)
 
 
 @pytest.mark.parametrize("config, message", [
