@@ -425,7 +425,8 @@ def _saturating(ctx: _Context, x: np.ndarray, prep: _PreparedGemm) -> bool:
     never saturates.
     """
     return (ctx.semantics in ISA_DEPENDENT and isinstance(ctx.backend, ExactBackend)
-            and u8s8_saturates(ctx.isa) and x.dtype == np.uint8 and prep.weight.dtype == np.int8)
+            and u8s8_saturates(ctx.isa, ctx.semantics.value) and x.dtype == np.uint8
+            and prep.weight.dtype == np.int8)
 
 
 def _with_correction(acc: np.ndarray, correction: np.ndarray) -> np.ndarray:

@@ -1,32 +1,37 @@
 """Which x86 instruction path an inference engine's int8 kernels take, and what follows for its results.
 
 ONNX Runtime (MLAS) and PyTorch (fbgemm) pick their uint8 x int8 GEMM kernel from the CPU's
-features at run time, and the kernels do not compute the same integers: without VNNI they add
-pairs of u8 x s8 products in saturating int16 (``vpmaddubsw``), with VNNI (``vpdpbusd``) or
-AMX they accumulate in int32 and are exact. So "what ORT computes" is a function of the model,
-the inputs **and** the instruction path. This module owns the names of the paths, the
-detection of the running CPU's path, and the one question the engine asks of a path: do u8 x s8
-pairs saturate? The arithmetic of a saturating kernel is in :mod:`qsim.quant.hazards`.
+features at run time, and the kernels do not compute the same integers: without a VNNI kernel
+they add pairs of u8 x s8 products in saturating int16 (``vpmaddubsw``), with one
+(``vpdpbusd``) or AMX they accumulate in int32 and are exact. So "what ORT computes" is a
+function of the model, the inputs **and** the instruction path. This module owns the names of
+the paths, the detection of the running CPU's path, and the one question an engine's
+emulation asks of a path: do u8 x s8 pairs saturate there? The arithmetic of a saturating
+kernel is in :mod:`qsim.quant.hazards`.
 
 Paths (``--isa`` on the command line, ``isa=`` in the Python API and in scenario files):
 
-==============  ===============================================  ======================
-name            CPU features                                     u8 x s8 GEMM kernel
-==============  ===============================================  ======================
-``auto``        the running CPU's (:func:`detect_isa`)           whichever that is
-``avx2``        AVX2, no AVX512BW, no VNNI                       ``vpmaddubsw``: int16
-                                                                 pair sums saturate
-``avx512bw``    AVX512BW (Skylake-SP, Cascade Lake without       ``vpmaddubsw`` (zmm):
-                VNNI), no VNNI                                   pair sums saturate
-``avx-vnni``    AVX-VNNI (Alder Lake and later client cores)     ``vpdpbusd``: exact
-``avx512-vnni`` AVX512-VNNI (Cascade Lake, Ice Lake, Zen 4 ...)  ``vpdpbusd``: exact
-``amx-int8``    AMX-INT8 (Sapphire Rapids)                       ``tdpbusd``: exact
-``exact``       no particular CPU: int32 accumulation            exact
-==============  ===============================================  ======================
+==============  ===============================================  ============  ===============
+name            CPU features                                     onnxruntime   pytorch-fbgemm
+==============  ===============================================  ============  ===============
+``auto``        the running CPU's (:func:`detect_isa`)           that path's   that path's
+``avx2``        AVX2, no AVX512BW, no VNNI                       saturates     saturates
+``avx512bw``    AVX512BW (Skylake-SP, Cascade Lake without       saturates     saturates
+                VNNI), no VNNI
+``avx-vnni``    AVX-VNNI, no AVX512 (Alder Lake and later        exact         saturates (no
+                client cores)                                                  AVX-VNNI kernel)
+``avx512-vnni`` AVX512-VNNI (Cascade Lake, Ice Lake, Zen 4 ...)  exact         exact
+``amx-int8``    AMX-INT8 (Sapphire Rapids and later)             exact         exact (VNNI)
+``exact``       no particular CPU: int32 accumulation            exact         exact
+==============  ===============================================  ============  ===============
 
-Detection executes ``cpuid`` and ``xgetbv`` (the same questions ORT's ``platform.cpp`` and
-fbgemm's cpuinfo ask), so it also sees the CPU that an emulator such as ``qemu-x86_64 -cpu
-NAME`` presents; where machine code cannot be run it falls back to ``/proc/cpuinfo`` flags.
+``avx2`` is measured for both engines (onnxruntime 1.32, torch 2.13, AMD EPYC; see
+``tests/golden``); the other rows follow the engines' kernel selection in their sources
+(MLAS ``platform.cpp``; fbgemm's instruction sets ``avx2``, ``avx512``, ``avx512_vnni`` and
+their ``_ymm`` variants, with no AVX-VNNI kernel) and the exactness of ``vpdpbusd`` and
+``tdpbusd``. Detection executes ``cpuid`` and ``xgetbv`` (the questions both engines ask),
+so it also sees the CPU that an emulator such as ``qemu-x86_64 -cpu NAME`` presents; where
+machine code cannot be run it falls back to ``/proc/cpuinfo`` flags.
 """
 
 from __future__ import annotations
@@ -53,8 +58,11 @@ __all__ = [
 #: Every accepted ``isa`` value, ``auto`` first.
 ISA_NAMES = ("auto", "avx2", "avx512bw", "avx-vnni", "avx512-vnni", "amx-int8", "exact")
 
-#: Paths whose u8 x s8 GEMM kernel saturates pairs of products to int16.
-SATURATING_ISAS = frozenset({"avx2", "avx512bw"})
+#: Per engine, the paths whose u8 x s8 kernels saturate pairs of products to int16.
+SATURATING_ISAS = {
+    "onnxruntime": frozenset({"avx2", "avx512bw"}),
+    "pytorch-fbgemm": frozenset({"avx2", "avx512bw", "avx-vnni"}),
+}
 
 
 def parse_isa(value: object) -> str:
@@ -70,9 +78,11 @@ def resolve_isa(value: object = "auto") -> str:
     return detect_isa() if name == "auto" else name
 
 
-def u8s8_saturates(isa: str) -> bool:
-    """Whether uint8 x int8 GEMM kernels on ``isa`` (a concrete path) saturate int16 pair sums."""
-    return parse_isa(isa) in SATURATING_ISAS
+def u8s8_saturates(isa: str, engine: str = "onnxruntime") -> bool:
+    """Whether ``engine``'s uint8 x int8 kernels on ``isa`` (a concrete path) saturate int16 pair sums."""
+    if engine not in SATURATING_ISAS:
+        raise ConfigError(f"engine must be one of {', '.join(SATURATING_ISAS)}, not {engine!r}")
+    return parse_isa(isa) in SATURATING_ISAS[engine]
 
 
 def isa_from_flags(flags: set[str] | frozenset[str]) -> str:

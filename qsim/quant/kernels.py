@@ -144,13 +144,16 @@ def _zero_point_span(tensor: np.ndarray, zp: np.ndarray) -> int:
 
 
 def matmul_integer(a: np.ndarray, b: np.ndarray, a_zero_point: object = 0,
-                   b_zero_point: object = 0, *, isa: str = "exact") -> np.ndarray:
+                   b_zero_point: object = 0, *, isa: str = "exact",
+                   engine: str = "onnxruntime") -> np.ndarray:
     """ONNX ``MatMulInteger``: ``(a - a_zero_point) @ (b - b_zero_point)`` in int32, exactly.
 
-    With ``isa`` an instruction path that saturates (``avx2``, ``avx512bw``, or ``auto`` on such a
-    CPU; :mod:`qsim.quant.isa`) and uint8 ``a`` times int8 ``b``, the result is what ONNX
-    Runtime's MLAS kernel returns there instead: adjacent K pairs of raw products saturated to
-    int16 (:func:`qsim.quant.hazards.u8s8_matmul_correction`).
+    With ``isa`` an instruction path on which ``engine`` (``onnxruntime``, the default, or
+    ``pytorch-fbgemm``) saturates (``avx2``, ``avx512bw``, for fbgemm also ``avx-vnni``, or
+    ``auto`` on such a CPU; :mod:`qsim.quant.isa`) and uint8 ``a`` times int8 ``b``, the result
+    is what that engine's kernel returns there instead: adjacent K pairs of raw products
+    saturated to int16 (:func:`qsim.quant.hazards.u8s8_matmul_correction`). The default
+    ``isa="exact"`` is ONNX's definition.
 
     Parameters
     ----------
@@ -209,7 +212,7 @@ def matmul_integer(a: np.ndarray, b: np.ndarray, a_zero_point: object = 0,
     _check_int32(acc, k_a * _zero_point_span(a, a_zp) * _zero_point_span(b, b_zp),
                  "MatMulInteger accumulator")
     correction = _engine_correction(isa, a[None, :] if a.ndim == 1 else a,
-                                    b[:, None] if b.ndim == 1 else b)
+                                    b[:, None] if b.ndim == 1 else b, engine)
     if correction is not None:
         acc = wrap(acc + correction, INT32)
     if squeeze:
@@ -217,12 +220,13 @@ def matmul_integer(a: np.ndarray, b: np.ndarray, a_zero_point: object = 0,
     return acc
 
 
-def _engine_correction(isa: str, a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
-    """The saturation correction of a u8 x s8 product on ``isa``, or ``None`` where exact."""
+def _engine_correction(isa: str, a: np.ndarray, b: np.ndarray,
+                       engine: str = "onnxruntime") -> np.ndarray | None:
+    """The saturation correction of ``engine``'s u8 x s8 product on ``isa``, or ``None`` where exact."""
     from qsim.quant.hazards import u8s8_matmul_correction
     from qsim.quant.isa import resolve_isa, u8s8_saturates
 
-    if a.dtype != np.uint8 or b.dtype != np.int8 or not u8s8_saturates(resolve_isa(isa)):
+    if a.dtype != np.uint8 or b.dtype != np.int8 or not u8s8_saturates(resolve_isa(isa), engine):
         return None
     return u8s8_matmul_correction(a, b)
 
@@ -602,7 +606,9 @@ def qlinear_matmul(a: np.ndarray, a_scale: object, a_zero_point: object, b: np.n
     if np.asarray(a_zero_point).size != 1:
         raise ConfigError(f"a_zero_point must be a scalar (per tensor), not shape "
                           f"{np.asarray(a_zero_point).shape}")
-    acc = matmul_integer(a, b, a_zero_point, b_zero_point, isa=_engine_isa(semantics, isa))
+    kind = Semantics.parse(semantics)
+    acc = matmul_integer(a, b, a_zero_point, b_zero_point, isa=_engine_isa(kind, isa),
+                         engine=kind.value if kind in ISA_DEPENDENT else "onnxruntime")
     return _requantize(acc, a_s, b_s, y_s, zp, fmt, semantics, channel_axis=-1)
 
 
@@ -613,10 +619,11 @@ def _conv_engine_accumulators(acc: np.ndarray, x: np.ndarray, w: np.ndarray, x_z
     from qsim.quant.hazards import u8s8_conv_correction
     from qsim.quant.isa import resolve_isa, u8s8_saturates
 
-    if x.dtype != np.uint8 or w.dtype != np.int8 or not u8s8_saturates(resolve_isa(isa)):
+    engine = Semantics.parse(semantics).value
+    if x.dtype != np.uint8 or w.dtype != np.int8 or not u8s8_saturates(resolve_isa(isa), engine):
         return acc
     correction = u8s8_conv_correction(x, w, int(np.asarray(x_zero_point).reshape(-1)[0]), geometry,
-                                      int(group), Semantics.parse(semantics).value)
+                                      int(group), engine)
     return acc if correction is None else wrap(acc + correction, INT32)
 
 
