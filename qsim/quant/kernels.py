@@ -619,9 +619,11 @@ def _conv_engine_accumulators(acc: np.ndarray, x: np.ndarray, w: np.ndarray, x_z
     from qsim.quant.hazards import u8s8_conv_correction
     from qsim.quant.isa import resolve_isa, u8s8_saturates
 
-    engine = Semantics.parse(semantics).value
-    if x.dtype != np.uint8 or w.dtype != np.int8 or not u8s8_saturates(resolve_isa(isa), engine):
+    kind = Semantics.parse(semantics)
+    if (kind not in ISA_DEPENDENT or x.dtype != np.uint8 or w.dtype != np.int8
+            or not u8s8_saturates(resolve_isa(isa), kind.value)):
         return acc
+    engine = kind.value
     correction = u8s8_conv_correction(x, w, int(np.asarray(x_zero_point).reshape(-1)[0]), geometry,
                                       int(group), engine)
     return acc if correction is None else wrap(acc + correction, INT32)
