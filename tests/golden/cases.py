@@ -77,3 +77,23 @@ def float_cnn(seed: int = 7):
 
 def cnn_inputs(count: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).random((count, 4, 8, 8), dtype=np.float32)
+
+
+def run_single_node(op: str, inputs, initializers: dict, feeds: dict, out_type: int, domain: str = "",
+                    **attributes):
+    """Run one node in ONNX Runtime, graph optimizations off (the node runs as written).
+
+    Node inputs are the graph ``inputs`` (value infos) followed by the ``initializers``."""
+    from onnx import helper, numpy_helper
+
+    from qsim.nn.bench_infer import ort_run, ort_session
+
+    names = [value.name for value in inputs] + list(initializers)
+    graph = helper.make_graph([helper.make_node(op, names, ["y"], domain=domain, **attributes)], "op",
+                              inputs, [helper.make_tensor_value_info("y", out_type, None)],
+                              initializer=[numpy_helper.from_array(np.asarray(v), k)
+                                           for k, v in initializers.items()])
+    opsets = [helper.make_opsetid("", 21)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 10
+    return ort_run(ort_session(model, optimize=False), feeds)["y"]

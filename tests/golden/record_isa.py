@@ -26,21 +26,7 @@ sys.path.insert(0, str(ROOT))
 from qsim.nn.bench_infer import ort_run, ort_session, quantize  # noqa: E402
 from qsim.quant.isa import detect_isa  # noqa: E402
 from tests.golden.cases import (CONVS, MATMULS, cnn_inputs, conv_operands, float_cnn,  # noqa: E402
-                                matmul_operands)
-
-
-def _single(op, inputs, initializers, feeds, out_type, domain="", **attributes):
-    from onnx import helper, numpy_helper
-
-    names = [value.name for value in inputs] + list(initializers)
-    graph = helper.make_graph([helper.make_node(op, names, ["y"], domain=domain, **attributes)], "op",
-                              inputs, [helper.make_tensor_value_info("y", out_type, None)],
-                              initializer=[numpy_helper.from_array(np.asarray(v), k)
-                                           for k, v in initializers.items()])
-    opsets = [helper.make_opsetid("", 21)] + ([helper.make_opsetid(domain, 1)] if domain else [])
-    model = helper.make_model(graph, opset_imports=opsets)
-    model.ir_version = 10
-    return ort_run(ort_session(model, optimize=False), feeds)["y"]
+                                matmul_operands, run_single_node)
 
 
 def record_ort(out: dict[str, np.ndarray]) -> None:
@@ -50,7 +36,7 @@ def record_ort(out: dict[str, np.ndarray]) -> None:
     for i, case in enumerate(CONVS):
         o = conv_operands(case, seed=sum(case))
         _, outputs, _, stride, pad, dilation, group = case
-        out[f"ort/conv{i}"] = _single(
+        out[f"ort/conv{i}"] = run_single_node(
             "QLinearConv", [vi("x", TensorProto.UINT8, o["x"].shape)],
             {"x_scale": o["x_scale"], "x_zero_point": o["x_zero_point"], "w": o["w"], "w_scale": o["w_scale"],
              "w_zero_point": np.zeros(outputs, np.int8), "y_scale": o["y_scale"],
@@ -59,10 +45,10 @@ def record_ort(out: dict[str, np.ndarray]) -> None:
             dilations=[dilation] * 2, group=group)
     for i, case in enumerate(MATMULS):
         o = matmul_operands(case, seed=sum(case))
-        out[f"ort/matmul_integer{i}"] = _single(
+        out[f"ort/matmul_integer{i}"] = run_single_node(
             "MatMulInteger", [vi("a", TensorProto.UINT8, o["a"].shape)],
             {"b": o["b"], "a_zero_point": o["a_zero_point"]}, {"a": o["a"]}, TensorProto.INT32)
-        out[f"ort/qgemm{i}"] = _single(
+        out[f"ort/qgemm{i}"] = run_single_node(
             "QGemm", [vi("a", TensorProto.UINT8, o["a"].shape)],
             {"a_scale": o["a_scale"], "a_zero_point": o["a_zero_point"], "b": o["b"], "b_scale": o["b_scale"],
              "b_zero_point": np.zeros(case[2], np.int8), "c": np.zeros(case[2], np.int32),

@@ -23,24 +23,12 @@ from qsim.nn.infer import infer
 from qsim.quant.isa import detect_isa
 from qsim.quant.kernels import conv_integer, matmul_integer, qlinear_conv, qlinear_matmul
 from qsim.quant.ortops import qgemm
-from tests.golden.cases import CONVS, MATMULS, cnn_inputs, conv_operands, float_cnn, matmul_operands
+from tests.golden.cases import (CONVS, MATMULS, cnn_inputs, conv_operands, float_cnn, matmul_operands,
+                                run_single_node)
 
 pytest.importorskip("onnxruntime")
 
 vi = helper.make_tensor_value_info
-
-
-def _single(op, inputs, initializers, feeds, out_type, domain="", **attributes):
-    """Run one node in ONNX Runtime (no graph optimizations: the node runs as written)."""
-    names = [value.name for value in inputs] + list(initializers)
-    graph = helper.make_graph([helper.make_node(op, names, ["y"], domain=domain, **attributes)], "op",
-                              inputs, [vi("y", out_type, None)],
-                              initializer=[numpy_helper.from_array(np.asarray(v), k)
-                                           for k, v in initializers.items()])
-    opsets = [helper.make_opsetid("", 21)] + ([helper.make_opsetid(domain, 1)] if domain else [])
-    model = helper.make_model(graph, opset_imports=opsets)
-    model.ir_version = 10
-    return ort_run(ort_session(model, optimize=False), feeds)["y"]
 
 
 def test_the_path_is_detected():
@@ -53,7 +41,7 @@ def test_qlinear_conv(case):
     o = conv_operands(case, seed=sum(case))
     _, outputs, _, stride, pad, dilation, group = case
     attributes = dict(strides=[stride] * 2, pads=[pad] * 4, dilations=[dilation] * 2, group=group)
-    got = _single("QLinearConv", [vi("x", TensorProto.UINT8, o["x"].shape)],
+    got = run_single_node("QLinearConv", [vi("x", TensorProto.UINT8, o["x"].shape)],
                   {"x_scale": o["x_scale"], "x_zero_point": o["x_zero_point"], "w": o["w"],
                    "w_scale": o["w_scale"], "w_zero_point": np.zeros(outputs, np.int8),
                    "y_scale": o["y_scale"], "y_zero_point": o["y_zero_point"]},
@@ -70,7 +58,7 @@ def test_qlinear_conv(case):
     differ = np.count_nonzero(ours("avx2") != ours("exact"))
     assert (differ == 0) if depthwise else (differ > 0)  # ORT's depthwise kernel is exact
     # ConvInteger is exact on every path (measured): its result is qsim's exact product
-    integer = _single("ConvInteger", [vi("x", TensorProto.UINT8, o["x"].shape)],
+    integer = run_single_node("ConvInteger", [vi("x", TensorProto.UINT8, o["x"].shape)],
                       {"w": o["w"], "x_zero_point": o["x_zero_point"]}, {"x": o["x"]},
                       TensorProto.INT32, **attributes)
     assert np.array_equal(integer, conv_integer(o["x"], o["w"], o["x_zero_point"], np.int8(0),
@@ -85,10 +73,10 @@ def test_matmul_integer_qlinear_matmul_and_qgemm(case):
     # MatMulInteger with a constant and with a dynamic B
     for dynamic in (False, True):
         if dynamic:  # node inputs: a, b (graph inputs), then a_zero_point
-            got = _single("MatMulInteger", [vi("a", TensorProto.UINT8, a.shape), vi("b", TensorProto.INT8, b.shape)],
+            got = run_single_node("MatMulInteger", [vi("a", TensorProto.UINT8, a.shape), vi("b", TensorProto.INT8, b.shape)],
                           {"a_zero_point": o["a_zero_point"]}, {"a": a, "b": b}, TensorProto.INT32)
         else:
-            got = _single("MatMulInteger", [vi("a", TensorProto.UINT8, a.shape)],
+            got = run_single_node("MatMulInteger", [vi("a", TensorProto.UINT8, a.shape)],
                           {"b": b, "a_zero_point": o["a_zero_point"]}, {"a": a}, TensorProto.INT32)
         assert np.array_equal(got, matmul_integer(a, b, o["a_zero_point"], isa="auto")), dynamic
     assert not np.array_equal(matmul_integer(a, b, 128, isa="avx2"), matmul_integer(a, b, 128, isa="exact"))
@@ -106,7 +94,7 @@ def test_matmul_integer_qlinear_matmul_and_qgemm(case):
     args = (a, o["a_scale"], o["a_zero_point"], b, np.float32(0.01), np.int8(0), o["y_scale"], o["y_zero_point"])
     assert np.array_equal(qlinear_matmul(*args, semantics="onnxruntime"), got)
     # com.microsoft.QGemm, per-column weight scales
-    got = _single("QGemm", [vi("a", TensorProto.UINT8, a.shape)],
+    got = run_single_node("QGemm", [vi("a", TensorProto.UINT8, a.shape)],
                   {"a_scale": o["a_scale"], "a_zero_point": o["a_zero_point"], "b": b,
                    "b_scale": o["b_scale"], "b_zero_point": np.zeros(b.shape[1], np.int8),
                    "c": np.zeros(b.shape[1], np.int32), "y_scale": o["y_scale"],
