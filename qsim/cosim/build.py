@@ -1,29 +1,43 @@
 """Verilator builds of the accelerator, cached per configuration and RTL source.
 
 A build takes tens of seconds, so each one is kept under the cache directory
-(``$QSIM_CACHE_DIR``, default ``~/.cache/qsim``) in a folder named by a key that hashes the
-configuration, every source that shapes the generated Verilog (``rtl/``, the config and
-command-layout modules), the harness, the tool versions and the build flags. Concurrent
-processes (pytest-xdist workers) building the same key wait on a file lock instead of
-building twice.
+(``$QSIM_CACHE_DIR``, default ``$XDG_CACHE_HOME/qsim`` or ``~/.cache/qsim``) in a folder named
+by a key that hashes what shapes the simulator binary: the configuration fields that change
+the generated Verilog (not ``clock_mhz``), every source that shapes the Verilog (``rtl/``, the
+config and command-layout modules), the harness, the tool versions and the build flags.
+
+Concurrent processes (pytest-xdist workers) building the same key wait on a file lock
+(opened without following symbolic links) instead of building twice. A build is usable only
+once its ``BUILD_OK.json`` stamp exists, and the stamp records the size and SHA-256 of the
+simulator binary: a missing, truncated or altered binary is rebuilt, never run. The build
+tools run in their own process group (:mod:`qsim.cosim.procs`), so an interrupted qsim
+leaves no compiler writing into the cache, and the half-built folder is removed.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import importlib.metadata
 import json
 import os
 import shutil
+import stat
+import subprocess
+import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from qsim.config import AcceleratorConfig
-from qsim.errors import SimulationError, ToolchainError
+from qsim.errors import ConfigError, SimulationError, ToolchainError
 
-__all__ = ["CosimBuild", "cache_root", "build_key", "ensure_build", "BUILD_ARGS"]
+__all__ = ["CosimBuild", "cache_root", "usable_cache_root", "build_key", "ensure_build",
+           "cached_build", "BUILD_ARGS", "NOT_IN_VERILOG"]
 
 #: The two kinds of build: the cocotb harness, and a plain C++ loop (the speed baseline).
 FLAVORS = ("cocotb", "native")
@@ -32,10 +46,19 @@ FLAVORS = ("cocotb", "native")
 #: handling make the model quicker (every register has a reset value, so X never matters).
 BUILD_ARGS = ("--timing", "-CFLAGS", "-std=c++20", "-O3", "--x-assign", "fast", "--x-initial", "fast", "-Wno-fatal")
 
+#: AcceleratorConfig fields that do not change the generated Verilog, so not the build either
+#: (tests/cosim/test_build_cache.py checks that the Verilog is the same whatever their value).
+NOT_IN_VERILOG = ("clock_mhz",)
+
+#: Name of the stamp that marks a finished build.
+STAMP = "BUILD_OK.json"
+
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
 _RTL_DIR = _PACKAGE_DIR.parent / "rtl"
 # Modules whose code decides the Verilog text (besides rtl/ itself).
 _SHAPING_MODULES = ("config.py", "program.py", "numerics.py", "cosim/harness.py", "cosim/build.py")
+# The simulator binary of each flavor, relative to the build folder.
+_BINARIES = {"cocotb": Path("sim_build") / "qsim_harness", "native": Path("obj") / "qsim_native"}
 
 
 @dataclass(frozen=True)
@@ -55,13 +78,47 @@ class CosimBuild:
 
     @property
     def native_binary(self) -> Path:
-        return self.directory / "obj" / "qsim_native"
+        return self.directory / _BINARIES["native"]
+
+    @property
+    def binary(self) -> Path:
+        return self.directory / _BINARIES[self.flavor]
 
 
 def cache_root() -> Path:
+    """``$QSIM_CACHE_DIR``, else ``$XDG_CACHE_HOME/qsim``, else ``~/.cache/qsim`` (empty = unset).
+
+    The Makefile's ``clean-cache`` target uses the same rule.
+    """
     root = os.environ.get("QSIM_CACHE_DIR")
-    base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qsim"
+    if root:
+        base = Path(root)
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        base = (Path(xdg) if xdg else Path.home() / ".cache") / "qsim"
     return base.expanduser()
+
+
+def usable_cache_root() -> Path:
+    """:func:`cache_root`, created if needed and checked to be a writable directory.
+
+    Raises
+    ------
+    ConfigError
+        The path is a file, cannot be created, or is not writable (one line naming the path).
+    """
+    root = cache_root()
+    where = f"cannot use the build cache directory {root} (set QSIM_CACHE_DIR to a writable directory)"
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"{where}: it is not a directory")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=root)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"{where}: {exc.strerror or exc}") from None
+    return root
 
 
 def _sources_digest() -> str:
@@ -74,13 +131,18 @@ def _sources_digest() -> str:
     return digest.hexdigest()
 
 
+def verilog_fields(config: AcceleratorConfig) -> dict:
+    """The configuration as far as it shapes the Verilog (the build key's part of it)."""
+    return {k: v for k, v in config.to_dict().items() if k not in NOT_IN_VERILOG}
+
+
 def build_key(config: AcceleratorConfig, waves: bool = False, flavor: str = "cocotb") -> str:
     """Hash of everything that determines the simulation binary."""
     from qsim.cosim.toolchain import find_toolchain
 
     versions = {pkg: importlib.metadata.version(pkg) for pkg in ("amaranth", "cocotb")}
     payload = json.dumps({
-        "config": config.to_dict(),
+        "config": verilog_fields(config),
         "sources": _sources_digest(),
         "verilator": find_toolchain().version,
         "versions": versions,
@@ -101,40 +163,160 @@ def _log_tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text[-lines:])
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _entry_problem(directory: Path, key: str, flavor: str) -> str | None:
+    """Why the cache entry cannot be used (None: it can). ``"absent"`` if there is none."""
+    if directory.is_symlink():
+        return f"{directory.name} is a symbolic link"
+    if not directory.exists():
+        return "absent"
+    stamp = directory / STAMP
+    if not stamp.is_file():
+        return "a previous build was never finished"
+    try:
+        info = json.loads(stamp.read_text())
+        size, sha = int(info["binary_size"]), str(info["binary_sha256"])
+        if info["key"] != key:
+            return f"{STAMP} names another build"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{STAMP} is unreadable"
+    binary = directory / _BINARIES[flavor]
+    try:
+        st = binary.lstat()
+    except OSError:
+        return f"{_BINARIES[flavor]} is missing"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{_BINARIES[flavor]} is not a regular file"
+    if st.st_size != size:
+        return f"{_BINARIES[flavor]} has {st.st_size} bytes instead of {size}"
+    if _sha256(binary) != sha:
+        return f"{_BINARIES[flavor]} differs from the binary that was built (SHA-256)"
+    return None
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path``; a symbolic link there is refused, not followed."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(f"the build cache lock {path} is a symbolic link; qsim does not "
+                              f"follow it (remove it)") from None
+        raise ConfigError(f"cannot open the build cache lock {path}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"the build cache lock {path} is not a regular file (remove it)")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _discard(directory: Path) -> None:
+    if directory.is_symlink() or directory.is_file():
+        directory.unlink()
+    elif directory.exists():
+        shutil.rmtree(directory)
+
+
+def failed_log_path(root: Path, flavor: str, key: str) -> Path:
+    """Where the log of a failed build is kept (the half-built folder itself is removed)."""
+    return root / f"{flavor}-{key}.failed.log"
+
+
+def cached_build(config: AcceleratorConfig, waves: bool = False,
+                 flavor: str = "cocotb") -> CosimBuild | None:
+    """The cached build of ``config`` if there is a finished, intact one; never builds."""
+    key = build_key(config, waves, flavor)
+    directory = cache_root() / f"{flavor}-{key}"
+    if _entry_problem(directory, key, flavor) is not None:
+        return None
+    return CosimBuild(config, key, directory, waves, 0.0, flavor)
+
+
 def ensure_build(config: AcceleratorConfig, waves: bool = False,
                  flavor: str = "cocotb") -> CosimBuild:
-    """Return a Verilator build for ``config``, building it if the cache has none.
+    """Return a Verilator build for ``config``, building it if the cache has no intact one.
 
     ``flavor`` is ``"cocotb"`` (the harness the co-simulation runs) or ``"native"`` (a plain
-    C++ loop over the same Verilog, used as the speed baseline).
+    C++ loop over the same Verilog, used as the speed baseline). A build prints one line to
+    stderr (what, where, how long); a cache hit prints nothing.
     """
     from qsim.cosim.toolchain import activate
 
     if flavor not in FLAVORS:
         raise ValueError(f"flavor must be one of {', '.join(FLAVORS)}, not {flavor!r}")
+    root = usable_cache_root()
     activate()
     key = build_key(config, waves, flavor)
-    root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
     directory = root / f"{flavor}-{key}"
-    stamp = directory / "BUILD_OK.json"
-    with open(root / f"verilator-{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if stamp.is_file():
+    with _locked(root / f"{flavor}-{key}.lock"):
+        problem = _entry_problem(directory, key, flavor)
+        if problem is None:
             return CosimBuild(config, key, directory, waves, 0.0, flavor)
-        if directory.exists():
-            shutil.rmtree(directory)  # a build that died half way
-        directory.mkdir(parents=True)
+        what, why = ("building", "") if problem == "absent" else ("rebuilding", f" ({problem})")
+        print(f"qsim: {what} the Verilator model ({flavor}{', waves' if waves else ''}) for "
+              f"{config.rows}x{config.cols}, config {config.stable_hash()}, in {directory}{why} ...",
+              end="", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        top, controls = _write_sources(config, directory)
+        outcome = "failed"
+        try:
+            _discard(directory)  # a build that died half way, or a damaged one
+            directory.mkdir(parents=True)
+            _build(config, directory, flavor, waves, root, key)
+            elapsed = time.perf_counter() - t0
+            binary = directory / _BINARIES[flavor]
+            info = {"key": key, "config": config.to_dict(), "waves": waves, "flavor": flavor,
+                    "build_s": round(elapsed, 2), "binary_size": binary.stat().st_size,
+                    "binary_sha256": _sha256(binary)}
+            partial = directory / f".{STAMP}.part"
+            partial.write_text(json.dumps(info, indent=1))
+            os.replace(partial, directory / STAMP)  # the build is usable from this instant on
+            outcome = f"done in {elapsed:.1f} s"
+            return CosimBuild(config, key, directory, waves, elapsed, flavor)
+        except KeyboardInterrupt:
+            outcome = "interrupted"
+            raise
+        except SystemExit:
+            outcome = "terminated"
+            raise
+        finally:
+            if not outcome.startswith("done"):
+                shutil.rmtree(directory, ignore_errors=True)  # never leave a half-built entry
+                outcome += f" after {time.perf_counter() - t0:.1f} s"
+            print(f" {outcome}", file=sys.stderr, flush=True)
+
+
+def _build(config: AcceleratorConfig, directory: Path, flavor: str, waves: bool,
+           root: Path, key: str) -> None:
+    """Write the sources and run the build; on failure keep its log outside the folder."""
+    top, controls = _write_sources(config, directory)
+    log = directory / "build.log"
+    try:
         if flavor == "native":
-            _build_native(directory, top, controls)
+            code = _build_native(directory, top, controls, log)
         else:
-            _build_cocotb(directory, top, controls, waves)
-        elapsed = time.perf_counter() - t0
-        stamp.write_text(json.dumps({"key": key, "config": config.to_dict(), "waves": waves,
-                                     "flavor": flavor, "build_s": round(elapsed, 2)}, indent=1))
-        return CosimBuild(config, key, directory, waves, elapsed, flavor)
+            code = _build_cocotb(directory, top, controls, waves, log)
+    except OSError as exc:
+        raise ToolchainError(f"the Verilator build of {config.describe()} could not run: {exc}") from None
+    if code != 0:
+        kept = failed_log_path(root, flavor, key)
+        try:
+            shutil.copyfile(log, kept)
+            where = f"full log: {kept}"
+        except OSError:
+            where = "no log was written"
+        raise SimulationError(
+            f"the Verilator build of {config.describe()} failed (exit {code}); {where}; "
+            f"last lines:\n{_log_tail(log)}")
 
 
 def public_signals_vlt() -> str:
@@ -172,21 +354,47 @@ def _write_sources(config: AcceleratorConfig, directory: Path) -> tuple[Path, li
 
 
 def _verilator_runner():
-    """cocotb's Verilator runner, minus ``--public-flat-rw`` (see :func:`public_signals_vlt`)."""
+    """cocotb's Verilator runner, minus ``--public-flat-rw`` (see :func:`public_signals_vlt`),
+    running every command in its own process group (:func:`qsim.cosim.procs.run_process`).
+
+    ``extra_env`` given to ``test()`` is applied last: cocotb lets the caller's environment
+    override it, and a stray ``QSIM_COSIM_*`` variable must not redirect a run.
+    """
     from cocotb_tools.runner import Verilator
 
+    from qsim.cosim.procs import run_process
+
     class SelectivelyPublicVerilator(Verilator):
+        qsim_env: dict[str, str] = {}
+        #: Called as ``before_make(make_cmd, cwd, env, log)`` just before the C++ build.
+        before_make = None
+
         def _build_command(self):
             commands = super()._build_command()
             commands[0] = [arg for arg in commands[0] if arg != "--public-flat-rw"]
             return commands
 
+        def _execute_cmds(self, cmds, cwd, stdout=None):
+            env = {**self.env, **self.qsim_env}
+            for cmd in cmds:
+                if cmd[0] == "make" and self.before_make is not None:
+                    self.before_make(list(cmd), Path(cwd), env, stdout)
+                code = run_process(cmd, cwd=cwd, env=env, stdout=stdout,
+                                   stderr=None if stdout is None else subprocess.STDOUT)
+                if code != 0:
+                    raise _CommandFailed(code)
+
     return SelectivelyPublicVerilator()
 
 
-def _build_native(directory: Path, top: Path, controls: list[Path]) -> None:
-    import subprocess
+class _CommandFailed(RuntimeError):
+    def __init__(self, code: int) -> None:
+        super().__init__(f"exit {code}")
+        self.code = code
 
+
+def _build_native(directory: Path, top: Path, controls: list[Path], log: Path) -> int:
+    from qsim.cosim.procs import run_process
     from qsim.cosim.toolchain import find_toolchain
     from rtl.export import TOP_NAME
 
@@ -197,17 +405,13 @@ def _build_native(directory: Path, top: Path, controls: list[Path]) -> None:
            "--top-module", TOP_NAME, "--prefix", f"V{TOP_NAME}", "--vpi",
            *args, "-Mdir", str(directory / "obj"), "-o", "qsim_native",
            *map(str, controls), str(top), str(main)]
-    log = directory / "build.log"
     with open(log, "w") as f:
-        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=directory)
-    if done.returncode != 0:
-        raise SimulationError(
-            f"the native Verilator build failed (exit {done.returncode}); last lines of {log}:\n"
-            f"{_log_tail(log)}")
+        return run_process(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=directory)
 
 
-def _build_cocotb(directory: Path, top: Path, controls: list[Path], waves: bool) -> None:
+def _build_cocotb(directory: Path, top: Path, controls: list[Path], waves: bool, log: Path) -> int:
     from qsim.cosim.harness import HARNESS_NAME, harness_verilog
+    from qsim.cosim.procs import Terminated
 
     harness = directory / f"{HARNESS_NAME}.sv"
     harness.write_text(harness_verilog())
@@ -216,8 +420,8 @@ def _build_cocotb(directory: Path, top: Path, controls: list[Path], waves: bool)
         # VCD rather than FST: Verilator's FST writer needs the system's lz4 headers, which a
         # pip-only install does not have.
         args += ["--trace-structs"]
-    log = directory / "build.log"
     runner = _verilator_runner()
+    runner.before_make = lambda cmd, cwd, env, log: _reuse_runtime(cmd, cwd, env, log, directory.parent)
     try:
         runner.build(
             sources=[*controls, top, harness],
@@ -228,7 +432,98 @@ def _build_cocotb(directory: Path, top: Path, controls: list[Path], waves: bool)
             always=True,
             log_file=log,
         )
-    except (RuntimeError, SystemExit) as exc:
-        raise SimulationError(
-            f"the Verilator build failed ({exc}); last lines of {log}:\n{_log_tail(log)}"
-        ) from None
+    except _CommandFailed as exc:
+        return exc.code
+    except Terminated:
+        raise
+    except SystemExit as exc:  # cocotb: "verilator executable not found"
+        raise ToolchainError(f"the Verilator build could not start: {exc}") from None
+    return 0
+
+
+# ---- runtime objects shared between builds --------------------------------------------------
+#
+# Most of a cold build is spent compiling Verilator's runtime (verilated.cpp, verilated_vpi.cpp,
+# verilated_timing.cpp, ...) and cocotb's verilator.cpp main, which are the same for every
+# configuration. They are compiled once per distinct compile command line and kept in
+# ``runtime-<hash>/``; later builds copy them in before ``make``, which then only compiles and
+# links the model. The hash covers the exact compile commands (``make -n``: compiler, flags,
+# defines, include paths), the generated ``Vtop.h`` that cocotb's main includes, the
+# compiler's ``--version``, and the Verilator and cocotb releases.
+
+RUNTIME_STAMP = "RUNTIME_OK.json"
+
+
+def _capture(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
+    from qsim.cosim.procs import run_process
+
+    with tempfile.TemporaryFile("w+") as out:
+        code = run_process(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        out.seek(0)
+        text = out.read()
+    if code != 0:
+        raise _CommandFailed(code)
+    return text
+
+
+def _runtime_key(make: list[str], cwd: Path, env: dict[str, str], objects: list[str]) -> str:
+    commands = _capture([*make, "-n", *objects], cwd, env).replace(str(cwd), "<build>")
+    compiler = _capture([*make, "-s", "--eval", "qsim-cxx: ; @$(CXX) --version", "qsim-cxx"], cwd, env)
+    vtop_h = hashlib.sha256((cwd / "Vtop.h").read_bytes()).hexdigest()
+    versions = {pkg: importlib.metadata.version(pkg) for pkg in ("verilator", "cocotb")}
+    payload = json.dumps({"commands": commands, "compiler": compiler, "vtop_h": vtop_h,
+                          "versions": versions}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def _runtime_intact(shared: Path, objects: list[str]) -> bool:
+    try:
+        info = json.loads((shared / RUNTIME_STAMP).read_text())
+        return all(info[name] == _sha256(shared / name) for name in objects)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _reuse_runtime(make: list[str], cwd: Path, env: dict[str, str], log, root: Path) -> None:
+    """Put the shared runtime objects into build folder ``cwd``, compiling them once if needed.
+
+    Anything unexpected here only costs time: ``make`` then compiles the objects itself.
+    """
+    try:
+        listed = _capture([*make, "-s", "--eval",
+                           "qsim-objs: ; @echo $(VK_GLOBAL_OBJS) $(VK_USER_OBJS)", "qsim-objs"], cwd, env)
+        objects = sorted(set(listed.split()))
+        if not objects or any("/" in name or not name.endswith(".o") for name in objects):
+            return
+        key = _runtime_key(make, cwd, env, objects)
+    except (OSError, _CommandFailed):
+        return
+    shared = root / f"runtime-{key}"
+    with _locked(root / f"runtime-{key}.lock"):
+        try:
+            _fill_runtime(make, cwd, env, log, root, key, shared, objects)
+        except OSError:
+            pass  # e.g. a full disk: make compiles whatever is missing
+
+
+def _fill_runtime(make: list[str], cwd: Path, env: dict[str, str], log, root: Path, key: str,
+                  shared: Path, objects: list[str]) -> None:
+    from qsim.cosim.procs import run_process
+
+    if _runtime_intact(shared, objects):
+        for name in objects:  # the copies are newer than their sources, so make keeps them
+            shutil.copyfile(shared / name, cwd / name)
+        return
+    if run_process([*make, *objects], cwd=cwd, env=env, stdout=log,
+                   stderr=None if log is None else subprocess.STDOUT) != 0:
+        return  # the full make repeats the failure and reports it
+    staging = Path(tempfile.mkdtemp(prefix=f".runtime-{key}-", dir=root))
+    try:
+        for name in objects:
+            shutil.copyfile(cwd / name, staging / name)
+        (staging / RUNTIME_STAMP).write_text(json.dumps(
+            {name: _sha256(staging / name) for name in objects}, indent=1))
+        _discard(shared)
+        os.replace(staging, shared)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
