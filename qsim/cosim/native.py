@@ -7,7 +7,6 @@ over the fastest way to run the same Verilator model. It checks the same results
 from __future__ import annotations
 
 import json
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -21,11 +20,18 @@ __all__ = ["run_native"]
 
 
 def run_native(program: Program, timeout_cycles: int | None = None) -> RtlResult:
-    """Run ``program`` on the native build and return its counters and accumulator words."""
+    """Run ``program`` on the native build and return its counters and accumulator words.
+
+    The memory images and the results go through a private temporary folder; the simulator
+    runs in its own process group and is stopped if qsim is interrupted.
+    """
     from qsim.cosim.build import ensure_build
+    from qsim.cosim.procs import run_process
+    from qsim.cosim.runner import check_timeout_cycles
     from qsim.timing import simulate_timing
     from rtl.top import COUNTERS
 
+    timeout_cycles = check_timeout_cycles(timeout_cycles)
     cfg = program.config
     build = ensure_build(cfg, flavor="native")
     if timeout_cycles is None:
@@ -39,19 +45,29 @@ def run_native(program: Program, timeout_cycles: int | None = None) -> RtlResult
         images["cmd"] = program.encoded()
         for key, words in images.items():
             (job / f"{key}.hex").write_text("".join(f"{w:x}\n" for w in words))
-        done = subprocess.run([str(build.native_binary), str(job), str(acc_words), str(timeout_cycles)],
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SimulationError(f"the native simulation failed (exit {done.returncode}): "
-                                  f"{done.stderr.strip()[-2000:]}")
-        report = json.loads(done.stdout.strip().splitlines()[-1])
+        with open(job / "stdout", "w+") as out, open(job / "stderr", "w+") as err:
+            code = run_process([str(build.native_binary), str(job), str(acc_words), str(timeout_cycles)],
+                               stdout=out, stderr=err)
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read(), err.read()
+        if code != 0:
+            raise SimulationError(f"the native simulation failed (exit {code}): {stderr.strip()[-2000:]}")
+        try:
+            report = json.loads(stdout.strip().splitlines()[-1])
+            counters = {name: int(report[name]) for name in COUNTERS}
+            words = [int(line, 16) for line in (job / "acc_out.hex").read_text().split()]
+        except (OSError, ValueError, IndexError, KeyError, TypeError):
+            raise SimulationError("the native simulation ended without complete results: "
+                                  f"{(stderr or stdout).strip()[-2000:]}") from None
         if not report["done"]:
             raise SimulationError(f"{program.name}: the RTL did not raise done within "
                                   f"{timeout_cycles} cycles")
-        words = [int(line, 16) for line in (job / "acc_out.hex").read_text().split()]
+        if len(words) != acc_words:
+            raise SimulationError(f"the native simulation returned {len(words)} of {acc_words} "
+                                  f"accumulator words")
     acc = unpack_words(words, cfg.cols, cfg.acc_bits)
     outputs = {name: lay.unpack(acc) for name, lay in program.outputs.items()}
-    return RtlResult(counters={name: int(report[name]) for name in COUNTERS}, acc=acc,
-                     outputs=outputs, error=bool(report["error"]),
+    return RtlResult(counters=counters, acc=acc, outputs=outputs, error=bool(report["error"]),
                      wall_s=time.perf_counter() - t0, sim_wall_s=float(report["sim_s"]),
                      extra={"build_s": build.build_s, "build_key": build.key})

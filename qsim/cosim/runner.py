@@ -3,11 +3,19 @@
 :func:`run_programs` runs a batch of Programs for one configuration inside a single simulator
 process (one build, one start-up); :func:`cosim_program` also runs the bit-accurate model and
 the timing model and reports every disagreement.
+
+The jobs and the results cross to and from the simulator as JSON files in a private temporary
+folder made for each run (never in ``keep_dir``, which only receives the log and the
+waveform). The results carry the run's random id and are written in one rename at the end of
+the testbench, so a run reports only what its own simulator produced: a missing, partial or
+foreign results file is a :class:`~qsim.errors.SimulationError`, never a verdict.
 """
 
 from __future__ import annotations
 
-import pickle
+import json
+import numbers
+import secrets
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -21,7 +29,26 @@ from qsim.cosim.words import pack_words, unpack_words
 from qsim.errors import ConfigError, SimulationError
 from qsim.program import Program
 
-__all__ = ["run_programs", "cosim_program", "compare", "CosimReport"]
+__all__ = ["run_programs", "cosim_program", "compare", "CosimReport", "check_timeout_cycles",
+           "MAX_TIMEOUT_CYCLES"]
+
+#: Largest accepted ``timeout_cycles`` (10**12 cycles: about ten days at 1.2 M cycles/s).
+MAX_TIMEOUT_CYCLES = 10**12
+
+#: Names of the exchange files inside the run's private folder.
+JOBS_FILE = "jobs.json"
+RESULTS_FILE = "results.json"
+
+
+def check_timeout_cycles(value) -> int | None:
+    """``value`` as an int, or None; raises :class:`ConfigError` unless 1 <= value <= max."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"timeout_cycles must be an int, not {value!r}")
+    if not 1 <= value <= MAX_TIMEOUT_CYCLES:
+        raise ConfigError(f"timeout_cycles must be between 1 and {MAX_TIMEOUT_CYCLES}, not {value}")
+    return int(value)
 
 
 def _job(program: Program, timeout_cycles: int | None) -> dict:
@@ -30,11 +57,98 @@ def _job(program: Program, timeout_cycles: int | None) -> dict:
     cfg = program.config
     bits = {"act": cfg.input_format.bits, "weight": cfg.weight_format.bits, "acc": cfg.acc_bits}
     images = {key: pack_words(image, bits[key]) for key, image in program.initial_images().items()}
-    images["cmd"] = program.encoded()
+    images["cmd"] = [int(w) for w in program.encoded()]
     if timeout_cycles is None:
         timeout_cycles = 2 * simulate_timing(program).cycles + 1000
-    return {"name": program.name, "images": images, "acc_words": program.footprint()["acc"],
+    return {"name": program.name, "images": images, "acc_words": int(program.footprint()["acc"]),
             "timeout_cycles": int(timeout_cycles)}
+
+
+def _log_tail(log: Path, lines: int = 30) -> str:
+    try:
+        text = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(the simulator wrote no log)"
+    return "\n".join(text[-lines:]) or "(the log is empty)"
+
+
+def _prepare_keep_dir(keep_dir: Path) -> Path:
+    work = Path(keep_dir)
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the run's files to {work}: {exc.strerror or exc}") from None
+    if not work.is_dir():
+        raise ConfigError(f"cannot write the run's files to {work}: it is not a directory")
+    return work
+
+
+def _simulate(build, exchange: Path, log: Path, env: dict[str, str], waves_file: Path | None) -> None:
+    """Launch the simulator on ``build`` (one process, its own process group) and wait.
+
+    A failed cocotb test is an error whether or not pytest is running (cocotb checks its
+    results file only under pytest, so qsim checks it itself).
+    """
+    from cocotb_tools.check_results import get_results
+
+    from qsim.cosim.build import _verilator_runner
+    from qsim.cosim.harness import HARNESS_NAME
+    from qsim.cosim.procs import Terminated
+
+    runner = _verilator_runner()
+    runner.qsim_env = env
+    test_args = ["--trace-file", str(waves_file)] if waves_file is not None else []
+    junit = exchange / "results.xml"
+    failure = None
+    try:
+        runner.test(hdl_toplevel=HARNESS_NAME, hdl_toplevel_lang="verilog",
+                    test_module="qsim.cosim.tb", build_dir=build.sim_build, test_dir=exchange,
+                    waves=waves_file is not None, test_args=test_args, log_file=log,
+                    results_xml=str(junit))
+    except Terminated:
+        raise  # SIGTERM: stop without a verdict
+    except (RuntimeError, SystemExit) as exc:  # the simulator's exit status, or cocotb giving up
+        failure = f"the simulator failed ({exc})"
+    try:
+        tests, failed = get_results(junit)
+    except (RuntimeError, OSError, ValueError, SyntaxError):  # no or a broken JUnit file
+        tests, failed = 0, 0
+    if failed:
+        failure = f"the testbench failed ({failed} of {tests} tests)"
+    if failure is not None:
+        raise SimulationError(f"{failure}; last lines of the simulator's log:\n{_log_tail(log)}")
+
+
+def _read_results(results_file: Path, spec: dict, log: Path) -> list[dict]:
+    """The results the testbench wrote for this run, checked to be complete and its own."""
+    jobs = spec["jobs"]
+
+    def fail(what: str) -> SimulationError:
+        return SimulationError(f"{what}; last lines of the simulator's log:\n{_log_tail(log)}")
+
+    if not results_file.is_file():
+        raise fail("the simulation ended without writing its results")
+    try:
+        data = json.loads(results_file.read_text())
+        if data["run_id"] != spec["run_id"]:
+            raise fail("the results file belongs to another run")
+        raw = data["results"]
+        if not isinstance(raw, list) or data.get("complete") is not True:
+            raise ValueError
+        for out, job in zip(raw, jobs):
+            if out["status"] == "timeout":
+                int(out["busy"])
+                continue
+            if out["status"] != "ok" or len(out["acc"]) != job["acc_words"]:
+                raise ValueError
+            if set(out["counters"]) != set(spec["counters"]):
+                raise ValueError
+    except (OSError, ValueError, KeyError, TypeError):
+        raise fail("the simulation's results file is incomplete or malformed") from None
+    finished = len(raw) == len(jobs) or (raw and raw[-1]["status"] == "timeout")
+    if not finished or len(raw) > len(jobs):
+        raise fail(f"the simulation returned {len(raw)} results for {len(jobs)} programs")
+    return raw
 
 
 def run_programs(programs: Sequence[Program], *, timeout_cycles: int | None = None,
@@ -45,90 +159,76 @@ def run_programs(programs: Sequence[Program], *, timeout_cycles: int | None = No
     ----------
     programs : sequence of Program
     timeout_cycles : int, optional
-        Per program; default twice the timing model's prediction plus 1000.
+        Per program, 1 to :data:`MAX_TIMEOUT_CYCLES`; default twice the timing model's
+        prediction plus 1000.
     waves : bool
         Record a VCD waveform of the whole run (a separate, slower build).
     keep_dir : Path, optional
-        Keep the run's files (logs, waveform) there instead of a temporary folder.
+        Write the simulator's log (``sim.log``) and the waveform (``waves.vcd``) there
+        instead of a temporary folder that is deleted afterwards.
 
     Raises
     ------
+    ConfigError
+        Bad ``timeout_cycles``, programs of different configurations, unusable ``keep_dir``
+        or build cache.
     SimulationError
-        The simulator failed, or a program did not finish within its timeout.
+        The simulator failed, ended without complete results, or a program did not finish
+        within its timeout.
     """
     from qsim.cosim.build import ensure_build
-    from qsim.cosim.harness import CLOCK_PERIOD_NS, HARNESS_NAME
+    from qsim.cosim.harness import CLOCK_PERIOD_NS
     from rtl.sram import SRAM_ARRAY
     from rtl.top import COUNTERS, MEMORY_NAMES
 
+    timeout_cycles = check_timeout_cycles(timeout_cycles)
     if not programs:
         return []
     config = programs[0].config
     for p in programs[1:]:
         if p.config != config:
             raise ConfigError("all programs of one co-simulation run must share a configuration")
+    work = _prepare_keep_dir(keep_dir) if keep_dir is not None else None
     t_start = time.perf_counter()
     build = ensure_build(config, waves=waves)
     spec = {
+        "run_id": secrets.token_hex(16),
         "clock_period_ns": CLOCK_PERIOD_NS,
-        "memory_names": MEMORY_NAMES,
+        "memory_names": dict(MEMORY_NAMES),
         "sram_array": SRAM_ARRAY,
-        "counters": COUNTERS,
+        "counters": list(COUNTERS),
         "jobs": [_job(p, timeout_cycles) for p in programs],
     }
-    holder = None
-    if keep_dir is None:
-        holder = tempfile.TemporaryDirectory(prefix="qsim-cosim-")
-        work = Path(holder.name)
-    else:
-        work = Path(keep_dir)
-        work.mkdir(parents=True, exist_ok=True)
-    try:
-        jobs_file = work / "jobs.pkl"
-        results_file = work / "results.pkl"
-        log = work / "sim.log"
-        with open(jobs_file, "wb") as f:
-            pickle.dump(spec, f, protocol=pickle.HIGHEST_PROTOCOL)
-        from qsim.cosim.build import _verilator_runner
-
-        runner = _verilator_runner()
-        extra_env = {"QSIM_COSIM_JOBS": str(jobs_file), "QSIM_COSIM_RESULTS": str(results_file)}
-        test_args = ["--trace-file", str(work / "waves.vcd")] if waves else []
-        try:
-            runner.test(hdl_toplevel=HARNESS_NAME, hdl_toplevel_lang="verilog",
-                        test_module="qsim.cosim.tb",
-                        build_dir=build.sim_build, test_dir=work, extra_env=extra_env,
-                        waves=waves, test_args=test_args, log_file=log)
-        except (RuntimeError, SystemExit) as exc:
-            raise SimulationError(f"the simulator failed ({exc}); see {log}") from None
-        if not results_file.is_file():
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-            raise SimulationError(f"the simulation produced no results; last lines of the log:\n{tail}")
-        with open(results_file, "rb") as f:
-            raw = pickle.load(f)
-        total = time.perf_counter() - t_start
-        results = []
-        for program, job, out in zip(programs, spec["jobs"], raw):
-            if out["status"] == "timeout":
-                raise SimulationError(
-                    f"{program.name}: the RTL did not raise done within {job['timeout_cycles']} "
-                    f"cycles (busy={out['busy']})"
-                )
-            acc = unpack_words(out["acc"], config.cols, config.acc_bits)
-            outputs = {name: lay.unpack(acc) for name, lay in program.outputs.items()}
-            extra = {"load_s": out["load_s"], "read_s": out["read_s"], "build_s": build.build_s,
-                     "build_key": build.key}
-            if waves:
-                extra["waves"] = str(work / "waves.vcd")
-            results.append(RtlResult(counters=out["counters"], acc=acc, outputs=outputs,
-                                     error=bool(out["error"]), wall_s=total / len(programs),
-                                     sim_wall_s=out["sim_s"], extra=extra))
-        if len(raw) < len(programs):
-            raise SimulationError(f"the simulation returned {len(raw)} of {len(programs)} results")
-        return results
-    finally:
-        if holder is not None:
-            holder.cleanup()
+    with tempfile.TemporaryDirectory(prefix="qsim-cosim-") as private:
+        exchange = Path(private)  # mode 0700, new for this run: nothing stale, nothing planted
+        out_dir = work if work is not None else exchange
+        jobs_file, results_file = exchange / JOBS_FILE, exchange / RESULTS_FILE
+        log = out_dir / "sim.log"
+        waves_file = out_dir / "waves.vcd" if waves else None
+        if waves_file is not None:
+            waves_file.unlink(missing_ok=True)  # never report an older run's waveform
+        jobs_file.write_text(json.dumps(spec))
+        env = {"QSIM_COSIM_JOBS": str(jobs_file), "QSIM_COSIM_RESULTS": str(results_file)}
+        _simulate(build, exchange, log, env, waves_file)
+        raw = _read_results(results_file, spec, log)
+    total = time.perf_counter() - t_start
+    results = []
+    for program, job, out in zip(programs, spec["jobs"], raw):
+        if out["status"] == "timeout":
+            raise SimulationError(
+                f"{program.name}: the RTL did not raise done within {job['timeout_cycles']} "
+                f"cycles (busy={out['busy']})"
+            )
+        acc = unpack_words(out["acc"], config.cols, config.acc_bits)
+        outputs = {name: lay.unpack(acc) for name, lay in program.outputs.items()}
+        extra = {"load_s": out["load_s"], "read_s": out["read_s"], "build_s": build.build_s,
+                 "build_key": build.key}
+        if waves_file is not None:
+            extra["waves"] = str(waves_file)
+        results.append(RtlResult(counters={k: int(v) for k, v in out["counters"].items()}, acc=acc,
+                                 outputs=outputs, error=bool(out["error"]),
+                                 wall_s=total / len(programs), sim_wall_s=out["sim_s"], extra=extra))
+    return results
 
 
 @dataclass

@@ -1,17 +1,19 @@
 """cocotb testbench: run a batch of jobs on the accelerator inside one simulator process.
 
-The runner (:mod:`qsim.cosim.runner`) pickles the jobs to the file named by
-``QSIM_COSIM_JOBS``; this test loads each job's memory images and command words straight
-into the RTL memories (zero simulated time), pulses ``start``, waits for ``done`` with a
-cycle timeout, reads the counters and the accumulator words, and pickles the results to
-``QSIM_COSIM_RESULTS``. Python is idle while the accelerator runs: the clock is generated in
-the Verilog harness and the only wake-up is the rising edge of ``done``.
+The runner (:mod:`qsim.cosim.runner`) writes the jobs as JSON to the file named by
+``QSIM_COSIM_JOBS`` (in a private folder made for the run); this test loads each job's memory
+images and command words straight into the RTL memories (zero simulated time), pulses
+``start``, waits for ``done`` with a cycle timeout, reads the counters and the accumulator
+words, and writes the results as JSON to ``QSIM_COSIM_RESULTS``, tagged with the run's id.
+The results file appears in one rename after the last job, so it is either complete or
+absent. Python is idle while the accelerator runs: the clock is generated in the Verilog
+harness and the only wake-up is the rising edge of ``done``.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import pickle
 import time
 
 import cocotb
@@ -20,8 +22,8 @@ from cocotb.triggers import FallingEdge, First, RisingEdge, Timer
 
 @cocotb.test()
 async def run_jobs(dut) -> None:
-    with open(os.environ["QSIM_COSIM_JOBS"], "rb") as f:
-        spec = pickle.load(f)
+    with open(os.environ["QSIM_COSIM_JOBS"]) as f:
+        spec = json.load(f)
     period = spec["clock_period_ns"]
     top = dut.dut
     array = spec["sram_array"]
@@ -59,5 +61,8 @@ async def run_jobs(dut) -> None:
         results.append({"status": "ok", "counters": counters, "error": int(dut.error.value),
                         "acc": words, "load_s": t1 - t0, "sim_s": t2 - t1, "read_s": t3 - t2})
 
-    with open(os.environ["QSIM_COSIM_RESULTS"], "wb") as f:
-        pickle.dump(results, f)
+    target = os.environ["QSIM_COSIM_RESULTS"]
+    partial = f"{target}.part"
+    with open(partial, "w") as f:
+        json.dump({"run_id": spec["run_id"], "complete": True, "results": results}, f)
+    os.replace(partial, target)
