@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from qsim.compile import compile_gemm
-from qsim.config import AcceleratorConfig
+from qsim.config import AcceleratorConfig, preset
 from qsim.cosim.runner import compare, cosim_program, run_programs
 from qsim.errors import SimulationError
 from qsim.model import reference_gemm
@@ -20,11 +20,11 @@ from qsim.program import Halt, MatrixLayout, Matmul, Program
 
 pytestmark = pytest.mark.verilator
 
+# The presets the CLI tests, the docs and the default scenario also use, so that the suite
+# shares their Verilator builds (a build per distinct Verilog; see the build-cache tests).
 CONFIGS = {
-    "4x4": AcceleratorConfig(rows=4, cols=4, act_mem_words=2048, weight_mem_words=2048,
-                             acc_mem_words=2048, cmd_mem_words=512),
-    "8x8": AcceleratorConfig(rows=8, cols=8, act_mem_words=1024, weight_mem_words=1024,
-                             acc_mem_words=1024, cmd_mem_words=128),
+    "4x4": preset("tiny-4x4"),
+    "8x8": preset("default-8x8"),
 }
 PRIMES = [1, 2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79]
 
