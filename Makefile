@@ -7,13 +7,15 @@ STAMP  := $(VENV)/.qsim-installed
 # Tests run on both cores by default; PYTEST_ARGS adds or overrides options.
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test test-quick bench lint clean
+.PHONY: demo test test-quick bench lint clean clean-cache
 
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $@
+	@test -x $(BIN)/python || { echo "creating $(VENV) with $(PYTHON) -m venv"; $(PYTHON) -m venv $(VENV); }
+	@echo "upgrading pip in $(VENV)"
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@echo "installing qsim and its test dependencies into $(VENV) (first time: a few minutes)"
+	@$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
 
 demo: $(STAMP)
 	$(BIN)/qsim run scenarios/default.toml
@@ -30,5 +32,17 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/qsim rtl --rows 8 --cols 8 --lint -o /dev/null
 
-clean:
+# The Verilator build cache: $QSIM_CACHE_DIR, else $XDG_CACHE_HOME/qsim, else ~/.cache/qsim
+# (an empty variable counts as unset), the rule of qsim.cosim.build.cache_root. Only the
+# entries qsim creates are removed, so a QSIM_CACHE_DIR that holds other files is safe.
+clean-cache:
+	@dir="$${QSIM_CACHE_DIR:-$${XDG_CACHE_HOME:-$$HOME/.cache}/qsim}"; \
+	case "$$dir" in "~") dir="$$HOME";; "~/"*) dir="$$HOME/$${dir#\~/}";; esac; \
+	echo "removing the Verilator build cache in $$dir"; \
+	if [ -d "$$dir" ]; then \
+	  cd "$$dir" && rm -rf -- cocotb-* native-* runtime-* .runtime-* verilator-*.lock && \
+	  { rmdir -- "$$dir" 2>/dev/null || true; }; \
+	fi
+
+clean: clean-cache
 	rm -rf .qsim-cache .pytest_cache build dist *.egg-info
