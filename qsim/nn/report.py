@@ -20,15 +20,18 @@ calibrated with min/max on the training images, as ONNX Runtime's ``quantize_sta
 the integer graphs run under one requantization semantics (ONNX Runtime's by default).
 
 :func:`format_report` gives the Markdown tables, :func:`plot_report` the figure.
-``python -m qsim.nn.report`` prints the tables (``--figure out.png`` saves the figure).
+``python -m qsim.nn.report`` prints the tables (``--figure out.png`` saves the figure,
+:func:`save_figure`).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -46,7 +49,7 @@ from qsim.quant.ops import dequantize
 from qsim.quant.requant import Semantics
 
 __all__ = ["VariantResult", "Report", "VARIANTS", "COLORS", "accuracy_report", "format_report", "plot_report",
-           "main"]
+           "figure_path", "save_figure", "main"]
 
 #: The deployments compared, in table order.
 VARIANTS = ("float", "int8", "int4", "mixed")
@@ -263,6 +266,49 @@ def plot_report(report: Report) -> Figure:
     return fig
 
 
+def figure_path(name: str | os.PathLike) -> tuple[Path, str]:
+    """The file a figure saved as ``name`` lands in, and its format.
+
+    As matplotlib decides: the format is the extension's (any case); a name without one gets
+    ``.png`` (``savefig.format``) appended, except an existing device or FIFO (``/dev/null``,
+    ``/dev/stdout``), which is written as it is, in PNG. An extension matplotlib cannot write
+    raises :class:`ConfigError` listing the ones it can.
+    """
+    import stat
+
+    from matplotlib import rcParams
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    text = os.fspath(name)
+    extension = os.path.splitext(text)[1][1:]
+    if extension:
+        fmt = extension.lower()
+    else:
+        fmt = rcParams["savefig.format"]
+        try:
+            special = not stat.S_ISREG(os.stat(text).st_mode) and not stat.S_ISDIR(os.stat(text).st_mode)
+        except OSError:
+            special = False
+        if not special:
+            text = text.rstrip(".") + "." + fmt
+    supported = FigureCanvasBase.get_supported_filetypes()
+    if fmt not in supported:
+        raise ConfigError(f"cannot save the figure as {os.fspath(name)}: unsupported format "
+                          f"{extension!r} (supported: {', '.join(sorted(supported))})")
+    return Path(text), fmt
+
+
+def save_figure(fig: Figure, name: str | os.PathLike) -> Path:
+    """Save ``fig`` (dpi 120) where :func:`figure_path` says, with :func:`qsim.io.open_output`
+    (atomic for a regular file), and return that path."""
+    from qsim.io import open_output
+
+    path, fmt = figure_path(name)
+    with open_output(path, "wb") as handle:
+        fig.savefig(handle, format=fmt, dpi=120)
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: build the report, print its tables, optionally save the figure."""
     parser = argparse.ArgumentParser(prog="python -m qsim.nn.report", description=__doc__.splitlines()[0])
@@ -273,11 +319,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--figure", metavar="PNG", help="save the figure to this file")
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    if args.figure:
+        figure_path(args.figure)
     report = accuracy_report(args.networks, semantics=args.semantics, budget_bits=args.budget_bits)
     print(format_report(report))
     if args.figure:
-        plot_report(report).savefig(args.figure, dpi=120)
-        print(f"figure saved to {args.figure}")
+        print(f"figure saved to {save_figure(plot_report(report), args.figure)}")
     print(f"({time.perf_counter() - start:.1f} s)")
     return 0
 
