@@ -1,24 +1,35 @@
 """Command-line interface: argument parsing over the qsim API, nothing more.
 
 Every error a user can cause (bad sizes, shapes that do not fit, a missing tool, an
-unreadable file) is printed as one ``qsim: error:`` line with exit status 2; a
-disagreement between the RTL and the models exits with status 1.
+unreadable file, a bad option) is printed as one ``qsim: error:`` line with exit status 2; a
+disagreement between the RTL and the models exits with status 1; a run stopped by Ctrl-C or
+by ``qsim run --time-limit`` exits with status 130. Output files are written with
+:func:`qsim.io.open_output` (atomically; devices and FIFOs written through) and every
+``--json`` output is strict JSON (:func:`qsim.io.json_text`: unmeasured figures are null).
+See docs/reliability.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from qsim.config import PRESETS, AcceleratorConfig, preset
 from qsim.errors import ConfigError, QsimError
+from qsim.io import json_text
 
 __all__ = ["main", "build_parser"]
 
-EXIT_OK, EXIT_DISAGREE, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_DISAGREE, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors as one ``qsim: error:`` line (exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_ERROR, f"qsim: error: {message} (see {self.prog} --help)\n")
 
 _CONFIG_FLAGS = {
     "rows": ("--rows", int, "PE rows (2..64)"),
@@ -53,14 +64,18 @@ def _add_gemm_options(p: argparse.ArgumentParser, required: bool = True) -> None
 
 def _config_from(args: argparse.Namespace) -> AcceleratorConfig:
     if args.config is not None:
-        try:
-            cfg = AcceleratorConfig.from_json(args.config.read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read {args.config}: {exc.strerror}") from None
+        from qsim.io import read_text
+
+        cfg = AcceleratorConfig.from_json(read_text(args.config))
     else:
         cfg = preset(args.preset)
     changes = {f: getattr(args, f) for f in _CONFIG_FLAGS if getattr(args, f, None) is not None}
     return cfg.replace(**changes) if changes else cfg
+
+
+def _check_seed(args: argparse.Namespace) -> None:
+    if args.seed < 0:  # numpy's generators take seeds of at least 0
+        raise ConfigError(f"--seed must be at least 0, not {args.seed}")
 
 
 def _gemm_config(args: argparse.Namespace) -> AcceleratorConfig:
@@ -84,8 +99,19 @@ def _cmd_cosim(args: argparse.Namespace) -> int:
     import numpy as np
 
     from qsim.compile import compile_gemm
-    from qsim.cosim.runner import compare, run_programs
+    from qsim.cosim.runner import MAX_TIMEOUT_CYCLES, compare, run_programs
 
+    # everything a user can get wrong is checked before any build or simulation
+    _check_seed(args)
+    if args.timeout_cycles is not None and not 1 <= args.timeout_cycles <= MAX_TIMEOUT_CYCLES:
+        raise ConfigError(f"--timeout-cycles must be between 1 and {MAX_TIMEOUT_CYCLES}, "
+                          f"not {args.timeout_cycles}")
+    if args.waves is not None:
+        from qsim.io import check_directory
+
+        if args.native:
+            raise ConfigError("--waves records through cocotb and cannot be combined with --native")
+        check_directory(args.waves, "waveforms")
     cfg = _gemm_config(args)
     rng = np.random.default_rng(args.seed)
     a = rng.integers(cfg.input_format.min, cfg.input_format.max + 1, (args.m, args.k))
@@ -105,7 +131,7 @@ def _cmd_cosim(args: argparse.Namespace) -> int:
     if "waves" in rtl.extra:
         data["waves"] = rtl.extra["waves"]
     if args.json:
-        print(json.dumps(data, indent=1))
+        print(json_text(data))
     else:
         _print_table([
             ("config", cfg.describe()),
@@ -131,6 +157,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     from qsim.compile import check_gemm_fits
     from qsim.timing import estimate_gemm
 
+    _check_seed(args)
     if args.network is not None:
         return _estimate_network(args)
     missing = [f"--{d}" for d in ("m", "k", "n") if getattr(args, d) is None]
@@ -143,7 +170,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     data = {"config": cfg.to_dict(), "m": args.m, "k": args.k, "n": args.n, **t.counters(),
             "useful_macs": t.useful_macs, "utilization": t.utilization, "seconds": t.seconds}
     if args.json:
-        print(json.dumps(data, indent=1))
+        print(json_text(data))
     else:
         _print_table([("config", cfg.describe()), ("gemm", f"{args.m}x{args.k}x{args.n}"),
                       *((k, v) for k, v in t.counters().items()),
@@ -163,7 +190,7 @@ def _estimate_network(args: argparse.Namespace) -> int:
     cfg = _config_from(args)
     est = estimate_network(NETWORKS[args.network](), cfg, args.batch)
     if args.json:
-        print(json.dumps(est.to_dict(), indent=1))
+        print(json_text(est.to_dict()))
         return EXIT_OK
     _print_table([
         ("config", cfg.describe()),
@@ -186,18 +213,20 @@ def _estimate_network(args: argparse.Namespace) -> int:
 def _cmd_rtl(args: argparse.Namespace) -> int:
     from rtl.export import generate_verilog
 
+    from qsim.io import check_output, write_output
+
+    to_stdout = str(args.output) == "-"
+    if not to_stdout:
+        check_output(args.output)
     cfg = _config_from(args)
     text = generate_verilog(cfg)
     if args.lint:
         _lint(text)
-    try:
-        if str(args.output) == "-":
-            sys.stdout.write(text)
-        else:
-            args.output.write_text(text)
-    except OSError as exc:
-        raise ConfigError(f"cannot write {args.output}: {exc.strerror}") from None
-    if str(args.output) != "-":
+    if to_stdout:
+        sys.stdout.write(text)
+    else:
+        write_output(args.output, text)  # atomic: never a truncated Verilog file
+    if not to_stdout:
         print(f"wrote {args.output} ({len(text.splitlines())} lines) for {cfg.describe()}",
               file=sys.stderr)
     return EXIT_OK
@@ -229,18 +258,69 @@ def _print_rows(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         print("  ".join(c.ljust(wd) for c, wd in zip(r, widths)).rstrip())
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from qsim.scenario import load_scenario, run_scenario
+class _Progress:
+    """Progress lines of ``qsim run`` on stderr: one rewritten line on a terminal, else
+    one line per step."""
 
+    def __init__(self, stream, live: bool) -> None:
+        self.stream, self.live, self.shown = stream, live, False
+
+    def __call__(self, text: str) -> None:
+        line = f"qsim run: {text}"
+        if self.live:
+            import shutil
+
+            width = shutil.get_terminal_size((100, 20)).columns - 1
+            self.stream.write("\r\x1b[K" + line[:width])
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.live and self.shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
+def _not_run(value: Any, text: str | None = None) -> str:
+    return "not run" if value is None else (str(value) if text is None else text)
+
+
+def _stop_message(report: Any) -> str:
+    total = len(report.workloads) + len(report.networks) + len(report.unfinished)
+    finished = total - len(report.unfinished)
+    why = ("interrupted (Ctrl-C)" if report.stopped == "interrupted"
+           else f"stopped at the time limit of {report.time_limit:g} s")
+    return (f"{why}: {finished} of {total} workloads finished; no verdict for "
+            f"{', '.join(report.unfinished)}")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from qsim.scenario import check_time_limit, load_scenario, run_scenario
+
+    limit = check_time_limit(args.time_limit, "--time-limit")
     scenario = load_scenario(args.scenario)
     if args.no_rtl:
         from dataclasses import replace
 
         scenario = replace(scenario, rtl=False)
-    report = run_scenario(scenario)
+    live = sys.stderr.isatty() if args.progress is None else False
+    progress = _Progress(sys.stderr, live) if (args.progress or live) else None
+    try:
+        report = run_scenario(scenario, time_limit=limit, progress=progress)
+    finally:
+        if progress is not None:
+            progress.close()
+    if report.stopped is not None:
+        code = EXIT_INTERRUPTED
+    else:
+        code = EXIT_DISAGREE if report.agrees is False else EXIT_OK
     if args.json:
-        print(json.dumps(report.to_dict(), indent=1))
-        return EXIT_OK if report.agrees else EXIT_DISAGREE
+        print(json_text(report.to_dict()))
+        if report.stopped is not None:
+            print(f"qsim: {_stop_message(report)}", file=sys.stderr)
+        return code
     print(f"scenario {scenario.name}: {scenario.config.describe()}")
     if scenario.description:
         print(f"  {scenario.description}")
@@ -249,53 +329,63 @@ def _cmd_run(args: argparse.Namespace) -> int:
                   "util", "sim cycles/s")
         rows = []
         for w in report.workloads:
-            rows.append((w.name, "x".join(map(str, w.shape)), str(w.elements),
-                         "-" if w.mismatches is None else str(w.mismatches), str(w.model_cycles),
-                         "-" if w.rtl_cycles is None else str(w.rtl_cycles), f"{w.utilization:.1%}",
-                         "-" if w.sim_cycles_per_s is None else f"{w.sim_cycles_per_s:,.0f}"))
+            rows.append((w.name, "x".join(map(str, w.shape)), str(w.elements), _not_run(w.mismatches),
+                         str(w.model_cycles), _not_run(w.rtl_cycles), f"{w.utilization:.1%}",
+                         _not_run(w.sim_cycles_per_s, None if w.sim_cycles_per_s is None
+                                  else f"{w.sim_cycles_per_s:,.0f}")))
         _print_rows(header, rows)
     if report.networks:
         header = ("network", "outputs", "vs reference", "programs", "RTL acc mismatches",
                   "model cycles", "RTL cycles")
         rows = [(n.network, str(n.output_elements), f"{n.output_mismatches} mismatches",
-                 str(n.programs), "-" if not scenario.rtl else str(n.rtl_mismatches),
-                 str(n.model_cycles), "-" if not scenario.rtl else str(n.rtl_cycles))
+                 str(n.programs), _not_run(n.rtl_mismatches), str(n.model_cycles),
+                 _not_run(n.rtl_cycles))
                 for n in report.networks]
         _print_rows(header, rows)
-    if scenario.rtl:
-        verdict = ("AGREE: every output bit-exact and every cycle count and counter exact"
-                   if report.agrees else "DISAGREE")
+    if report.stopped is not None:
+        if report.agrees is False:
+            print("DISAGREE among the finished workloads")
+        verdict = _stop_message(report)
+    elif report.agrees is False:
+        verdict = "DISAGREE"
+    elif scenario.rtl:
+        verdict = "AGREE: every output bit-exact and every cycle count and counter exact"
     else:
         verdict = "model and timing only (RTL not run)"
     print(f"{verdict} ({report.wall_s:.1f} s)")
-    return EXIT_OK if report.agrees else EXIT_DISAGREE
+    return code
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:
     from qsim.nn.infer import infer_command
 
+    from qsim.quant.isa import ISA_NAMES
+
+    if args.isa not in ISA_NAMES:
+        raise ConfigError(f"--isa must be one of {', '.join(ISA_NAMES)}, not {args.isa!r}")
     return infer_command(args.model, args.inputs, args.output, semantics=args.semantics,
                          keep_intermediates=args.intermediates, calibration=args.calibration,
-                         weight_bits=args.weight_bits)
+                         weight_bits=args.weight_bits, isa=args.isa)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from qsim.nn.report import accuracy_report, format_report, plot_report
+    from qsim.nn.report import accuracy_report, figure_path, format_report, plot_report, save_figure
 
+    if args.figure is not None:
+        from qsim.io import check_output
+
+        check_output(figure_path(args.figure)[0])  # before the minutes of work, not after
     report = accuracy_report(args.networks, semantics=args.semantics, budget_bits=args.budget_bits)
     print(format_report(report))
     if args.figure is not None:
-        try:
-            plot_report(report).savefig(args.figure, dpi=120)
-        except OSError as exc:
-            raise ConfigError(f"cannot write {args.figure}: {exc.strerror}") from None
-        print(f"figure saved to {args.figure}")
+        path = save_figure(plot_report(report), args.figure)
+        print(f"figure saved to {path}")
     return EXIT_OK
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
     if args.json:
-        print(json.dumps({name: cfg.to_dict() for name, cfg in PRESETS.items()}, indent=1))
+        print(json_text({name: cfg.to_dict() for name, cfg in PRESETS.items()}))
     else:
         for name, cfg in PRESETS.items():
             print(f"{name:<14} {cfg.describe()}")
@@ -323,7 +413,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.which in ("utilization", "all"):
         results.append(bench_utilization())
     if args.json:
-        print(json.dumps(results, indent=1))
+        print(json_text(results))
     else:
         for r in results:
             print(f"== {r['benchmark']} ==")
@@ -365,7 +455,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from qsim.quant.isa import ISA_NAMES
+
+    parser = _Parser(
         prog="qsim", description="Bit-exact and cycle-exact models of quantized-NN systolic "
                                  "accelerators, checked against their RTL.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -374,6 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scenario", type=Path)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-rtl", action="store_true", help="skip the RTL co-simulation")
+    p.add_argument("--time-limit", type=float, metavar="SECONDS",
+                   help="stop after this wall-clock time, keeping the finished workloads "
+                        "(exit 130; default: the scenario's time_limit, else none)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress on stderr: workload i/N, layer, ETA (default: a live line "
+                        "when stderr is a terminal)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("cosim", help="run one random GEMM on the model and the RTL and compare")
@@ -419,6 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quantize a float model first (qsim PTQ), calibrated on these inputs")
     p.add_argument("--weight-bits", type=int, default=8, choices=(8, 4, 2),
                    help="weight bits of every layer for --calibration (default 8)")
+    p.add_argument("--isa", default="auto", metavar="{" + ",".join(ISA_NAMES) + "}",
+                   help="x86 instruction path of the engine the semantics names (onnxruntime, "
+                        "pytorch-fbgemm): auto = this CPU")
     p.set_defaults(func=_cmd_infer)
 
     p = sub.add_parser("report", help="accuracy of the digits networks: float, int8, int4, mixed")
@@ -426,7 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--semantics", default="onnxruntime", help="requantization semantics")
     p.add_argument("--budget-bits", type=float, default=5.0,
                    help="mixed-precision budget in bits per weight on average (default 5)")
-    p.add_argument("--figure", type=Path, metavar="PNG", help="save the figure to this file")
+    p.add_argument("--figure", type=Path, metavar="FILE",
+                   help="save the figure to this file (format from the extension; none: .png "
+                        "is appended)")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("presets", help="list the named accelerator configurations")

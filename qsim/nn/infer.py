@@ -5,17 +5,16 @@ reading the inputs (an ``.npz`` keyed by the model's input names, or one ``.npy`
 single-input model), importing the model (:func:`qsim.nn.onnx_import.load_onnx`), running it
 with :func:`qsim.nn.engine.run` under a requantization semantics, and writing the outputs keyed
 by the model's output names. The output file is written to a temporary file in the same
-directory and renamed into place, so that no partial output is ever left behind: on any error
-the output path is untouched. Every mistake a user can make raises
+directory and renamed into place (:func:`qsim.io.open_output`; a device such as ``/dev/null``
+or a FIFO is written through instead), so that no partial output is ever left behind: on any
+error the output path is untouched. Every mistake a user can make raises
 :class:`~qsim.errors.ConfigError` with one message (the CLI prints it and exits with status 2).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -24,7 +23,7 @@ from qsim.errors import ConfigError
 from qsim.nn.graph import Graph
 from qsim.quant.requant import Semantics
 
-__all__ = ["infer", "infer_command", "read_inputs", "write_outputs"]
+__all__ = ["infer", "infer_command", "read_inputs", "write_outputs", "check_batch"]
 
 
 def _graph(model: Any) -> Graph:
@@ -102,42 +101,34 @@ def read_inputs(path: str | os.PathLike, graph: Graph) -> dict[str, np.ndarray]:
 
 
 def write_outputs(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write ``arrays`` as an ``.npz`` at ``path`` atomically (temporary file, then rename)."""
-    target = Path(path)
-    directory = target.parent if str(target.parent) else Path(".")
-    if target.is_dir():
-        raise ConfigError(f"cannot write {target}: Is a directory")
-    if not directory.is_dir():
-        raise ConfigError(f"cannot write {target}: No such file or directory ({directory})")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
-    except OSError as exc:
-        raise ConfigError(f"cannot write {target}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            # np.savez's layout (one NAME.npy member per array), written member by member:
-            # np.savez(**arrays) would fail for a tensor named "file" or "allow_pickle".
-            with zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED) as archive:
-                for name, value in arrays.items():
-                    with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
-                        np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise ConfigError(f"cannot write {target}: {exc.strerror or exc}") from None
-        raise
+    """Write ``arrays`` as an ``.npz`` at ``path`` with :func:`qsim.io.open_output`.
+
+    A regular file is replaced atomically (temporary file, then rename) and keeps its mode; a
+    symbolic link's target is written; a device or FIFO (``/dev/null``) is written through.
+    """
+    from qsim.io import open_output
+
+    with open_output(path, "wb") as handle:
+        # np.savez's layout (one NAME.npy member per array), written member by member:
+        # np.savez(**arrays) would fail for a tensor named "file" or "allow_pickle".
+        with zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED) as archive:
+            for name, value in arrays.items():
+                with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
+
+
+def check_batch(label: str, feeds: Mapping[str, np.ndarray]) -> None:
+    """Raise :class:`ConfigError` if an input of ``feeds`` (read from ``label``) has no sample."""
+    for name, value in feeds.items():
+        if value.ndim >= 1 and value.shape[0] == 0:
+            raise ConfigError(f"inputs {label}: input {name!r} has batch size 0 (shape "
+                              f"{tuple(value.shape)}); at least one sample is needed")
 
 
 def infer_command(model: str | os.PathLike, inputs: str | os.PathLike,
                   output: str | os.PathLike, semantics: str = "onnxruntime",
                   keep_intermediates: bool = False, calibration: str | os.PathLike | None = None,
-                  weight_bits: int = 8) -> int:
+                  weight_bits: int = 8, isa: str = "auto") -> int:
     """``qsim infer``: read, run, write; return the exit status (0).
 
     Prints one line per output (name and type) after writing ``output``. With
@@ -145,21 +136,29 @@ def infer_command(model: str | os.PathLike, inputs: str | os.PathLike,
     by their ONNX names). With ``calibration`` (inputs in the same format as ``inputs``) a
     float model is first quantized by qsim's post-training quantization
     (:func:`qsim.nn.ptq.quantize_graph`, ``weight_bits`` per layer) and then run with integers
-    only. Raises :class:`ConfigError` for every user error; ``output`` is then neither created
-    nor modified.
+    only. ``isa`` is the x86 instruction path of the engine the semantics names
+    (:data:`qsim.quant.isa.ISA_NAMES`). Raises :class:`ConfigError` for every user error;
+    ``output`` is then neither created nor modified.
     """
+    from qsim.io import check_output
     from qsim.nn.engine import run
+    from qsim.quant.isa import parse_isa
 
     kind = Semantics.parse(semantics)
+    isa = parse_isa(isa)
+    check_output(output)
     graph = _graph(model)
     if calibration is not None:
         from qsim.nn.ptq import quantize_graph
 
         if any(layer.kind in ("quantize", "dequantize") for layer in graph.layers):
             raise ConfigError("--calibration quantizes a float model, but this model is already quantized")
-        graph = quantize_graph(graph, read_inputs(calibration, graph), weight_bits=weight_bits)
+        samples = read_inputs(calibration, graph)
+        check_batch(os.fspath(calibration), samples)
+        graph = quantize_graph(graph, samples, weight_bits=weight_bits)
     feeds = read_inputs(inputs, graph)
-    result = run(graph, feeds, kind, keep=keep_intermediates)
+    check_batch(os.fspath(inputs), feeds)
+    result = run(graph, feeds, kind, isa=isa, keep=keep_intermediates)
     arrays = dict(result.values) if keep_intermediates else dict(result.outputs)
     write_outputs(output, arrays)
     for name in graph.outputs:
