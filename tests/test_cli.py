@@ -65,7 +65,28 @@ def test_argparse_rejects_non_integers(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["cosim", "--rows", "eight", "--m", "1", "--k", "1", "--n", "1"])
     assert exc.value.code == 2
-    assert "argument --rows: invalid int value: 'eight'" in capsys.readouterr().err
+    assert capsys.readouterr() == ("", "qsim: error: argument --rows: invalid int value: 'eight' "
+                                       "(see qsim cosim --help)\n")
+    with pytest.raises(SystemExit) as exc:
+        main([])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == ("qsim: error: the following arguments are required: COMMAND "
+                                       "(see qsim --help)\n")
+
+
+def test_isa_option_of_infer(capsys):
+    from qsim.cli import build_parser
+    from qsim.quant.isa import ISA_NAMES
+
+    parser = build_parser()
+    for isa in ("exact", "avx2"):
+        args = parser.parse_args(["infer", "m.onnx", "--inputs", "x.npz", "--output", "y.npz", "--isa", isa])
+        assert args.isa == isa
+    assert parser.parse_args(["infer", "m.onnx", "--inputs", "x.npz", "--output", "y.npz"]).isa == "auto"
+    code, out, err = run(capsys, "infer", "m.onnx", "--inputs", "x.npz", "--output", "y.npz", "--isa", "bogus")
+    assert (code, out, err) == (2, "", f"qsim: error: --isa must be one of {', '.join(ISA_NAMES)}, "
+                                       f"not 'bogus'\n")
+    assert ISA_NAMES == ("auto", "avx2", "avx512bw", "avx-vnni", "avx512-vnni", "amx-int8", "exact")
 
 
 def test_presets_listing(capsys):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from qsim.errors import ConfigError
@@ -34,7 +35,8 @@ def test_model_only_run_reports_exact_cycles():
     (w,) = report.workloads
     # 3 K tiles of 5 rows start at cycles 3, 8, 13; the last row (17) is written at 17 + 4 + 4
     assert (w.name, w.elements, w.model_cycles, w.rtl_cycles) == ("gemm1", 15, 26, None)
-    assert report.agrees
+    # nothing was compared with the RTL: no verdict, but no disagreement either
+    assert (w.agrees, report.agrees, report.stopped, report.unfinished) == (None, None, None, [])
 
 
 @pytest.mark.parametrize("data, message", [
@@ -52,8 +54,8 @@ def test_model_only_run_reports_exact_cycles():
      "requantization semantics must be one of onnx, onnxruntime, tflite, tflite-single-rounding, "
      "pytorch-fbgemm, fixed-point, not 'tensorrt'"),
     ({"network": [{"model": "digits_cnn", "layers": 3}]},
-     "x.toml [[network]] 1: unknown key(s) layers (allowed: activation_format, batch, model, name, "
-     "semantics, weight_bits)"),
+     "x.toml [[network]] 1: unknown key(s) layers (allowed: activation_format, batch, calibration, "
+     "inputs, isa, model, name, semantics, weight_bits)"),
     ({"gemm": [{"m": 1, "k": 0, "n": 1}]}, "x.toml [[gemm]] 1: k must be an integer of at least 1, not 0"),
     ({"gemm": [{"m": 1, "k": 2}]}, "x.toml [[gemm]] 1: missing n"),
     ({"gemm": [{"m": 1, "k": 2, "n": 3, "dtype": "int8"}]},
@@ -76,7 +78,9 @@ def test_network_runs_on_the_model_without_rtl():
                         "run": {"rtl": False}}, "x.toml")
     (n,) = run_scenario(s).networks
     assert (n.network, n.output_elements, n.output_mismatches, n.programs) == ("digits_mlp", 30, 0, 3)
-    assert n.model_cycles == n.rtl_cycles > 0 and n.agrees
+    assert n.model_cycles > 0
+    # the RTL did not run: its figures are None, not copies of the model's
+    assert (n.acc_words, n.rtl_mismatches, n.rtl_cycles, n.counter_diffs, n.agrees) == (None,) * 5
 
 
 def test_network_tables_parse():
@@ -84,7 +88,14 @@ def test_network_tables_parse():
                                     {"name": "m", "model": "models/x.onnx", "semantics": "tflite"}]}, "x.toml")
     assert [(n.name, n.model, n.weight_bits, n.semantics, n.batch) for n in s.networks] == [
         ("digits_cnn", "digits_cnn", 4, "onnxruntime", 2), ("m", "models/x.onnx", 8, "tflite", 4)]
+    assert [(n.inputs, n.calibration, n.isa) for n in s.networks] == [(None, None, "exact")] * 2
     assert s.workloads == ()
+    s = parse_scenario({"network": [{"model": "m.onnx", "inputs": "x.npz", "calibration": "c.npz",
+                                     "isa": "avx2"}], "run": {"time_limit": 30, "timeout_cycles": 10**12}},
+                       "x.toml")
+    (n,) = s.networks
+    assert (n.inputs, n.calibration, n.isa, n.batch, s.time_limit, s.timeout_cycles) == (
+        "x.npz", "c.npz", "avx2", None, 30.0, 10**12)
 
 
 def test_unreadable_and_malformed_files(tmp_path):
@@ -94,3 +105,118 @@ def test_unreadable_and_malformed_files(tmp_path):
     bad.write_text("[scenario\nname = 1\n")
     with pytest.raises(ConfigError, match=r"bad.toml: not valid TOML: "):
         load_scenario(bad)
+
+
+def test_wrong_table_types_are_errors():
+    for key in ("accelerator", "run", "scenario"):
+        with pytest.raises(ConfigError) as exc:
+            parse_scenario({key: 5, "gemm": [{"m": 1, "k": 1, "n": 1}]}, "x.toml")
+        assert str(exc.value) == f"x.toml: [{key}] must be a table, not 5"
+
+
+# ------------------------------------------------------------------ networks from ONNX files
+
+def _float_mlp(directory: Path) -> Path:
+    """A float ONNX model written with onnx.helper: Gemm + Relu + MatMul on 6 features."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    weights = [numpy_helper.from_array(rng.normal(0, 0.5, (6, 5)).astype(np.float32), "w1"),
+               numpy_helper.from_array(rng.normal(0, 0.1, 5).astype(np.float32), "b1"),
+               numpy_helper.from_array(rng.normal(0, 0.5, (5, 3)).astype(np.float32), "w2")]
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["features", "w1", "b1"], ["h"], name="fc1"),
+         helper.make_node("Relu", ["h"], ["r"], name="relu"),
+         helper.make_node("MatMul", ["r", "w2"], ["scores"], name="fc2")], "tiny_mlp",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 6])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 3])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = directory / "models" / "mlp.onnx"
+    path.parent.mkdir(exist_ok=True)
+    onnx.save(model, path)
+    np.savez(directory / "x.npz", features=rng.normal(0, 1, (10, 6)).astype(np.float32))
+    return path
+
+
+ONNX_SCENARIO = """[accelerator]
+preset = "tiny-4x4"
+
+[[network]]
+name = "mine"
+model = "models/mlp.onnx"
+inputs = "x.npz"
+{extra}
+[run]
+rtl = {rtl}
+"""
+
+
+def test_a_network_from_an_onnx_file_with_its_own_inputs(tmp_path):
+    _float_mlp(tmp_path)
+    path = tmp_path / "mine.toml"
+    path.write_text(ONNX_SCENARIO.format(extra="", rtl="false"))
+    report = run_scenario(load_scenario(path))
+    (n,) = report.networks
+    assert (n.network, n.output_elements, n.output_mismatches, n.programs, n.model_cycles) == (
+        "mine", 30, 0, 2, 82)
+    assert (n.rtl_cycles, n.agrees, report.stopped) == (None, None, None)
+    # batch takes the first samples; a separate calibration file is used when given
+    np.savez(tmp_path / "cal.npz", features=np.ones((4, 6), np.float32))
+    path.write_text(ONNX_SCENARIO.format(extra='batch = 3\ncalibration = "cal.npz"\nisa = "avx2"', rtl="false"))
+    (n,) = run_scenario(load_scenario(path)).networks
+    assert (n.output_elements, n.output_mismatches, n.programs) == (9, 0, 2)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("", "{p} [[network]] 1: models/mlp.onnx does not take digits images (float inputs of 64 values "
+         "each; its inputs: features float32[Nx6]): name an inputs file, inputs = \"FILE.npz\", keyed "
+         "by the graph's input names"),
+    ('inputs = "x.npz"\nbatch = 11', "{p} [[network]] 1: batch = 11, but {d}/x.npz holds 10 samples"),
+    ('inputs = "zero.npz"', "{p} [[network]] 1: inputs {d}/zero.npz: input 'features' has batch size 0 "
+                            "(shape (0, 6)); at least one sample is needed"),
+    ('inputs = "wide.npz"', "{p} [[network]] 1: input 'features' has shape (2, 7), expected float32[Nx6]"),
+    ('inputs = "named.npz"', "{p} [[network]] 1: graph 'tiny_mlp': missing input(s) features "
+                             "(inputs: features)"),
+])
+def test_onnx_network_mistakes_are_found_at_load(tmp_path, extra, message):
+    _float_mlp(tmp_path)
+    np.savez(tmp_path / "zero.npz", features=np.zeros((0, 6), np.float32))
+    np.savez(tmp_path / "wide.npz", features=np.zeros((2, 7), np.float32))
+    np.savez(tmp_path / "named.npz", x=np.zeros((2, 6), np.float32))
+    path = tmp_path / "s.toml"
+    path.write_text(f'[[network]]\nmodel = "models/mlp.onnx"\n{extra}\n[run]\nrtl = false\n')
+    with pytest.raises(ConfigError) as exc:
+        run_scenario(load_scenario(path))
+    assert str(exc.value) == message.format(p=path, d=tmp_path)
+
+
+def test_isa_reaches_the_engine_reference(monkeypatch):
+    import qsim.nn.accelerate
+
+    seen = []
+    real = qsim.nn.accelerate.run
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("isa"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(qsim.nn.accelerate, "run", spy)
+    s = parse_scenario({"accelerator": {"preset": "tiny-4x4"},
+                        "network": [{"model": "digits_mlp", "batch": 2, "isa": "avx2"},
+                                    {"model": "digits_mlp", "batch": 2}], "run": {"rtl": False}}, "x.toml")
+    run_scenario(s)
+    assert seen == ["avx2", "avx2", "exact", "exact"]
+
+
+@pytest.mark.verilator
+def test_a_network_from_an_onnx_file_on_the_rtl(tmp_path):
+    """The same user model and inputs, every product on the RTL (tiny-4x4, as other tests)."""
+    _float_mlp(tmp_path)
+    path = tmp_path / "mine.toml"
+    path.write_text(ONNX_SCENARIO.format(extra="", rtl="true"))
+    report = run_scenario(load_scenario(path))
+    (n,) = report.networks
+    assert (n.output_mismatches, n.programs, n.rtl_mismatches, n.counter_diffs) == (0, 2, 0, 0)
+    assert n.rtl_cycles == n.model_cycles == 82 and n.agrees is True and report.agrees is True

@@ -121,6 +121,13 @@ def _garbage(path, data: bytes):
                       "tflite-single-rounding, pytorch-fbgemm, fixed-point, not 'exact'"),
     ("missing directory", "cannot write {root}/no/such/dir/y.npz: No such file or directory "
                           "({root}/no/such/dir)"),
+    ("zero batch", "inputs {root}/zero.npz: input 'x' has batch size 0 (shape (0, 1, 8, 8)); at least "
+                   "one sample is needed"),
+    ("zero-batch calibration", "inputs {root}/zero.npz: input 'x' has batch size 0 (shape (0, 1, 8, 8)); "
+                               "at least one sample is needed"),
+    ("bad isa", "--isa must be one of auto, avx2, avx512bw, avx-vnni, avx512-vnni, amx-int8, exact, "
+                "not 'bogus'"),
+    ("output is a directory", "cannot write {root}: Is a directory"),
 ])
 def test_user_errors_exit_2_with_one_message_and_no_output(case, message, files, capsys):
     root = files["root"]
@@ -167,12 +174,23 @@ def test_user_errors_exit_2_with_one_message_and_no_output(case, message, files,
         extra = ["--semantics", "exact"]
     elif case == "missing directory":
         output = root / "no" / "such" / "dir" / "y.npz"
+    elif case in ("zero batch", "zero-batch calibration"):
+        np.savez(root / "zero.npz", x=x[:0])
+        if case == "zero batch":
+            inputs = root / "zero.npz"
+        else:
+            model, extra = root / "float.onnx", ["--calibration", root / "zero.npz"]
+            onnx.save(digits_cnn(), model)
+    elif case == "bad isa":
+        extra = ["--isa", "bogus"]
+    elif case == "output is a directory":
+        output = root
     before = set(os.listdir(root))
     assert qsim(model, "--inputs", inputs, "--output", output, *extra) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == f"qsim: error: {message.format(root=root)}\n"
-    assert not output.exists()
+    assert output == root or not output.exists()
     assert set(os.listdir(root)) - before <= {p.name for p in (model, inputs) if p.parent == root}
 
 
@@ -250,3 +268,55 @@ def test_float_model_quantized_with_calibration(tmp_path, capsys):
     with np.load(out) as got:
         assert list(got) == [output_name]
         assert np.array_equal(got[output_name], expected.outputs[output_name])
+
+
+@pytest.mark.parametrize("isa", ["exact", "avx2", "auto"])
+def test_isa_is_accepted_and_reaches_the_engine(isa, files, capsys, monkeypatch):
+    from qsim.nn import engine
+
+    seen = []
+    real = engine.run
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("isa"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "run", spy)
+    root = files["root"]
+    out = root / f"isa-{isa}.npz"
+    assert qsim(root / "cnn.onnx", "--inputs", root / "x.npz", "--output", out, "--isa", isa) == 0
+    assert seen == [isa]
+    with np.load(out) as result:  # int8 activations: no instruction path saturates
+        assert np.array_equal(result["y"], infer(root / "cnn.onnx", {"x": files["x"]}, isa="exact")["y"])
+
+
+def test_output_to_devices_links_and_fifos(files, capsys, tmp_path):
+    import io
+    import stat
+    import threading
+
+    root = files["root"]
+    args = (root / "cnn.onnx", "--inputs", root / "x.npz", "--output")
+    assert qsim(*args, "/dev/null") == 0
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert capsys.readouterr().out.splitlines()[-1] == "wrote /dev/null (qoperator model, onnxruntime semantics)"
+    target = tmp_path / "real.npz"
+    target.write_bytes(b"old")
+    os.chmod(target, 0o640)
+    link = tmp_path / "link.npz"
+    link.symlink_to(target)
+    assert qsim(*args, link) == 0
+    assert link.is_symlink() and stat.S_IMODE(os.stat(target).st_mode) == 0o640
+    with np.load(target) as result:
+        assert result.files == ["y"]
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    assert qsim(*args, fifo) == 0
+    reader.join(10)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    with np.load(io.BytesIO(received[0])) as streamed, np.load(target) as saved:
+        assert streamed.files == ["y"] and np.array_equal(streamed["y"], saved["y"])
+    assert sorted(os.listdir(tmp_path)) == ["link.npz", "pipe", "real.npz"]
