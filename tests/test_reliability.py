@@ -31,6 +31,49 @@ from qsim.io import check_directory, json_text, open_output, read_text, write_ou
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def unprivileged(fn) -> None:
+    """Run ``fn()`` in a forked child, as user ``nobody`` when the tests run as root.
+
+    Root may write any file, so permission checks are exercised with root's rights dropped
+    (CI runs as root); the child's assertions decide its exit status. The modules the child
+    needs are imported first: ``nobody`` may not be allowed to read the Python installation.
+    """
+    import qsim.cli
+    import qsim.cosim.build  # noqa: F401
+
+    qsim.cli.build_parser()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        status = 1
+        try:
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+            fn()
+            status = 0
+        except BaseException:
+            import traceback
+
+            os.write(2, traceback.format_exc().encode())  # fd 2: sys.stderr may be captured
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory every user may enter (pytest's tmp_path is private to its owner)."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="qsim-perm-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def cli(capsys, *argv):
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -119,15 +162,18 @@ def test_a_failure_mid_write_leaves_the_old_file(tmp_path):
     assert path.read_bytes() == b"previous" and _files(tmp_path) == ["out.bin"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write any file")
-def test_a_read_only_file_is_not_replaced(tmp_path):
-    path = tmp_path / "ro.txt"
+def test_a_read_only_file_is_not_replaced(shared_dir):
+    path = shared_dir / "ro.txt"
     path.write_text("keep")
     path.chmod(0o444)
-    with pytest.raises(ConfigError) as err:
-        write_output(path, "new")
-    assert str(err.value) == f"cannot write {path}: Permission denied"
-    assert path.read_text() == "keep" and _files(tmp_path) == ["ro.txt"]
+
+    def refused():
+        with pytest.raises(ConfigError) as err:
+            write_output(path, "new")
+        assert str(err.value) == f"cannot write {path}: Permission denied"
+
+    unprivileged(refused)
+    assert path.read_text() == "keep" and _files(shared_dir) == ["ro.txt"]
 
 
 def test_unwritable_targets(tmp_path):
@@ -285,17 +331,18 @@ def test_waves_must_be_a_writable_directory_before_any_build(tmp_path, capsys, n
     assert not (tmp_path / "new").exists() and _files(tmp_path) == ["file.vcd"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
-def test_waves_in_a_read_only_directory(tmp_path, capsys, no_simulator):
-    locked = tmp_path / "locked"
+def test_waves_in_a_read_only_directory(shared_dir, capsys, no_simulator):
+    locked = shared_dir / "locked"
     locked.mkdir()
     locked.chmod(0o555)
-    try:
+
+    def refused():
         code, out, err = cli(capsys, "cosim", "--m", "2", "--k", "2", "--n", "2", "--waves", locked / "w")
-    finally:
-        locked.chmod(0o755)
-    assert (code, out, err) == (2, "", f"qsim: error: cannot write waveforms into {locked / 'w'}: "
-                                       f"Permission denied\n")
+        assert (code, out, err) == (2, "", f"qsim: error: cannot write waveforms into {locked / 'w'}: "
+                                           f"Permission denied\n")
+
+    unprivileged(refused)
+    assert list(locked.iterdir()) == []
 
 
 def _unwritable_system_dir() -> str | None:
