@@ -86,7 +86,7 @@ def test_isa_option_of_infer(capsys):
     code, out, err = run(capsys, "infer", "m.onnx", "--inputs", "x.npz", "--output", "y.npz", "--isa", "bogus")
     assert (code, out, err) == (2, "", f"qsim: error: --isa must be one of {', '.join(ISA_NAMES)}, "
                                        f"not 'bogus'\n")
-    assert ISA_NAMES == ("auto", "avx2", "avx512bw", "avx-vnni", "avx512-vnni", "amx-int8", "exact")
+    assert ISA_NAMES == ("auto", "sse", "avx2", "avx512bw", "avx-vnni", "avx512-vnni", "amx-int8", "exact")
 
 
 def test_presets_listing(capsys):

@@ -304,7 +304,7 @@ def test_config_and_scenario_files_that_are_not_utf8(tmp_path, capsys):
      "{p} [[gemm]] 1: GEMM 4096x64x4 does not fit the 4x4 accelerator: the act memory needs 65536 "
      "words (16 K tiles x 4096 rows) but has 4096 (61440 too many)"),
     ("[[network]]\nmodel = 'digits_mlp'\nisa = 'sse2'\n",
-     "{p} [[network]] 1: isa must be one of auto, avx2, avx512bw, avx-vnni, avx512-vnni, amx-int8, "
+     "{p} [[network]] 1: isa must be one of auto, sse, avx2, avx512bw, avx-vnni, avx512-vnni, amx-int8, "
      "exact, not 'sse2'"),
     ("[[network]]\nmodel = 'digits_mlp'\ninputs = 5\n",
      "{p} [[network]] 1: inputs must be a non-empty string, not 5"),

@@ -561,7 +561,7 @@ def _add(layer: L.Add, inputs, ctx):
         from qsim.quant.ortops import qlinear_add
 
         y = qlinear_add(_narrow_like(a, pa), *_scalar(pa), _narrow_like(b, pb), *_scalar(pb),
-                        *_as_onnx_zp(py))
+                        *_as_onnx_zp(py), isa=ctx.isa)
     elif ctx.semantics in _INTEGER_SEMANTICS:
         # Each input is brought to a common grid 2**-20 finer than the output (TFLite's
         # left shift of 20 bits), summed exactly, and requantized once.

@@ -15,6 +15,8 @@ Paths (``--isa`` on the command line, ``isa=`` in the Python API and in scenario
 name            CPU features                                     onnxruntime   pytorch-fbgemm
 ==============  ===============================================  ============  ===============
 ``auto``        the running CPU's (:func:`detect_isa`)           that path's   that path's
+``sse``         x86-64 without AVX2 (SSE2/SSE4.1 kernels)        exact         exact (fbgemm
+                                                                               needs AVX2)
 ``avx2``        AVX2, no AVX512BW, no VNNI                       saturates     saturates
 ``avx512bw``    AVX512BW (Skylake-SP, Cascade Lake without       saturates     saturates
                 VNNI), no VNNI
@@ -24,6 +26,10 @@ name            CPU features                                     onnxruntime   p
 ``amx-int8``    AMX-INT8 (Sapphire Rapids and later)             exact         exact (VNNI)
 ``exact``       no particular CPU: int32 accumulation            exact         exact
 ==============  ===============================================  ============  ===============
+
+The path also selects ONNX Runtime's element-wise kernels: on ``sse`` QLinearAdd and the
+logistic (QLinearSigmoid, Sigmoid) run MLAS's SSE2 code, without fused multiply-adds
+(:func:`ort_fma_kernels`); every other path has AVX2 and FMA3 and runs the FMA kernels.
 
 ``avx2`` is measured for both engines (onnxruntime 1.32, torch 2.13, AMD EPYC; see
 ``tests/golden``); the other rows follow the engines' kernel selection in their sources
@@ -56,7 +62,7 @@ __all__ = [
 ]
 
 #: Every accepted ``isa`` value, ``auto`` first.
-ISA_NAMES = ("auto", "avx2", "avx512bw", "avx-vnni", "avx512-vnni", "amx-int8", "exact")
+ISA_NAMES = ("auto", "sse", "avx2", "avx512bw", "avx-vnni", "avx512-vnni", "amx-int8", "exact")
 
 #: Per engine, the paths whose u8 x s8 kernels saturate pairs of products to int16.
 SATURATING_ISAS = {
@@ -78,6 +84,16 @@ def resolve_isa(value: object = "auto") -> str:
     return detect_isa() if name == "auto" else name
 
 
+def ort_fma_kernels(isa: str) -> bool:
+    """Whether ONNX Runtime's element-wise kernels on ``isa`` (a concrete path) use FMA3.
+
+    MLAS selects its AVX2/FMA3 QLinearAdd and logistic kernels when the CPU has both; a CPU
+    without AVX2 (``sse``) runs the SSE2 code, whose multiplications and additions round
+    separately. ``exact`` names no CPU and keeps the FMA kernels of every current x86 CPU.
+    """
+    return parse_isa(isa) != "sse"
+
+
 def u8s8_saturates(isa: str, engine: str = "onnxruntime") -> bool:
     """Whether ``engine``'s uint8 x int8 kernels on ``isa`` (a concrete path) saturate int16 pair sums."""
     if engine not in SATURATING_ISAS:
@@ -89,8 +105,9 @@ def isa_from_flags(flags: set[str] | frozenset[str]) -> str:
     """The path a CPU with these ``/proc/cpuinfo``-style feature names takes.
 
     VNNI or AMX-INT8 wins over everything (MLAS and fbgemm both prefer them); else AVX512BW,
-    else AVX2; a CPU with none of them (or a non-x86 CPU) is ``exact``: MLAS's SSE4.1 and
-    portable u8 x s8 kernels widen to 16 bits before multiplying and do not saturate.
+    else AVX2; an x86 CPU with none of them (SSE2 is in every x86-64) is ``sse``: MLAS's
+    SSE4.1 and SSE2 u8 x s8 kernels widen to 16 bits before multiplying and do not saturate.
+    No x86 flag at all (another architecture) gives ``exact``.
     """
     if "amx_int8" in flags and "amx_tile" in flags:
         return "amx-int8"
@@ -102,6 +119,8 @@ def isa_from_flags(flags: set[str] | frozenset[str]) -> str:
         return "avx512bw"
     if "avx2" in flags:
         return "avx2"
+    if "sse2" in flags:
+        return "sse"
     return "exact"
 
 
@@ -148,8 +167,10 @@ def _cpuid_flags() -> frozenset[str] | None:
 
     flags: set[str] = set()
     top = leaf(0)[0]
-    _, _, ecx1, _ = leaf(1)
+    _, _, ecx1, edx1 = leaf(1)
     os_ymm = os_zmm = os_amx = False
+    if edx1 & (1 << 26):
+        flags.add("sse2")
     if ecx1 & (1 << 27):  # OSXSAVE: the OS saves the extended state; ask which parts
         xcr0 = xgetbv()
         os_ymm = (xcr0 & 0x6) == 0x6

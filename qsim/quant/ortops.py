@@ -31,6 +31,7 @@ import numpy as np
 
 from qsim.errors import ConfigError
 from qsim.numerics import INT32, IntFormat, int_matmul, wrap
+from qsim.quant.isa import ort_fma_kernels, resolve_isa
 from qsim.quant.kernels import _engine_correction
 from qsim.quant.ops import dequantize, quantize
 from qsim.quant.params import QuantParams
@@ -462,7 +463,7 @@ def _saturate_cvt(v: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 def qlinear_add(a: np.ndarray, a_scale: float, a_zero_point: int | np.ndarray,
                 b: np.ndarray, b_scale: float, b_zero_point: int | np.ndarray,
-                c_scale: float, c_zero_point: int | np.ndarray) -> np.ndarray:
+                c_scale: float, c_zero_point: int | np.ndarray, *, isa: str = "auto") -> np.ndarray:
     """``com.microsoft.QLinearAdd`` (uint8/int8, numpy broadcasting) as ORT computes it.
 
     ORT calls the MLAS kernel with a *span* operand ``X`` (scale ``sX``, zero point ``zX``) and
@@ -478,6 +479,12 @@ def qlinear_add(a: np.ndarray, a_scale: float, a_zero_point: int | np.ndarray,
     * ``q = cvtps_epi32(v)`` (ties to even; NaN or |v| >= 2**31 give -2**31), saturated to int16
       then to the 8-bit type. There is no float clamp: a huge ``v`` lands on ``qmin``.
 
+    On a CPU without AVX2 (``isa="sse"``; default ``auto``, the running CPU's, see
+    :mod:`qsim.quant.isa`) MLAS runs its SSE2 kernel instead, every operation rounded:
+    ``F = f32(f32(zC) - f32(f32(rX*zX) + f32(rY*zY)))``; span Y:
+    ``v = f32(f32(F + f32(x*rX)) + f32(y*rY))``; scalar Y: ``F' = f32(F + f32(y*rY))`` once,
+    ``v = f32(F' + f32(x*rX))``.
+
     Notes
     -----
     Source: ``onnxruntime/contrib_ops/cpu/quantization/qlinear_binary_op.cc``
@@ -485,7 +492,7 @@ def qlinear_add(a: np.ndarray, a_scale: float, a_zero_point: int | np.ndarray,
     ``onnxruntime/core/mlas/lib/qladd.cpp`` ``MlasQLinearAdd`` -> platform kernel
     ``onnxruntime/core/mlas/lib/intrinsics/avx2/qladd_avx2.cpp``
     ``MlasQLinearAddKernelAvx2Helper`` (selected on every AVX2/FMA3 machine; there is no
-    AVX512 variant). The SSE2 fallback in ``qladd.cpp`` (no FMA) is not modelled.
+    AVX512 variant); without AVX2 the SSE2 ``MlasQLinearAddKernelHelper`` in ``qladd.cpp``.
     """
     op = "qlinear_add"
     aq, bq, shape = _binary_operands(a, b, op)
@@ -503,6 +510,15 @@ def qlinear_add(a: np.ndarray, a_scale: float, a_zero_point: int | np.ndarray,
         x, sx, zx, y, sy, zy = xa, sa, za, xb, sb, zb
     rx = _F32(sx / sc)
     ry = _F32(sy / sc)
+    if not ort_fma_kernels(resolve_isa(isa)):
+        fixed = _F32(_F32(zc) - _F32(_F32(rx * _F32(zx)) + _F32(ry * _F32(zy))))
+        with np.errstate(over="ignore", invalid="ignore"):
+            if functor == "general":
+                v = ((fixed + (x * rx).astype(_F32)).astype(_F32) + (y * ry).astype(_F32)).astype(_F32)
+            else:  # the scalar Y is folded into the fixed part once
+                folded = (fixed + (y * ry).astype(_F32)).astype(_F32)
+                v = (folded + (x * rx).astype(_F32)).astype(_F32)
+        return _saturate_cvt(v, aq.dtype)
     fixed = _F32(_F32(zc) - fma_f32(rx, _F32(zx), _F32(ry * _F32(zy))))
     # The scalar loop computes F' = fma(y, rY, F) once and the general loop computes the same
     # fma per element, so one expression covers both; only the operand swap differs.
@@ -910,39 +926,52 @@ _LOGISTIC = {name: _F32(v) for name, v in (
     ("b4", 1.70198817374094e-03), ("b2", 1.16817656904453e-01), ("b0", 9.93151921023180e-01))}
 
 
-def mlas_logistic(x: np.ndarray) -> np.ndarray:
-    """MLAS's float32 logistic ``MlasComputeLogisticF32KernelFma3`` (a rational approximation).
+def mlas_logistic(x: np.ndarray, *, isa: str = "auto") -> np.ndarray:
+    """MLAS's float32 logistic (a rational approximation) on the instruction path ``isa``.
 
     ``t = min(max(x, -18), 18)``, ``t2 = t*t``; ``p = fma(fma(fma(fma(t2, a9, a7), t2, a5), t2,
     a3), t2, a1)``, ``p = t * p``; ``q = fma(fma(fma(fma(fma(t2, b10, b8), t2, b6), t2, b4), t2,
-    b2), t2, b0)``; ``y = max(0, f32(f32(p / q) + 0.5))`` (no upper clamp in this kernel).
+    b2), t2, b0)``; ``y = max(0, f32(f32(p / q) + 0.5))`` (no upper clamp in this kernel):
+    ``MlasComputeLogisticF32KernelFma3``, selected on every CPU with AVX2 and FMA3. Without
+    AVX2 (``isa="sse"``; default ``auto``, the running CPU's) MLAS runs the SSE2
+    ``MlasLogisticKernel``: the same steps with each product and sum rounded separately and
+    the result clamped to ``[0, 1]``.
 
     Source: ``onnxruntime/core/mlas/lib/x86_64/LogisticKernelFma3.S`` (same as
-    ``amd64/LogisticKernelFma3.asm``), constants ``MlasLogisticConstants`` in
-    ``onnxruntime/core/mlas/lib/logistic.cpp``; selected by ``platform.cpp`` on AVX2/FMA3.
+    ``amd64/LogisticKernelFma3.asm``); ``MlasLogisticKernel`` and the constants
+    ``MlasLogisticConstants`` in ``onnxruntime/core/mlas/lib/logistic.cpp``.
     """
     c = _LOGISTIC
     t = np.asarray(x, dtype=_F32)
     t = np.minimum(np.maximum(t, c["lower"]), c["upper"])
     t2 = (t * t).astype(_F32)
-    p = fma_f32(t2, c["a9"], c["a7"])
+    if ort_fma_kernels(resolve_isa(isa)):
+        def step(acc, coefficient):
+            return fma_f32(t2, acc, coefficient)
+    else:
+        def step(acc, coefficient):
+            return ((acc * t2).astype(_F32) + coefficient).astype(_F32)
+    p = step(c["a9"], c["a7"])
     for name in ("a5", "a3", "a1"):
-        p = fma_f32(t2, p, c[name])
+        p = step(p, c[name])
     p = (t * p).astype(_F32)
-    q = fma_f32(t2, c["b10"], c["b8"])
+    q = step(c["b10"], c["b8"])
     for name in ("b6", "b4", "b2", "b0"):
-        q = fma_f32(t2, q, c[name])
+        q = step(q, c[name])
     y = ((p / q).astype(_F32) + _F32(0.5)).astype(_F32)
-    return np.maximum(_F32(0), y).astype(_F32)
+    if ort_fma_kernels(resolve_isa(isa)):
+        return np.maximum(_F32(0), y).astype(_F32)
+    return np.minimum(np.maximum(_F32(0), y), _F32(1)).astype(_F32)
 
 
 def qlinear_sigmoid(x: np.ndarray, x_scale: float, x_zero_point: int | np.ndarray | None,
-                    y_scale: float, y_zero_point: int | np.ndarray | None) -> np.ndarray:
+                    y_scale: float, y_zero_point: int | np.ndarray | None, *,
+                    isa: str = "auto") -> np.ndarray:
     """``com.microsoft.QLinearSigmoid`` as ORT computes it: a 256-entry lookup table.
 
     ``d = f32(x_scale * f32(q - x_zp))``, ``T[q] = quantize_linear(mlas_logistic(d), y_scale,
-    y_zp)``, ``y = T[x]``; :func:`mlas_logistic` is MLAS's FMA3 rational approximation, not the
-    exact sigmoid.
+    y_zp)``, ``y = T[x]``; :func:`mlas_logistic` is MLAS's rational approximation on the
+    instruction path ``isa`` (FMA3, or SSE2 without AVX2), not the exact sigmoid.
 
     Notes
     -----
@@ -955,4 +984,6 @@ def qlinear_sigmoid(x: np.ndarray, x_scale: float, x_zero_point: int | np.ndarra
     sx, sy = _scale(x_scale, op, "x_scale"), _scale(y_scale, op, "y_scale")
     zx = _zero_point(x_zero_point, xq.dtype, op, "x_zero_point")
     zy = _zero_point(y_zero_point, xq.dtype, op, "y_zero_point")
-    return _apply_table(xq, _lookup_table(xq.dtype, sx, zx, sy, zy, mlas_logistic))
+    logistic = resolve_isa(isa)
+    return _apply_table(xq, _lookup_table(xq.dtype, sx, zx, sy, zy,
+                                          lambda d: mlas_logistic(d, isa=logistic)))

@@ -125,7 +125,7 @@ def _garbage(path, data: bytes):
                    "one sample is needed"),
     ("zero-batch calibration", "inputs {root}/zero.npz: input 'x' has batch size 0 (shape (0, 1, 8, 8)); "
                                "at least one sample is needed"),
-    ("bad isa", "--isa must be one of auto, avx2, avx512bw, avx-vnni, avx512-vnni, amx-int8, exact, "
+    ("bad isa", "--isa must be one of auto, sse, avx2, avx512bw, avx-vnni, avx512-vnni, amx-int8, exact, "
                 "not 'bogus'"),
     ("output is a directory", "cannot write {root}: Is a directory"),
 ])

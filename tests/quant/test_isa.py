@@ -17,7 +17,7 @@ from qsim.quant.kernels import qlinear_matmul
     ("avx2 avx_vnni", "avx-vnni"),
     ("avx2 avx512f avx512bw avx512_vnni", "avx512-vnni"),
     ("avx2 avx512bw avx512_vnni avx_vnni amx_tile amx_int8", "amx-int8"),
-    ("sse2 sse4_1", "exact"),
+    ("sse2 sse4_1", "sse"),
     ("fp asimd asimddp", "exact"),
 ])
 def test_isa_from_cpu_flags(tmp_path, flags, isa):
@@ -35,7 +35,7 @@ def test_cpuid_agrees_with_the_kernel_s_flags():
 
 
 @pytest.mark.parametrize("isa, ort, fbgemm", [
-    ("avx2", True, True), ("avx512bw", True, True), ("avx-vnni", False, True),
+    ("sse", False, False), ("avx2", True, True), ("avx512bw", True, True), ("avx-vnni", False, True),
     ("avx512-vnni", False, False), ("amx-int8", False, False), ("exact", False, False),
 ])
 def test_which_engine_saturates_on_which_path(isa, ort, fbgemm):
@@ -67,9 +67,15 @@ def test_bad_isa(value):
         return
     with pytest.raises(ConfigError) as err:
         parse_isa(value)
-    assert str(err.value) == ("isa must be one of auto, avx2, avx512bw, avx-vnni, avx512-vnni, amx-int8, "
-                              f"exact, not {value!r}")
+    assert str(err.value) == ("isa must be one of auto, sse, avx2, avx512bw, avx-vnni, avx512-vnni, "
+                              f"amx-int8, exact, not {value!r}")
     assert ISA_NAMES[0] == "auto"
+
+
+def test_only_cpus_without_avx2_run_ort_s_sse2_element_wise_kernels():
+    from qsim.quant.isa import ort_fma_kernels
+
+    assert [name for name in ISA_NAMES[1:] if not ort_fma_kernels(name)] == ["sse"]
 
 
 def test_bad_engine():
