@@ -97,3 +97,24 @@ def run_single_node(op: str, inputs, initializers: dict, feeds: dict, out_type: 
     model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 10
     return ort_run(ort_session(model, optimize=False), feeds)["y"]
+
+
+#: (a_scale, a_zp, b_scale, b_zp, c_scale, c_zp) of the QLinearAdd cases: two parameter sets
+#: found by search where the FMA kernel's roundings show, and a plain one.
+ADDS = [(1.7985641956329346, 221, 0.20739217102527618, 14, 0.027972949668765068, 66),
+        (0.5899961590766907, 215, 0.06468502432107925, 101, 0.4226696491241455, 211),
+        (0.02, 128, 0.03, 120, 0.04, 130)]
+
+#: (x_scale, x_zp, y_scale, y_zp) of the QLinearSigmoid cases (int8 codes).
+SIGMOIDS = [(0.09273193776607513, 114, 1.3130731701949117e-07, -128), (0.05, 0, 1 / 256, -128),
+            (0.3, -20, 0.004, -100)]
+
+
+def add_grid() -> tuple[np.ndarray, np.ndarray]:
+    """Every uint8 pair: a (256, 1) column and a (1, 256) row (ORT's input0-scalar loop)."""
+    codes = np.arange(256, dtype=np.uint8)
+    return codes.reshape(256, 1), codes.reshape(1, 256)
+
+
+def logistic_inputs() -> np.ndarray:
+    return np.concatenate([np.linspace(-20, 20, 20_001), [-18.0, 18.0, 0.0, -1e-8]]).astype(np.float32)

@@ -2,10 +2,12 @@
 
     python tests/golden/record_isa.py [--out tests/golden/isa_<path>.npz]
 
-Needs onnx, onnxruntime and torch (any CPU build with fbgemm) in the running environment;
-the test suite does not run this script, it reads what the script wrote. Run on an x86 CPU
-whose path (``qsim.quant.isa.detect_isa()``) is the one to record: the file is named after
-it. The golden file holds the operands, the quantized models as ONNX bytes, the engines'
+Needs onnx, onnxruntime and (except on ``sse``, where fbgemm does not run) torch with fbgemm
+in the running environment; the test suite does not run this script, it reads what the
+script wrote. Run on an x86 CPU whose path (``qsim.quant.isa.detect_isa()``) is the one to
+record, or under ``qemu-x86_64 -cpu NAME`` (Debian's qemu-user), which presents that CPU to
+both the engines and the detector: the file is named after the path. Recorded so far:
+``isa_avx2.npz`` (AMD EPYC, natively) and ``isa_sse.npz`` (``qemu-x86_64 -cpu Nehalem``). The golden file holds the operands, the quantized models as ONNX bytes, the engines'
 outputs and where they came from (``meta``), so that
 ``tests/quant/test_isa_golden.py`` checks qsim's emulation of that path on any machine.
 """
@@ -25,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from qsim.nn.bench_infer import ort_run, ort_session, quantize  # noqa: E402
 from qsim.quant.isa import detect_isa  # noqa: E402
-from tests.golden.cases import (CONVS, MATMULS, cnn_inputs, conv_operands, float_cnn,  # noqa: E402
+from tests.golden.cases import (ADDS, CONVS, MATMULS, SIGMOIDS, add_grid,  # noqa: E402
+                                cnn_inputs, conv_operands, float_cnn, logistic_inputs,
                                 matmul_operands, run_single_node)
 
 
@@ -54,6 +57,34 @@ def record_ort(out: dict[str, np.ndarray]) -> None:
              "b_zero_point": np.zeros(case[2], np.int8), "c": np.zeros(case[2], np.int32),
              "y_scale": o["y_scale"], "y_zero_point": o["y_zero_point"]},
             {"a": o["a"]}, TensorProto.UINT8, domain="com.microsoft")
+    a, b = add_grid()
+    for i, (sa, za, sb, zb, sc, zc) in enumerate(ADDS):
+        params = [("a_scale", np.float32(sa)), ("a_zero_point", np.uint8(za))]
+        for shape_name, (left, right) in (("broadcast", (a, b)),
+                                          ("full", (np.broadcast_to(a, (256, 256)).copy(),
+                                                    np.broadcast_to(b, (256, 256)).copy()))):
+            # node inputs: A, A_scale, A_zp, B, B_scale, B_zp, C_scale, C_zp (A and B graph inputs)
+            from onnx import helper as h, numpy_helper as nh
+            names = ["a", "a_scale", "a_zero_point", "b", "b_scale", "b_zero_point", "c_scale", "c_zero_point"]
+            inits = dict(params + [("b_scale", np.float32(sb)), ("b_zero_point", np.uint8(zb)),
+                                   ("c_scale", np.float32(sc)), ("c_zero_point", np.uint8(zc))])
+            graph = h.make_graph([h.make_node("QLinearAdd", names, ["y"], domain="com.microsoft")], "add",
+                                 [vi("a", TensorProto.UINT8, left.shape), vi("b", TensorProto.UINT8, right.shape)],
+                                 [vi("y", TensorProto.UINT8, None)],
+                                 initializer=[nh.from_array(np.asarray(v), k) for k, v in inits.items()])
+            model = h.make_model(graph, opset_imports=[h.make_opsetid("", 21), h.make_opsetid("com.microsoft", 1)])
+            model.ir_version = 10
+            out[f"ort/add{i}_{shape_name}"] = ort_run(ort_session(model, optimize=False),
+                                                     {"a": left, "b": right})["y"]
+    codes = np.arange(-128, 128).astype(np.int8)
+    for i, (sx, zx, sy, zy) in enumerate(SIGMOIDS):
+        out[f"ort/sigmoid{i}"] = run_single_node(
+            "QLinearSigmoid", [vi("x", TensorProto.INT8, codes.shape)],
+            {"x_scale": np.float32(sx), "x_zero_point": np.int8(zx), "y_scale": np.float32(sy),
+             "y_zero_point": np.int8(zy)}, {"x": codes}, TensorProto.INT8, domain="com.microsoft")
+    values = logistic_inputs()
+    out["ort/logistic"] = run_single_node("Sigmoid", [vi("x", TensorProto.FLOAT, values.shape)], {},
+                                          {"x": values}, TensorProto.FLOAT)
     x = cnn_inputs(16, seed=2)
     for fmt in ("QOperator", "QDQ"):
         model = quantize(float_cnn(), cnn_inputs(64, seed=1), quant_format=fmt, activation="uint8",
@@ -94,7 +125,6 @@ def record_fbgemm(out: dict[str, np.ndarray]) -> None:
 
 def main() -> int:
     import onnxruntime
-    import torch
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path)
@@ -103,11 +133,15 @@ def main() -> int:
     path = args.out or Path(__file__).with_name(f"isa_{isa.replace('-', '_')}.npz")
     out: dict[str, np.ndarray] = {}
     record_ort(out)
-    record_fbgemm(out)
+    meta = {"isa": isa, "onnxruntime": onnxruntime.__version__}
+    if isa != "sse":  # fbgemm needs AVX2
+        import torch
+
+        record_fbgemm(out)
+        meta |= {"torch": torch.__version__, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    meta = {"isa": isa, "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": cpu}
+    meta["cpu"] = cpu  # under qemu-x86_64 -cpu NAME: the host's name; isa is the emulated path
     out["meta"] = np.array(json.dumps(meta, sort_keys=True))
     np.savez_compressed(path, **out)
     print(f"wrote {path} ({path.stat().st_size} bytes): {meta}")
