@@ -212,8 +212,10 @@ def test_qdq_int8_models_match_onnxruntime_exactly(name, options, images):
         else ["quantize", "linear", "linear", "dequantize"])
 
 
-#: Mismatching integers of QDQ models with int4 weights against ONNX Runtime (default graph
-#: optimizations), 200 held-out digits, on this project's machine (AVX512 MLAS kernels).
+#: At most this many mismatching integers of QDQ models with int4 weights against ONNX Runtime
+#: (default graph optimizations), 200 held-out digits. ORT runs these convolutions in float32,
+#: so the count depends on its float kernel: 1 with the AVX2 and AVX-512 kernels (one near-tie
+#: below), 0 with the SSE kernels of a CPU without AVX2 (measured under qemu -cpu Nehalem).
 INT4_MISMATCHES = {
     ("mlp", "uint8", True): 0, ("mlp", "int8", True): 0, ("mlp", "uint8", False): 0,
     ("mlp", "int8", False): 0,
@@ -233,7 +235,7 @@ def test_qdq_int4_models_mismatch_rate_against_onnxruntime(name, activation, per
     assert all(layer.weight_params.fmt.name == "int4" for layer in conv_or_fc)
     assert all(-8 <= layer.weight.min() and layer.weight.max() <= 7 for layer in conv_or_fc)
     bad = sum(result["integer"].values())
-    assert bad == INT4_MISMATCHES[(name, activation, per_channel)], result["integer"]
+    assert bad <= INT4_MISMATCHES[(name, activation, per_channel)], result["integer"]
     assert result["elements"] == (21_200 + 2_000 if name == "mlp" else 168_400 + 2_000)
     if bad:
         # The one value is the first convolution's, an exact 64.500009 that ORT's float32
@@ -256,7 +258,7 @@ def test_qdq_int4_opset21_standard_domain_gives_the_same_graph(images):
     a = run(load_onnx(old), {"x": x}).outputs["y"]
     b = run(load_onnx(new), {"x": x}).outputs["y"]
     assert np.array_equal(a, b)
-    assert sum(compare(new, x)["integer"].values()) == 1
+    assert sum(compare(new, x)["integer"].values()) <= 1  # the near-tie of the test above
 
 
 def test_qdq_groups_that_onnxruntime_leaves_in_float_explain_the_mismatches(images):
@@ -306,8 +308,10 @@ def test_blocked_int4_weight_only_matmul_runs_in_float(images, rng):
     # and MLAS, each picking kernels by CPU): equal within float32 rounding, not bit for bit.
     plain = ort_run(ort_session(model, optimize=False), {"x": x})["y"]
     assert np.abs(ours - plain).max() <= 4e-6 * np.abs(plain).max()
+    # MatMulNBits quantizes the activations to int8 per block where the CPU has an int8 kernel
+    # for it (AVX2 and later), and stays in float32 elsewhere: at most 0.6 % of the range apart.
     nbits = ort_run(ort_session(model), {"x": x})["y"]
-    assert 0 < np.abs(ours - nbits).max() <= 0.006 * np.abs(ours).max()
+    assert np.abs(ours - nbits).max() <= 0.006 * np.abs(ours).max()
 
 
 # ------------------------------------------------------------------------------- engine fast paths
