@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.qsim-installed
 # Tests run on both cores by default; PYTEST_ARGS adds or overrides options.
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test test-quick bench lint clean clean-cache
+.PHONY: demo test test-quick test-isa bench lint clean clean-cache
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || { echo "creating $(VENV) with $(PYTHON) -m venv"; $(PYTHON) -m venv $(VENV); }
@@ -25,6 +25,20 @@ test: $(STAMP)
 
 test-quick: $(STAMP)
 	$(BIN)/python -m pytest -m "not verilator" $(PYTEST_ARGS)
+
+# The instruction-path tier: the engine parity tests again under qemu-x86_64 emulating an
+# x86-64 without AVX2 (Nehalem: exact integer GEMMs, SSE2 element-wise kernels) and one with
+# AVX2 but no VNNI (Haswell: saturating u8 x s8 pairs), whatever CPU this machine has, so both
+# kinds of CPU are tested live on every machine. Needs Debian's qemu-user (qemu-x86_64).
+ISA_CPUS  ?= Nehalem Haswell
+ISA_TESTS ?= tests/nn/test_isa_parity.py tests/quant/test_hazards.py tests/quant/test_ortops.py \
+             tests/quant/test_onnxruntime_parity.py tests/quant/test_isa_golden.py
+test-isa: $(STAMP)
+	@command -v qemu-x86_64 >/dev/null || { echo "make test-isa needs qemu-x86_64 (Debian: apt-get install qemu-user)" >&2; exit 2; }
+	@for cpu in $(ISA_CPUS); do \
+	  echo "== engine parity tests under qemu-x86_64 -cpu $$cpu =="; \
+	  qemu-x86_64 -cpu $$cpu $(BIN)/python -m pytest -p no:xdist -p no:cacheprovider -q $(ISA_TESTS) || exit 1; \
+	done
 
 bench: $(STAMP)
 	$(BIN)/qsim bench all

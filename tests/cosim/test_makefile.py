@@ -73,3 +73,12 @@ def test_bootstrap_says_what_it_does(tmp_path):
     assert 'echo "upgrading pip in .venv"' in dry.stdout
     assert ('echo "installing qsim and its test dependencies into .venv (first time: a few minutes)"'
             in dry.stdout)
+
+
+def test_isa_tier_runs_the_engine_parity_tests_under_both_emulated_cpus():
+    done = _make("-n", "test-isa")
+    assert done.returncode == 0, done.stderr
+    assert "for cpu in Nehalem Haswell; do" in done.stdout
+    assert "qemu-x86_64 -cpu $cpu .venv/bin/python -m pytest -p no:xdist" in done.stdout
+    for test_file in ("tests/nn/test_isa_parity.py", "tests/quant/test_isa_golden.py", "tests/quant/test_ortops.py"):
+        assert test_file in done.stdout
