@@ -9,6 +9,8 @@ Targets are checked here, side by side in one run, never by timed unit tests:
 
 from __future__ import annotations
 
+from qsim.errors import QsimError
+
 import time
 from typing import Any
 
@@ -55,6 +57,8 @@ def bench_cosim(m: int = 1024, k: int = 256, n: int = 256, rows: int = 8, cols: 
     native_result = run_native(program)
     cocotb_report = compare(program, cocotb_result)
     native_report = compare(program, native_result)
+    if cocotb_report.sim_cycles_per_s is None or native_report.sim_cycles_per_s is None:
+        raise QsimError("a simulator reported no simulation time: no speed was measured")
     return {
         "benchmark": "cosim",
         "array": f"{rows}x{cols}",

@@ -142,7 +142,8 @@ def _cmd_cosim(args: argparse.Namespace) -> int:
             ("RTL cycles", report.rtl_cycles),
             ("utilization", f"{report.utilization:.2%}"),
             ("wall time", f"{rtl.wall_s:.2f} s"),
-            ("simulated cycles/s", f"{report.sim_cycles_per_s:,.0f}"),
+            ("simulated cycles/s", "not measured" if report.sim_cycles_per_s is None
+             else f"{report.sim_cycles_per_s:,.0f}"),
             *([("waveform", rtl.extra["waves"])] if "waves" in rtl.extra else []),
             ("result", "AGREE: bit-exact and cycle-exact" if report.agrees else "DISAGREE"),
         ])
@@ -331,7 +332,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for w in report.workloads:
             rows.append((w.name, "x".join(map(str, w.shape)), str(w.elements), _not_run(w.mismatches),
                          str(w.model_cycles), _not_run(w.rtl_cycles), f"{w.utilization:.1%}",
-                         _not_run(w.sim_cycles_per_s, None if w.sim_cycles_per_s is None
+                         _not_run(w.rtl_cycles, "not measured" if w.sim_cycles_per_s is None
                                   else f"{w.sim_cycles_per_s:,.0f}")))
         _print_rows(header, rows)
     if report.networks:

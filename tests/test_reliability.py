@@ -459,7 +459,7 @@ def test_rtl_phase_batches_and_agrees(tmp_path, capsys, fake_rtl):
     assert (code, err, data["status"], data["agrees"], data["unfinished"]) == (0, "", "complete", True, [])
     assert fake_rtl.calls == [["a", "b"], ["fc1#0[0:2,0:32,0:64]", "fc2#0[0:2,0:16,0:32]",
                                           "fc3#0[0:2,0:10,0:16]"]]
-    # sim_cycles_per_s is infinite for a zero simulation time: null, never Infinity
+    # no simulation time was measured (a zero time): the speed is null, never Infinity
     assert [(w["name"], w["rtl_cycles"], w["mismatches"], w["sim_cycles_per_s"]) for w in data["workloads"]] \
         == [("a", 26, 0, None), ("b", 15, 0, None)]
     (net,) = data["networks"]
@@ -544,7 +544,7 @@ def test_ctrl_c_during_the_rtl_keeps_finished_workloads(tmp_path, capsys, fake_r
     assert (code, err) == (130, "")
     assert lines[1:3] == [
         "workload  M x K x N  elements  mismatches  model cycles  RTL cycles  util   sim cycles/s",
-        "a         5x9x3      15        0           26            26          32.5%  inf"]
+        "a         5x9x3      15        0           26            26          32.5%  not measured"]
     assert len(lines) == 4 and "AGREE" not in out
     assert re.fullmatch(r"interrupted \(Ctrl-C\): 1 of 3 workloads finished; no verdict for b, mlp "
                         r"\(\d+\.\d s\)", lines[3]), lines[3]

@@ -253,8 +253,9 @@ class CosimReport:
     first_mismatches: list[str] = field(default_factory=list)
 
     @property
-    def sim_cycles_per_s(self) -> float:
-        return self.rtl_cycles / self.sim_wall_s if self.sim_wall_s > 0 else float("inf")
+    def sim_cycles_per_s(self) -> float | None:
+        """Simulated cycles per second; ``None`` when no simulation time was measured."""
+        return self.rtl_cycles / self.sim_wall_s if self.sim_wall_s > 0 else None
 
     @property
     def agrees(self) -> bool:
@@ -271,7 +272,7 @@ class CosimReport:
             "counter_diffs": {k: list(v) for k, v in self.counter_diffs.items()},
             "utilization": self.utilization,
             "wall_s": round(self.wall_s, 4),
-            "sim_cycles_per_s": round(self.sim_cycles_per_s, 1),
+            "sim_cycles_per_s": None if self.sim_cycles_per_s is None else round(self.sim_cycles_per_s, 1),
             "agrees": self.agrees,
             "first_mismatches": self.first_mismatches,
         }
