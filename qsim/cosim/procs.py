@@ -58,8 +58,32 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
+def _group_running(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs (zombies do not count; Linux ``/proc``)."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return False
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
 def terminate_group(proc: subprocess.Popen, grace_s: float = GRACE_S) -> None:
-    """Stop ``proc`` and every process of its group, then reap ``proc``."""
+    """Stop ``proc`` and every process of its group, then reap ``proc``.
+
+    Returns once no process of the group runs any more (a killed process exits when the
+    kernel next schedules it, which on a loaded machine takes a moment), or after ``grace_s``
+    more seconds at worst.
+    """
     if proc.returncode is None:
         _signal_group(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
@@ -68,6 +92,9 @@ def terminate_group(proc: subprocess.Popen, grace_s: float = GRACE_S) -> None:
         # Whatever is left (children that ignore SIGTERM or outlived the leader) is killed while
         # the leader is still unreaped, so the group id is certainly still ours.
         _signal_group(proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + grace_s
+        while _group_running(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
     proc.wait()
 
 
