@@ -24,6 +24,7 @@ from qsim.config import AcceleratorConfig, preset
 from qsim.cosim import runner as runner_mod
 from qsim.errors import SimulationError
 from qsim.model import reference_gemm
+from tests.cosim.test_reliability import _group_members
 
 pytestmark = pytest.mark.verilator
 CFG = preset("tiny-4x4")
@@ -113,20 +114,6 @@ def _descendant_groups(pid: int) -> dict[int, str]:
         if int(fields[1]) == pid and int(fields[2]) == int(entry.name):
             groups[int(entry.name)] = comm.split("(", 1)[1]
     return groups
-
-
-def _group_members(pgid: int) -> list[int]:
-    alive = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            alive.append(int(entry.name))
-    return alive
 
 
 def test_sigterm_during_a_build_leaves_no_compiler_and_no_cache_entry(tmp_path):
