@@ -377,18 +377,11 @@ def _conv_pair_scan(x: np.ndarray, w: np.ndarray, x_zp: int, geometry, group: in
 def u8s8_matmul_correction(a_u8: np.ndarray, b_s8: np.ndarray) -> np.ndarray | None:
     """What a ``vpmaddubsw`` engine adds to the exact ``a_u8 @ b_s8`` (M x K times K x N).
 
-    ``None`` when no pair can leave int16 (the cheap bound of :func:`_candidate_pairs`), else
-    the int64 (M x N) correction ``sum_j (sat16(s_j) - s_j)``, zero points not involved.
+    ``None`` when no pair saturates (:func:`_pair_scan` skips the pairs that cannot), else the
+    int64 (M x N) correction ``sum_j (sat16(s_j) - s_j)``, zero points not involved.
     """
-    a, b = _u8("a_u8", a_u8), _s8("b_s8", b_s8)
-    k_pad = a.shape[-1] + a.shape[-1] % 2
-    a_pad = np.zeros(a.shape[:-1] + (k_pad,), np.uint8)
-    a_pad[..., :a.shape[-1]] = a
-    b_pad = np.zeros(b.shape[:-2] + (k_pad,) + b.shape[-1:], np.int8)
-    b_pad[..., :b.shape[-2], :] = b
-    if _candidate_pairs(a_pad, b_pad).size == 0:
-        return None
-    return _pair_scan(a, b, 0)[0]
+    correction, _, total, _ = _pair_scan(_u8("a_u8", a_u8), _s8("b_s8", b_s8), 0)
+    return correction if total else None
 
 
 #: Engines whose u8 x s8 kernels this module emulates, and whether their depthwise kernel is exact.
