@@ -49,6 +49,7 @@ import numpy as np
 
 from qsim.errors import ConfigError
 from qsim.numerics import INT32, wrap
+from qsim.quant.isa import check_engine
 from qsim.quant.kernels import (
     _conv_operands,
     _zero_point,
@@ -69,7 +70,7 @@ __all__ = [
     "conv_u8s8_avx2",
     "u8s8_matmul_correction",
     "u8s8_conv_correction",
-    "ENGINES",
+    "DEPTHWISE_EXACT",
 ]
 
 INT16_MIN = -(1 << 15)
@@ -384,18 +385,15 @@ def u8s8_matmul_correction(a_u8: np.ndarray, b_s8: np.ndarray) -> np.ndarray | N
     return correction if total else None
 
 
-#: Engines whose u8 x s8 kernels this module emulates, and whether their depthwise kernel is exact.
-ENGINES = {"onnxruntime": True, "pytorch-fbgemm": False}
+#: Per engine (:func:`qsim.quant.isa.check_engine`), whether its depthwise kernel is exact.
+DEPTHWISE_EXACT = {"onnxruntime": True, "pytorch-fbgemm": False}
 
 
-def _check_engine(engine: object) -> str:
-    if engine not in ENGINES:
-        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
-    return str(engine)
-
-
-def _depthwise(channels: int, outputs: int, group: int) -> bool:
-    return channels // group == 1 and outputs // group == 1
+def _exact_depthwise(engine: object, channels: int, outputs: int, group: int) -> bool:
+    """Whether ``engine`` runs this convolution in an exact depthwise kernel (one input and one
+    output channel per group)."""
+    return (DEPTHWISE_EXACT[check_engine(engine)]
+            and channels // group == 1 and outputs // group == 1)
 
 
 def u8s8_conv_correction(x_u8: np.ndarray, w_s8: np.ndarray, x_zero_point: int, geometry,
@@ -408,7 +406,7 @@ def u8s8_conv_correction(x_u8: np.ndarray, w_s8: np.ndarray, x_zero_point: int, 
     channels-last pairing with one channel per group. ``None`` when no pair saturates.
     """
     x, w = _u8("x_u8", x_u8), _s8("w_s8", w_s8)
-    if ENGINES[_check_engine(engine)] and _depthwise(x.shape[1], w.shape[0], group):
+    if _exact_depthwise(engine, x.shape[1], w.shape[0], group):
         return None
     correction, per_output, total, _ = _conv_pair_scan(x, w, int(x_zero_point), geometry, group, 0)
     return correction if total else None
@@ -441,7 +439,7 @@ def u8s8_conv_saturation(x_u8: np.ndarray, w_s8: np.ndarray, x_zero_point: objec
     x_zp = int(_zero_point("x_zero_point", x_zero_point, "x", x).ravel()[0])
     geometry = conv_geometry(x.shape[2:], w.shape[2:], strides=strides, pads=pads,
                              dilations=dilations, auto_pad=auto_pad)
-    if ENGINES[_check_engine(engine)] and _depthwise(x.shape[1], w.shape[0], group):
+    if _exact_depthwise(engine, x.shape[1], w.shape[0], group):
         none = np.zeros(exact.shape, dtype=bool)
         return SaturationReport(exact=exact, engine=exact.copy(), affected=none,
                                 saturating=none.copy(), saturated_pairs=0, examples=(),

@@ -59,6 +59,7 @@ __all__ = [
     "isa_from_flags",
     "cpu_flags",
     "u8s8_saturates",
+    "check_engine",
 ]
 
 #: Every accepted ``isa`` value, ``auto`` first.
@@ -94,11 +95,17 @@ def ort_fma_kernels(isa: str) -> bool:
     return parse_isa(isa) != "sse"
 
 
-def u8s8_saturates(isa: str, engine: str = "onnxruntime") -> bool:
-    """Whether ``engine``'s uint8 x int8 kernels on ``isa`` (a concrete path) saturate int16 pair sums."""
+def check_engine(engine: object) -> str:
+    """``engine`` if it names an engine whose kernels qsim emulates (:data:`SATURATING_ISAS`),
+    else :class:`ConfigError`."""
     if engine not in SATURATING_ISAS:
         raise ConfigError(f"engine must be one of {', '.join(SATURATING_ISAS)}, not {engine!r}")
-    return parse_isa(isa) in SATURATING_ISAS[engine]
+    return str(engine)
+
+
+def u8s8_saturates(isa: str, engine: str = "onnxruntime") -> bool:
+    """Whether ``engine``'s uint8 x int8 kernels on ``isa`` (a concrete path) saturate int16 pair sums."""
+    return parse_isa(isa) in SATURATING_ISAS[check_engine(engine)]
 
 
 def isa_from_flags(flags: set[str] | frozenset[str]) -> str:
