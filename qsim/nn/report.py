@@ -286,7 +286,8 @@ def figure_path(name: str | os.PathLike) -> tuple[Path, str]:
     else:
         fmt = rcParams["savefig.format"]
         try:
-            special = not stat.S_ISREG(os.stat(text).st_mode) and not stat.S_ISDIR(os.stat(text).st_mode)
+            mode = os.stat(text).st_mode
+            special = not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
         except OSError:
             special = False
         if not special:

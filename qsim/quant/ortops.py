@@ -945,7 +945,8 @@ def mlas_logistic(x: np.ndarray, *, isa: str = "auto") -> np.ndarray:
     t = np.asarray(x, dtype=_F32)
     t = np.minimum(np.maximum(t, c["lower"]), c["upper"])
     t2 = (t * t).astype(_F32)
-    if ort_fma_kernels(resolve_isa(isa)):
+    fma = ort_fma_kernels(resolve_isa(isa))
+    if fma:
         def step(acc, coefficient):
             return fma_f32(t2, acc, coefficient)
     else:
@@ -959,7 +960,7 @@ def mlas_logistic(x: np.ndarray, *, isa: str = "auto") -> np.ndarray:
     for name in ("b6", "b4", "b2", "b0"):
         q = step(q, c[name])
     y = ((p / q).astype(_F32) + _F32(0.5)).astype(_F32)
-    if ort_fma_kernels(resolve_isa(isa)):
+    if fma:
         return np.maximum(_F32(0), y).astype(_F32)
     return np.minimum(np.maximum(_F32(0), y), _F32(1)).astype(_F32)
 
