@@ -99,13 +99,11 @@ def _cmd_cosim(args: argparse.Namespace) -> int:
     import numpy as np
 
     from qsim.compile import compile_gemm
-    from qsim.cosim.runner import MAX_TIMEOUT_CYCLES, compare, run_programs
+    from qsim.cosim.runner import check_timeout_cycles, compare, run_programs
 
     # everything a user can get wrong is checked before any build or simulation
     _check_seed(args)
-    if args.timeout_cycles is not None and not 1 <= args.timeout_cycles <= MAX_TIMEOUT_CYCLES:
-        raise ConfigError(f"--timeout-cycles must be between 1 and {MAX_TIMEOUT_CYCLES}, "
-                          f"not {args.timeout_cycles}")
+    check_timeout_cycles(args.timeout_cycles, "--timeout-cycles")
     if args.waves is not None:
         from qsim.io import check_directory
 

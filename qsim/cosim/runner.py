@@ -40,14 +40,15 @@ JOBS_FILE = "jobs.json"
 RESULTS_FILE = "results.json"
 
 
-def check_timeout_cycles(value) -> int | None:
-    """``value`` as an int, or None; raises :class:`ConfigError` unless 1 <= value <= max."""
+def check_timeout_cycles(value, what: str = "timeout_cycles") -> int | None:
+    """``value`` as an int, or None; raises :class:`ConfigError` (naming ``what``) unless
+    1 <= value <= :data:`MAX_TIMEOUT_CYCLES`."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ConfigError(f"timeout_cycles must be an int, not {value!r}")
+        raise ConfigError(f"{what} must be an int, not {value!r}")
     if not 1 <= value <= MAX_TIMEOUT_CYCLES:
-        raise ConfigError(f"timeout_cycles must be between 1 and {MAX_TIMEOUT_CYCLES}, not {value}")
+        raise ConfigError(f"{what} must be between 1 and {MAX_TIMEOUT_CYCLES}, not {value}")
     return int(value)
 
 
