@@ -108,11 +108,19 @@ class CompiledNetwork:
 
 
 def compile_network(graph: Graph, feeds: Mapping[str, np.ndarray], config: AcceleratorConfig,
-                    semantics: Semantics | str = "onnxruntime", keep: bool = False) -> CompiledNetwork:
-    """Run ``graph`` with every quantized product on the accelerator's bit-accurate model."""
+                    semantics: Semantics | str = "onnxruntime", keep: bool = False, *,
+                    isa: str = "exact", on_gemm: Callable[[str], None] | None = None) -> CompiledNetwork:
+    """Run ``graph`` with every quantized product on the accelerator's bit-accurate model.
+
+    The products never depend on ``isa`` (the accelerator's datapath is exact); the host-side
+    steps under the ``onnxruntime`` semantics do (QLinearAdd has other kernels without AVX2),
+    so ``isa`` is the path they follow, ``exact`` by default as for the reference of
+    :func:`check_network`. ``on_gemm`` is called with the layer name before each product is
+    compiled (progress reports).
+    """
     t0 = time.perf_counter()
-    backend = AcceleratorBackend(config)
-    result = run(graph, feeds, semantics, keep=keep, backend=backend)
+    backend = AcceleratorBackend(config, on_gemm=on_gemm)
+    result = run(graph, feeds, semantics, keep=keep, isa=isa, backend=backend)
     return CompiledNetwork(graph, config, Semantics.parse(semantics), result, backend.records,
                            time.perf_counter() - t0)
 
@@ -218,11 +226,8 @@ def check_network(graph: Graph, feeds: Mapping[str, np.ndarray], config: Acceler
     called with the layer name before each product is compiled (progress reports).
     """
     reference = run(graph, feeds, semantics, isa=isa)
-    t0 = time.perf_counter()
-    backend = AcceleratorBackend(config, on_gemm=on_gemm)
-    result = run(graph, feeds, semantics, isa=isa, backend=backend)  # host steps as the reference's
-    compiled = CompiledNetwork(graph, config, Semantics.parse(semantics), result, backend.records,
-                               time.perf_counter() - t0)
+    # the host steps follow the reference's path
+    compiled = compile_network(graph, feeds, config, semantics, isa=isa, on_gemm=on_gemm)
     mismatches = sum(int(np.count_nonzero(reference.outputs[k] != compiled.result.outputs[k]))
                      for k in graph.outputs)
     elements = sum(int(v.size) for v in reference.outputs.values())
