@@ -134,7 +134,7 @@ class NetworkWorkload:
             raise ConfigError(f"{self.where or self.name}: {exc}") from None
 
     def _load(self, source_dir: Path) -> tuple[Graph, dict[str, np.ndarray]]:
-        from qsim.nn.engine import _check_feeds
+        from qsim.nn.engine import check_feeds
         from qsim.nn.infer import check_batch, read_inputs
 
         def resolve(name: str) -> Path:
@@ -169,11 +169,11 @@ class NetworkWorkload:
             label = str(resolve(self.calibration))
             samples = read_inputs(label, graph)
             check_batch(label, samples)
-        feeds = _check_feeds(graph, feeds)
+        feeds = check_feeds(graph, feeds)
         if not quantized:
             from qsim.nn.ptq import quantize_graph
 
-            graph = quantize_graph(graph, _check_feeds(graph, samples), weight_bits=self.weight_bits,
+            graph = quantize_graph(graph, check_feeds(graph, samples), weight_bits=self.weight_bits,
                                    activation_format=self.activation_format)
         return graph, feeds
 

@@ -59,7 +59,7 @@ from qsim.quant.ops import dequantize, quantize
 from qsim.quant.params import QuantParams
 from qsim.quant.requant import Semantics, float32_multiplier, requantize, requantize_float32
 
-__all__ = ["run", "RunResult", "ExactBackend", "AccumulatorBackend", "FLOAT_ONLY"]
+__all__ = ["run", "check_feeds", "RunResult", "ExactBackend", "AccumulatorBackend", "FLOAT_ONLY"]
 
 #: Layer kinds that exist only in float (their integer versions are not defined).
 FLOAT_ONLY = ("softmax", "layernorm", "gelu", "batchnorm")
@@ -182,7 +182,7 @@ def run(graph: Graph, feeds: Mapping[str, np.ndarray], semantics: Semantics | st
         A missing or unexpected input, a wrong shape or dtype, or a layer that cannot run.
     """
     ctx = _Context(Semantics.parse(semantics), backend or ExactBackend(), resolve_isa(isa))
-    values = _check_feeds(graph, feeds)
+    values = check_feeds(graph, feeds)
     batch = next(iter(values.values())).shape[0] if values else None
     types = graph.infer(batch)
     times: dict[str, float] = {}
@@ -204,7 +204,9 @@ def run(graph: Graph, feeds: Mapping[str, np.ndarray], semantics: Semantics | st
     return RunResult(outputs, values if keep else {}, times)
 
 
-def _check_feeds(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def check_feeds(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``feeds`` checked against ``graph``'s inputs (names, shapes, dtypes; floats as float32),
+    or :class:`ConfigError` with one message: what :func:`run` checks before any layer runs."""
     missing = [n for n in graph.inputs if n not in feeds]
     if missing:
         raise ConfigError(f"graph {graph.name!r}: missing input(s) {', '.join(missing)} "
