@@ -155,12 +155,14 @@ def build_key(config: AcceleratorConfig, waves: bool = False, flavor: str = "coc
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
-def _log_tail(path: Path, lines: int = 30) -> str:
+def log_tail(path: Path, lines: int = 30, *, missing: str = "(no log)", empty: str = "") -> str:
+    """The last ``lines`` lines of a tool's log for an error message (``missing`` if the log
+    cannot be read, ``empty`` if it holds nothing)."""
     try:
         text = path.read_text(errors="replace").splitlines()
     except OSError:
-        return "(no log)"
-    return "\n".join(text[-lines:])
+        return missing
+    return "\n".join(text[-lines:]) or empty
 
 
 def _sha256(path: Path) -> str:
@@ -316,7 +318,7 @@ def _build(config: AcceleratorConfig, directory: Path, flavor: str, waves: bool,
             where = "no log was written"
         raise SimulationError(
             f"the Verilator build of {config.describe()} failed (exit {code}); {where}; "
-            f"last lines:\n{_log_tail(log)}")
+            f"last lines:\n{log_tail(log)}")
 
 
 def public_signals_vlt() -> str:

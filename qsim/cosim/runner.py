@@ -65,12 +65,10 @@ def _job(program: Program, timeout_cycles: int | None) -> dict:
             "timeout_cycles": int(timeout_cycles)}
 
 
-def _log_tail(log: Path, lines: int = 30) -> str:
-    try:
-        text = log.read_text(errors="replace").splitlines()
-    except OSError:
-        return "(the simulator wrote no log)"
-    return "\n".join(text[-lines:]) or "(the log is empty)"
+def _log_tail(log: Path) -> str:
+    from qsim.cosim.build import log_tail
+
+    return log_tail(log, missing="(the simulator wrote no log)", empty="(the log is empty)")
 
 
 def _prepare_keep_dir(keep_dir: Path) -> Path:
