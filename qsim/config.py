@@ -20,7 +20,7 @@ from typing import Any, Mapping
 from qsim.errors import ConfigError
 from qsim.numerics import INT8, IntFormat
 
-__all__ = ["AcceleratorConfig", "Dataflow", "PRESETS", "preset", "MIN_DIM", "MAX_DIM"]
+__all__ = ["AcceleratorConfig", "Dataflow", "RequantMode", "PRESETS", "preset", "MIN_DIM", "MAX_DIM"]
 
 MIN_DIM = 2
 MAX_DIM = 64
@@ -38,6 +38,21 @@ class Dataflow(str, enum.Enum):
     """
 
     WEIGHT_STATIONARY = "weight_stationary"
+
+
+class RequantMode(str, enum.Enum):
+    """The post-processing unit generated on the accumulator's way out.
+
+    ``none``: no unit; results stay int32 in the accumulator memory. ``fixed-point``: bias,
+    int32 multiplier and rounding right shift (round half up), zero point, clamp.
+    ``float32``: bias, then ONNX Runtime's float32 requantization bit for bit (int32 to float32
+    rounding to nearest even, one float32 multiply, rounding half to even), zero point, clamp.
+    Both write 8-bit results into the activation memory (see :class:`qsim.program.Requant`).
+    """
+
+    NONE = "none"
+    FIXED_POINT = "fixed-point"
+    FLOAT32 = "float32"
 
 
 # Formats the RTL implements today. The config type already carries the formats so that
@@ -81,6 +96,12 @@ class AcceleratorConfig:
         Depths of the activation scratchpad (words of ``rows`` activations), the weight
         scratchpad (words of ``cols`` weights), the accumulator memory (words of ``cols``
         partial sums) and the command memory (one command per word).
+    requant : RequantMode or str
+        Post-processing unit: ``none`` (default), ``fixed-point`` or ``float32``. A unit
+        needs ``acc_bits`` of at most 32.
+    param_mem_words : int
+        Depth of each of the unit's three parameter memories (bias, scale, and zero point
+        with clamp bounds and shift), one word of ``cols`` lanes per output-channel tile.
     """
 
     rows: int = 8
@@ -94,6 +115,8 @@ class AcceleratorConfig:
     weight_mem_words: int = 16384
     acc_mem_words: int = 16384
     cmd_mem_words: int = 4096
+    requant: RequantMode = RequantMode.NONE
+    param_mem_words: int = 256
 
     def __post_init__(self) -> None:
         _check_int("rows", self.rows, MIN_DIM, MAX_DIM)
@@ -132,8 +155,19 @@ class AcceleratorConfig:
                 f"clock_mhz must be greater than 0 and at most {MAX_CLOCK_MHZ:g}, not {self.clock_mhz}"
             )
         object.__setattr__(self, "clock_mhz", float(self.clock_mhz))
-        for name in ("act_mem_words", "weight_mem_words", "acc_mem_words", "cmd_mem_words"):
+        for name in ("act_mem_words", "weight_mem_words", "acc_mem_words", "cmd_mem_words",
+                     "param_mem_words"):
             _check_int(name, getattr(self, name), MIN_MEM_WORDS, MAX_MEM_WORDS, " words")
+        try:
+            object.__setattr__(self, "requant", RequantMode(self.requant))
+        except ValueError:
+            names = ", ".join(r.value for r in RequantMode)
+            raise ConfigError(f"requant must be one of {names}, not {self.requant!r}") from None
+        if self.requant is not RequantMode.NONE and self.acc_bits > 32:
+            raise ConfigError(
+                f"acc_bits must be at most 32 with requant {self.requant.value} (the "
+                f"post-processing unit takes int32 accumulators), not {self.acc_bits}"
+            )
 
     # ---- derived quantities (the only place they are computed) ---------------------------
 
@@ -179,6 +213,10 @@ class AcceleratorConfig:
     @property
     def cmd_addr_bits(self) -> int:
         return _address_bits(self.cmd_mem_words)
+
+    @property
+    def param_addr_bits(self) -> int:
+        return _address_bits(self.param_mem_words)
 
     @property
     def memory_bytes(self) -> dict[str, int]:
@@ -254,7 +292,8 @@ class AcceleratorConfig:
             f"{self.input_format.name}x{self.weight_format.name}->int{self.acc_bits}, "
             f"act {mem['act'] // 1024} KiB, weight {mem['weight'] // 1024} KiB, "
             f"acc {mem['acc'] // 1024} KiB, {self.cmd_mem_words} commands, "
-            f"{self.clock_mhz:g} MHz"
+            + (f"requant {self.requant.value}, " if self.requant is not RequantMode.NONE else "")
+            + f"{self.clock_mhz:g} MHz"
         )
 
 

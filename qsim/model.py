@@ -8,6 +8,9 @@ hardware's two's-complement adders wrap. No Python loop runs per MAC or per row.
 
 Wrapping after the whole sum equals wrapping after every addition (addition modulo 2**n is
 a ring homomorphism), so the order of summation inside the array does not matter.
+
+A ``Requant`` applies :func:`qsim.program.requantize_lanes` to its accumulator lanes and
+stores the low ``input_format.bits`` bits of each result in its activation lanes.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qsim.numerics import int_matmul, wrap
-from qsim.program import Matmul, Program
+from qsim.program import Matmul, Program, Requant, requantize_lanes
 
 __all__ = ["ModelResult", "execute", "reference_gemm"]
 
@@ -37,6 +40,14 @@ def execute(program: Program) -> ModelResult:
     act, weight, acc = mem["act"], mem["weight"], mem["acc"]
     acc_fmt = cfg.acc_format
     for cmd in program.commands:
+        if isinstance(cmd, Requant):
+            src = slice(cmd.src_lane, cmd.src_lane + cmd.lanes)
+            params = [mem[m][cmd.param_addr, src] for m in ("bias", "scale", "qctl")]
+            out = requantize_lanes(cfg.requant, acc[cmd.acc_addr : cmd.acc_addr + cmd.rows, src],
+                                   *params, acc_bits=cfg.acc_bits)
+            act[cmd.act_addr : cmd.act_addr + cmd.rows, cmd.dst_lane : cmd.dst_lane + cmd.lanes] = \
+                wrap(out, cfg.input_format)
+            continue
         if not isinstance(cmd, Matmul):
             continue
         x = act[cmd.act_addr : cmd.act_addr + cmd.rows]

@@ -3,7 +3,8 @@
 A :class:`Program` is what the compiler writes, the bit-accurate model executes, the timing
 model costs and the RTL controller runs. It holds
 
-* ``commands``: a sequence of :class:`Matmul` commands ended by :class:`Halt`;
+* ``commands``: a sequence of :class:`Matmul` and :class:`Requant` commands ended by
+  :class:`Halt`;
 * ``inputs``: matrices to place in the on-chip memories before the run, each with the
   :class:`MatrixLayout` that says which word and lane holds which element;
 * ``outputs``: layouts of the result matrices in the accumulator memory.
@@ -19,6 +20,18 @@ executed in program order::
     acc[acc_addr : acc_addr + rows] = wrap(X @ W + (acc[...] if accumulate else 0))
 
 where ``wrap`` is two's-complement wrap-around to ``acc_bits``.
+
+Semantics of ``Requant(acc_addr, act_addr, rows, param_addr, src_lane, dst_lane, lanes)``
+(only on a configuration with a post-processing unit), with ``s = src_lane``,
+``d = dst_lane`` and ``L = lanes``::
+
+    v   = wrap(acc[acc_addr : acc_addr + rows, s : s+L] + bias[param_addr, s : s+L])
+    y   = requantize(v, scale[param_addr, s : s+L], qctl[param_addr, s : s+L])
+    act[act_addr : act_addr + rows, d : d+L] = y          # other lanes keep their values
+
+where ``requantize`` is the configuration's mode (:func:`requantize_lanes`). The 8-bit result
+is stored as the lane's bit pattern: a uint8 result of 200 reads back as int8 -56 unless the
+matrix layout that decodes it says it is unsigned (``MatrixLayout.unsigned_bits``).
 """
 
 from __future__ import annotations
@@ -30,23 +43,38 @@ from typing import Iterator, Mapping, Sequence, Union
 
 import numpy as np
 
-from qsim.config import AcceleratorConfig
+from qsim.config import AcceleratorConfig, RequantMode
 from qsim.errors import ProgramError
-from qsim.numerics import IntFormat, find_overflows
+from qsim.numerics import INT32, IntFormat, Rounding, find_overflows, round_shift, wrap
 
 __all__ = [
     "Opcode",
     "Matmul",
     "Halt",
+    "Requant",
     "Command",
     "CommandField",
     "CommandLayout",
     "MatrixLayout",
     "Program",
     "MEMORIES",
+    "PARAM_MEMORIES",
+    "QCTL_FORMAT",
+    "pack_qctl",
+    "unpack_qctl",
+    "requantize_lanes",
 ]
 
-MEMORIES = ("act", "weight", "acc")
+#: Data memories a Program can place matrices in; the last three are the post-processing
+#: unit's parameter memories (one word of ``cols`` lanes per output-channel tile).
+PARAM_MEMORIES = ("bias", "scale", "qctl")
+MEMORIES = ("act", "weight", "acc") + PARAM_MEMORIES
+
+#: A ``qctl`` lane: right shift (bits 0-5, fixed-point mode), zero point (6-14), lower bound
+#: (15-23) and upper bound (24-32), the last three 9-bit two's complement.
+QCTL_FORMAT = IntFormat(33, False)
+_QCTL_FIELDS = (("shift", 0, 6, False), ("zero_point", 6, 9, True), ("lo", 15, 9, True),
+                ("hi", 24, 9, True))
 
 
 class Opcode(enum.IntEnum):
@@ -54,6 +82,7 @@ class Opcode(enum.IntEnum):
 
     HALT = 0
     MATMUL = 1
+    REQUANT = 2
 
 
 @dataclass(frozen=True)
@@ -84,13 +113,39 @@ class Matmul:
 
 
 @dataclass(frozen=True)
+class Requant:
+    """Post-process ``rows`` accumulator words into the activation memory.
+
+    Lanes ``src_lane .. src_lane + lanes - 1`` of accumulator words ``acc_addr ..`` are
+    biased, requantized, offset by the zero point and clamped with the parameters in lanes
+    ``src_lane ..`` of word ``param_addr`` of the three parameter memories, and written into
+    lanes ``dst_lane .. dst_lane + lanes - 1`` of activation words ``act_addr ..``; the other
+    lanes of those words keep their values. The lane shift lets an R x C array with R != C
+    lay output channels out as the next layer's reduction lanes.
+
+    The command waits until every earlier MATMUL has written its results, and no command
+    after it starts before its last write (see :mod:`qsim.timing`).
+    """
+
+    acc_addr: int
+    act_addr: int
+    rows: int
+    param_addr: int
+    lanes: int
+    src_lane: int = 0
+    dst_lane: int = 0
+
+    opcode = Opcode.REQUANT
+
+
+@dataclass(frozen=True)
 class Halt:
     """End of the program: the controller drains its pipeline and raises ``done``."""
 
     opcode = Opcode.HALT
 
 
-Command = Union[Matmul, Halt]
+Command = Union[Matmul, Requant, Halt]
 
 
 @dataclass(frozen=True)
@@ -109,7 +164,9 @@ class CommandLayout:
 
     Fields, from bit 0 upward: ``opcode`` (4 bits), ``accumulate`` (1), ``rows`` (wide
     enough for ``act_mem_words``), ``act_addr``, ``weight_addr``, ``acc_addr`` (each the
-    address width of its memory). The word is padded to a multiple of 32 bits.
+    address width of its memory); with a post-processing unit also ``param_addr``,
+    ``src_lane``, ``dst_lane`` and ``lanes`` (wide enough for ``max(rows, cols)``). A command
+    leaves the fields it does not use zero. The word is padded to a multiple of 32 bits.
     """
 
     OPCODE_BITS = 4
@@ -124,6 +181,10 @@ class CommandLayout:
             ("weight_addr", config.weight_addr_bits),
             ("acc_addr", config.acc_addr_bits),
         ]
+        if config.requant is not RequantMode.NONE:
+            lane_bits = max(config.rows, config.cols).bit_length()
+            widths += [("param_addr", config.param_addr_bits), ("src_lane", lane_bits),
+                       ("dst_lane", lane_bits), ("lanes", lane_bits)]
         offset = 0
         fields: dict[str, CommandField] = {}
         for name, width in widths:
@@ -140,16 +201,25 @@ class CommandLayout:
         """The command as an unsigned integer of :attr:`width` bits."""
         if isinstance(command, Halt):
             return int(Opcode.HALT)
-        if not isinstance(command, Matmul):
+        if isinstance(command, Matmul):
+            values = {
+                "opcode": int(Opcode.MATMUL),
+                "accumulate": int(bool(command.accumulate)),
+                "rows": command.rows,
+                "act_addr": command.act_addr,
+                "weight_addr": command.weight_addr,
+                "acc_addr": command.acc_addr,
+            }
+        elif isinstance(command, Requant):
+            if "param_addr" not in self.fields:
+                raise ProgramError(f"cannot encode {command!r}: the configuration has no "
+                                   f"post-processing unit (requant none)")
+            values = {"opcode": int(Opcode.REQUANT), "rows": command.rows,
+                      "act_addr": command.act_addr, "acc_addr": command.acc_addr,
+                      "param_addr": command.param_addr, "src_lane": command.src_lane,
+                      "dst_lane": command.dst_lane, "lanes": command.lanes}
+        else:
             raise ProgramError(f"cannot encode {command!r}: not a qsim command")
-        values = {
-            "opcode": int(Opcode.MATMUL),
-            "accumulate": int(bool(command.accumulate)),
-            "rows": command.rows,
-            "act_addr": command.act_addr,
-            "weight_addr": command.weight_addr,
-            "acc_addr": command.acc_addr,
-        }
         word = 0
         for name, value in values.items():
             f = self.fields[name]
@@ -165,12 +235,18 @@ class CommandLayout:
         opcode = word & self.fields["opcode"].mask
         if opcode == Opcode.HALT:
             return Halt()
-        if opcode != Opcode.MATMUL:
+        known = opcode == Opcode.MATMUL or (opcode == Opcode.REQUANT and "param_addr" in self.fields)
+        if not known:
             raise ProgramError(f"unknown opcode {opcode} in command word {word:#x}")
 
         def get(name: str) -> int:
             f = self.fields[name]
             return (word >> f.offset) & f.mask
+
+        if opcode == Opcode.REQUANT:
+            return Requant(acc_addr=get("acc_addr"), act_addr=get("act_addr"), rows=get("rows"),
+                           param_addr=get("param_addr"), lanes=get("lanes"),
+                           src_lane=get("src_lane"), dst_lane=get("dst_lane"))
 
         return Matmul(
             act_addr=get("act_addr"),
@@ -188,6 +264,10 @@ class MatrixLayout:
     Columns are cut into groups of ``lanes`` ("lane tiles"); element ``(i, j)`` sits in word
     ``base + (j // lanes) * tile_stride + i``, lane ``j % lanes``. Lanes and rows beyond the
     matrix (up to ``padded_rows``) are zero in the packed image.
+
+    ``unsigned_bits = n`` (not 0) says the matrix holds uint``n`` values kept in ``n``-bit
+    lanes as their bit pattern: :meth:`pack` stores 200 as -56 when ``n = 8`` and
+    :meth:`unpack` reads it back as 200.
     """
 
     memory: str
@@ -197,6 +277,7 @@ class MatrixLayout:
     lanes: int
     tile_stride: int
     padded_rows: int = 0  # rows of zero padding stored per lane tile (0: same as ``rows``)
+    unsigned_bits: int = 0
 
     def __post_init__(self) -> None:
         if self.memory not in MEMORIES:
@@ -230,6 +311,8 @@ class MatrixLayout:
             )
         tiles = self.lane_tiles
         padded = np.zeros((self.padded_rows, tiles * self.lanes), dtype=np.int64)
+        if self.unsigned_bits:
+            m = wrap(m.astype(np.int64), IntFormat(self.unsigned_bits, True))
         padded[: self.rows, : self.cols] = m
         image = np.zeros((self.words, self.lanes), dtype=np.int64)
         for t in range(tiles):
@@ -248,7 +331,10 @@ class MatrixLayout:
         for t in range(self.lane_tiles):
             start = self.base + t * self.tile_stride
             out[:, t * self.lanes : (t + 1) * self.lanes] = mem[start : start + self.rows]
-        return out[:, : self.cols]
+        out = out[:, : self.cols]
+        if self.unsigned_bits:
+            out = out & ((1 << self.unsigned_bits) - 1)
+        return out
 
 
 @dataclass
@@ -281,6 +367,10 @@ class Program:
     def matmuls(self) -> Iterator[Matmul]:
         return (c for c in self.commands if isinstance(c, Matmul))
 
+    @property
+    def requants(self) -> Iterator[Requant]:
+        return (c for c in self.commands if isinstance(c, Requant))
+
     def encoded(self) -> list[int]:
         """Command words in the order the controller fetches them (HALT included)."""
         layout = self.layout
@@ -289,7 +379,8 @@ class Program:
     def footprint(self) -> dict[str, int]:
         """Per memory, one past the highest word the program reads or writes."""
         rows = self.config.rows
-        top = {"act": 0, "weight": 0, "acc": 0, "cmd": len(self.commands)}
+        top = {m: 0 for m in self.memory_depths()}
+        top["cmd"] = len(self.commands)
         for lay, _ in self.inputs.values():
             top[lay.memory] = max(top[lay.memory], lay.end)
         for lay in self.outputs.values():
@@ -298,20 +389,37 @@ class Program:
             top["act"] = max(top["act"], c.act_addr + c.rows)
             top["weight"] = max(top["weight"], c.weight_addr + rows)
             top["acc"] = max(top["acc"], c.acc_addr + c.rows)
+        for c in self.requants:
+            top["act"] = max(top["act"], c.act_addr + c.rows)
+            top["acc"] = max(top["acc"], c.acc_addr + c.rows)
+            for memory in PARAM_MEMORIES:
+                top[memory] = max(top[memory], c.param_addr + 1)
         return top
 
     def memory_formats(self) -> dict[str, IntFormat]:
+        """Lane format of each data memory the configuration has."""
         cfg = self.config
-        return {"act": cfg.input_format, "weight": cfg.weight_format, "acc": cfg.acc_format}
+        formats = {"act": cfg.input_format, "weight": cfg.weight_format, "acc": cfg.acc_format}
+        if cfg.requant is not RequantMode.NONE:
+            formats.update({"bias": INT32, "scale": INT32, "qctl": QCTL_FORMAT})
+        return formats
 
     def memory_lanes(self) -> dict[str, int]:
         cfg = self.config
-        return {"act": cfg.rows, "weight": cfg.cols, "acc": cfg.cols}
+        lanes = {"act": cfg.rows, "weight": cfg.cols, "acc": cfg.cols}
+        if cfg.requant is not RequantMode.NONE:
+            lanes.update({m: cfg.cols for m in PARAM_MEMORIES})
+        return lanes
 
     def memory_depths(self) -> dict[str, int]:
+        """Words of each memory the configuration has (``cmd`` included)."""
         cfg = self.config
-        return {"act": cfg.act_mem_words, "weight": cfg.weight_mem_words,
-                "acc": cfg.acc_mem_words, "cmd": cfg.cmd_mem_words}
+        depths = {"act": cfg.act_mem_words, "weight": cfg.weight_mem_words,
+                  "acc": cfg.acc_mem_words}
+        if cfg.requant is not RequantMode.NONE:
+            depths.update({m: cfg.param_mem_words for m in PARAM_MEMORIES})
+        depths["cmd"] = cfg.cmd_mem_words
+        return depths
 
     def initial_images(self) -> dict[str, np.ndarray]:
         """Memory contents before the run: inputs placed, everything else zero.
@@ -320,7 +428,7 @@ class Program:
         """
         lanes = self.memory_lanes()
         top = self.footprint()
-        images = {m: np.zeros((top[m], lanes[m]), dtype=np.int64) for m in MEMORIES}
+        images = {m: np.zeros((top[m], lanes[m]), dtype=np.int64) for m in lanes}
         for lay, matrix in self.inputs.values():
             images[lay.memory][lay.base : lay.end] = lay.pack(matrix)
         return images
@@ -344,9 +452,18 @@ class Program:
         for i, c in enumerate(self.commands):
             if isinstance(c, Halt):
                 continue
-            if not isinstance(c, Matmul):
+            if isinstance(c, Matmul):
+                names = ("act_addr", "weight_addr", "acc_addr", "rows")
+            elif isinstance(c, Requant):
+                if cfg.requant is RequantMode.NONE:
+                    raise ProgramError(
+                        f"command {i} is a Requant but the configuration has no "
+                        f"post-processing unit (requant none)")
+                names = ("acc_addr", "act_addr", "rows", "param_addr", "lanes", "src_lane",
+                         "dst_lane")
+            else:
                 raise ProgramError(f"command {i} is not a qsim command: {c!r}")
-            for name in ("act_addr", "weight_addr", "acc_addr", "rows"):
+            for name in names:
                 value = getattr(c, name)
                 if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                     raise ProgramError(f"command {i}: {name} must be an int, not {value!r}")
@@ -354,8 +471,20 @@ class Program:
                     raise ProgramError(f"command {i}: {name} must not be negative, not {value}")
             if c.rows < 1:
                 raise ProgramError(f"command {i}: rows must be at least 1, not {c.rows}")
-            spans = (("act", c.act_addr, c.rows), ("weight", c.weight_addr, cfg.rows),
-                     ("acc", c.acc_addr, c.rows))
+            if isinstance(c, Requant):
+                if c.lanes < 1:
+                    raise ProgramError(f"command {i}: lanes must be at least 1, not {c.lanes}")
+                for name, start, width, what in (("src_lane", c.src_lane, cfg.cols, "accumulator"),
+                                                 ("dst_lane", c.dst_lane, cfg.rows, "activation")):
+                    if start + c.lanes > width:
+                        raise ProgramError(
+                            f"command {i}: {name} {start} + lanes {c.lanes} exceeds the "
+                            f"{width} lanes of an {what} word")
+                spans = (("acc", c.acc_addr, c.rows), ("act", c.act_addr, c.rows),
+                         *((m, c.param_addr, 1) for m in PARAM_MEMORIES))
+            else:
+                spans = (("act", c.act_addr, c.rows), ("weight", c.weight_addr, cfg.rows),
+                         ("acc", c.acc_addr, c.rows))
             for memory, start, count in spans:
                 if start + count > depths[memory]:
                     raise ProgramError(
@@ -365,6 +494,10 @@ class Program:
                     )
         formats = self.memory_formats()
         for name, (lay, matrix) in self.inputs.items():
+            if lay.memory not in lanes:
+                raise ProgramError(
+                    f"input {name!r} is placed in the {lay.memory} memory, which the "
+                    f"configuration does not have (requant {cfg.requant.value})")
             if lay.lanes != lanes[lay.memory]:
                 raise ProgramError(
                     f"input {name!r}: the {lay.memory} memory has {lanes[lay.memory]} lanes, "
@@ -376,14 +509,113 @@ class Program:
                     f"{lay.memory} memory has {depths[lay.memory]} words "
                     f"({lay.end - depths[lay.memory]} too many)"
                 )
-            bad = find_overflows(matrix, formats[lay.memory], limit=1)
+            fmt = (IntFormat(lay.unsigned_bits, False) if lay.unsigned_bits
+                   else formats[lay.memory])
+            bad = find_overflows(matrix, fmt, limit=1)
             if bad:
-                raise ProgramError(
-                    f"input {name!r}: " + bad[0].describe(name, formats[lay.memory])
-                )
+                raise ProgramError(f"input {name!r}: " + bad[0].describe(name, fmt))
+            if lay.memory in ("scale", "qctl"):
+                _check_params(name, lay.memory, np.asarray(matrix, dtype=np.int64), cfg.requant)
         for name, lay in self.outputs.items():
-            if lay.memory != "acc" or lay.lanes != cfg.cols or lay.end > cfg.acc_mem_words:
-                raise ProgramError(f"output {name!r} does not fit the accumulator memory: {lay}")
+            if lay.memory not in ("acc", "act") or lay.lanes != lanes[lay.memory] \
+                    or lay.end > depths[lay.memory]:
+                raise ProgramError(f"output {name!r} does not fit the {lay.memory} memory: {lay}")
+
+
+def pack_qctl(shift, zero_point, lo, hi) -> np.ndarray:
+    """``qctl`` lanes (int64) from the right shift and the zero point and clamp bounds.
+
+    ``shift`` is 0..62 (the fixed-point mode's right shift; 0 in float32 mode); the other three
+    are -256..255. Arrays broadcast against each other.
+    """
+    values = dict(shift=shift, zero_point=zero_point, lo=lo, hi=hi)
+    arrays = np.broadcast_arrays(*(np.asarray(v, dtype=np.int64) for v in values.values()))
+    word = np.zeros(arrays[0].shape, dtype=np.int64)
+    for (name, offset, width, signed), value in zip(_QCTL_FIELDS, arrays):
+        low, high = (-(1 << (width - 1)), (1 << (width - 1)) - 1) if signed else (0, (1 << width) - 1)
+        if name == "shift":
+            high = 62
+        if np.any((value < low) | (value > high)):
+            bad = value[(value < low) | (value > high)].ravel()[0]
+            raise ProgramError(f"qctl {name} must be between {low} and {high}, not {int(bad)}")
+        word |= (value & ((1 << width) - 1)) << offset
+    return word
+
+
+def unpack_qctl(words) -> dict[str, np.ndarray]:
+    """Inverse of :func:`pack_qctl`: ``shift``, ``zero_point``, ``lo``, ``hi`` (int64 arrays)."""
+    w = np.asarray(words, dtype=np.int64)
+    out = {}
+    for name, offset, width, signed in _QCTL_FIELDS:
+        field_ = (w >> offset) & ((1 << width) - 1)
+        if signed:
+            field_ = np.where(field_ >= 1 << (width - 1), field_ - (1 << width), field_)
+        out[name] = field_
+    return out
+
+
+def _check_params(name: str, memory: str, matrix: np.ndarray, mode: RequantMode) -> None:
+    """Parameter values the post-processing unit accepts (beyond fitting their lanes)."""
+    if memory == "scale":
+        if mode is RequantMode.FIXED_POINT and np.any(matrix < 0):
+            i = tuple(int(v) for v in np.argwhere(matrix < 0)[0])
+            raise ProgramError(f"input {name!r}: fixed-point multiplier {name}{list(i)} = "
+                               f"{int(matrix[i])} is negative")
+        if mode is RequantMode.FLOAT32:
+            exponent = (matrix >> 23) & 0xFF
+            bad = (matrix < 0) | (exponent == 0xFF)
+            if np.any(bad):
+                i = tuple(int(v) for v in np.argwhere(bad)[0])
+                value = np.array([matrix[i]], dtype=np.int64).astype(np.uint32).view(np.float32)[0]
+                raise ProgramError(f"input {name!r}: float32 scale {name}{list(i)} = {value!r} "
+                                   f"is not a finite non-negative float32")
+        return
+    fields = unpack_qctl(matrix)
+    if np.any(fields["shift"] > 62):
+        i = tuple(int(v) for v in np.argwhere(fields["shift"] > 62)[0])
+        raise ProgramError(f"input {name!r}: shift {name}{list(i)} = {int(fields['shift'][i])} "
+                           f"is above 62")
+    lo, hi = fields["lo"], fields["hi"]
+    bad = (lo > hi) | (lo < -128) | ((hi > 127) & (lo < 0))
+    if np.any(bad):
+        i = tuple(int(v) for v in np.argwhere(bad)[0])
+        raise ProgramError(
+            f"input {name!r}: clamp bounds {name}{list(i)} = [{int(lo[i])}, {int(hi[i])}] "
+            f"must satisfy lo <= hi and lie in the int8 range [-128, 127] or the uint8 range "
+            f"[0, 255]")
+
+
+def requantize_lanes(mode: RequantMode | str, values: np.ndarray, bias: np.ndarray,
+                     scale: np.ndarray, qctl: np.ndarray, acc_bits: int = 32) -> np.ndarray:
+    """What the post-processing unit writes for accumulator lanes ``values`` (int64 array).
+
+    ``bias``, ``scale`` and ``qctl`` are lane parameters broadcast against ``values``. Both
+    modes first form ``v = wrap(values + bias)`` to ``acc_bits`` (the unit's adder wraps).
+
+    * ``fixed-point``: ``y = (v * scale + 2**(shift-1)) >> shift`` (round half up; no
+      rounding when ``shift`` is 0);
+    * ``float32``: ``y = rne(f32(f32(v) * f32(scale)))`` with ``scale`` the float32's bit
+      pattern, exactly ONNX Runtime's ``MlasRequantizeOutput``;
+
+    then ``clamp(y + zero_point, lo, hi)``. Returns int64 values (not wrapped to 8 bits).
+    """
+    mode = RequantMode(mode)
+    fields = unpack_qctl(qctl)
+    v = wrap(np.asarray(values, dtype=np.int64) + np.asarray(bias, dtype=np.int64),
+             IntFormat(acc_bits, True))
+    zp, lo, hi = fields["zero_point"], fields["lo"], fields["hi"]
+    if mode is RequantMode.FIXED_POINT:
+        y = round_shift(v * np.asarray(scale, dtype=np.int64), fields["shift"], Rounding.HALF_UP)
+        return np.minimum(np.maximum(y + zp, lo), hi)
+    if mode is RequantMode.FLOAT32:
+        m = np.asarray(scale, dtype=np.int64).astype(np.uint32).view(np.float32)
+        with np.errstate(over="ignore"):
+            f = v.astype(np.float32) * m
+        # ORT clamps in float32 to [lo - zp, hi - zp] before rounding; with integer bounds
+        # this equals clamping after rounding, which is what the unit does.
+        f = np.clip(f, (lo - zp).astype(np.float32), (hi - zp).astype(np.float32))
+        return np.rint(f).astype(np.int64) + zp
+    raise ProgramError("requant none has no post-processing unit")
 
 
 def program_summary(program: Program) -> str:

@@ -1,21 +1,36 @@
 """Cycle count and action counts of a Program, exact for the generated RTL.
 
 The controller (:mod:`rtl.controller`) runs three engines, fetch, weight loader and activation
-streamer, that hand commands forward through one-entry slots. Their local rules give a
-recurrence over the Matmul commands. With R = rows, C = cols, cycle 0 the first cycle the
-accelerator is busy, and for the i-th Matmul ``T_i`` the cycle the loader takes it, ``S_i``
-its first activation issue and ``E_i = S_i + rows_i``::
+streamer, that hand commands forward through one-entry slots, plus the post-processing engine
+for REQUANT commands. Their local rules give a recurrence over the commands. With R = rows,
+C = cols, cycle 0 the first cycle the accelerator is busy, ``ready_j = T_{j-1} + 1`` the cycle
+command ``j`` reaches the head of the fetch queue (``ready_0 = 1``), and for a Matmul ``T_i``
+the cycle the loader takes it, ``S_i`` its first activation issue and ``E_i = S_i + rows_i``::
 
-    T_0 = 1                                   (command word 0 is read in cycle 0)
     T_i = max(T_{i-1} + R,                    the loader reads R weight rows per tile
               S_{i-1} - 1,                    the stream slot is free
               E_{i-2} + K)                    the weight buffer of tile i-2 is released
     S_i = max(E_{i-1}, T_i + 2)               streamer busy / slot filled one cycle later
-    K   = max(C - 3, 0)
+    K   = max(C - 3, 0)                       (qsim.hw.buffer_release_delay)
 
-The HALT command is taken at ``T_halt = T_last + R`` (1 without Matmuls) and the last busy
-cycle is ``max(E_last - 1 + R + C, T_halt + 1)``: an activation issued at cycle ``s`` is
-written back at ``s + R + C``. The cycle count is that last cycle plus one.
+where ``i - 1`` and ``i - 2`` are earlier Matmuls of the same *segment* (the Matmuls since
+the last Requant). The first Matmul of a segment is taken at ``T = max(ready, P)``, where
+``P`` is the first cycle the post-processing unit is free (0 before any Requant), and starts
+at ``T + 2``. A Requant waits for its segment to drain: it is taken at
+``T_q = max(ready, L)``, where ``L = E_last - 1 + R + C`` is the cycle of the last
+accumulator write of the segment's Matmuls (``ready`` alone without Matmuls, or
+``max(ready, P)`` right after another Requant); it reads one accumulator word per cycle from
+``T_q + 1`` and writes its last activation word at ``W_q = T_q + rows + D``
+(``D = qsim.hw.ppu_latency``), so ``P = W_q + 1``.
+
+The HALT command is taken at ``T_halt = T_last + R`` after a Matmul, ``P`` after a Requant
+and 1 without commands; the last busy cycle is ``max(L, T_halt + 1)`` (``L`` of the final
+segment, if it has Matmuls): an activation issued at cycle ``s`` is written back at
+``s + R + C`` (``qsim.hw.array_latency``). The cycle count is that last cycle plus one.
+
+A command at the head of the queue that is not taken waits; its wait ``T_j - ready_j`` is
+counted as ``wait_ppu`` after a Requant, ``wait_drain`` for a Requant after Matmuls and
+``wait_array`` otherwise, as the RTL's counters count it.
 
 This is the only timing model in qsim; estimates, energy and design-space sweeps use it, and
 the cycle-exact co-simulation tests compare it with the RTL's own counters.
@@ -28,9 +43,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from qsim.config import AcceleratorConfig
-from qsim.program import Matmul, Program
+from qsim.hw import COUNTERS, array_latency, buffer_release_delay, ppu_latency
+from qsim.program import Halt, Matmul, Program, Requant
 
-__all__ = ["TimingResult", "TileSchedule", "timing_of", "simulate_timing", "estimate_gemm"]
+__all__ = ["TimingResult", "TileSchedule", "PostSchedule", "timing_of", "simulate_timing",
+           "estimate_gemm"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +57,14 @@ class TileSchedule:
     take: int
     start: int
     end: int  # one past the last activation issue
+
+
+@dataclass(frozen=True)
+class PostSchedule:
+    """When one Requant is taken and writes its last activation word."""
+
+    take: int
+    last_write: int
 
 
 @dataclass
@@ -55,6 +80,13 @@ class TimingResult:
     matmuls: int
     useful_macs: int | None = None
     schedule: list[TileSchedule] = field(default_factory=list, repr=False)
+    requants: int = 0
+    act_writes: int = 0
+    ppu_outputs: int = 0
+    wait_array: int = 0
+    wait_drain: int = 0
+    wait_ppu: int = 0
+    post_schedule: list[PostSchedule] = field(default_factory=list, repr=False)
 
     @property
     def array_macs(self) -> int:
@@ -73,44 +105,95 @@ class TimingResult:
         return self.cycles / (self.config.clock_mhz * 1e6)
 
     def counters(self) -> dict[str, int]:
-        """The values the RTL's counters must show, keyed like :data:`rtl.top.COUNTERS`."""
-        return {
-            "cycles": self.cycles,
-            "act_reads": self.act_reads,
-            "weight_reads": self.weight_reads,
-            "acc_reads": self.acc_reads,
-            "acc_writes": self.acc_writes,
-            "matmuls": self.matmuls,
-        }
+        """The values the RTL's counters must show, keyed like :data:`qsim.hw.COUNTERS`."""
+        return {name: int(getattr(self, name)) for name in COUNTERS}
+
+
+@dataclass
+class _Run:
+    schedule: list[TileSchedule]
+    post: list[PostSchedule]
+    cycles: int
+    waits: dict[str, int]
+
+
+def _run(config: AcceleratorConfig, commands) -> _Run:
+    """The recurrence of the module docstring over ``commands`` (Matmul/Requant, no Halt)."""
+    r = config.rows
+    latency = array_latency(config)
+    release = buffer_release_delay(config)
+    post_latency = ppu_latency(config)
+    schedule: list[TileSchedule] = []
+    post: list[PostSchedule] = []
+    waits = {"wait_array": 0, "wait_drain": 0, "wait_ppu": 0}
+    seg: list[TileSchedule] = []  # Matmuls of the current segment
+    prev_take = 0  # ready = prev_take + 1; the first command is ready at cycle 1
+    prev_kind = None
+    post_free = 0
+
+    def wait(take: int, ready: int, kind: str) -> None:
+        if take > ready:
+            cause = "wait_ppu" if prev_kind == "requant" else kind
+            waits[cause] += take - ready
+
+    for cmd in commands:
+        ready = prev_take + 1
+        if isinstance(cmd, Requant):
+            take = max(ready, seg[-1].end - 1 + latency) if seg else max(ready, post_free)
+            wait(take, ready, "wait_drain")
+            last_write = take + cmd.rows + post_latency
+            post.append(PostSchedule(take, last_write))
+            post_free = last_write + 1
+            seg = []
+            prev_take, prev_kind = take, "requant"
+            continue
+        if not seg:
+            take = max(ready, post_free)
+            start = take + 2
+        else:
+            take = max(seg[-1].take + r, seg[-1].start - 1)
+            if len(seg) > 1:
+                take = max(take, seg[-2].end + release)
+            start = max(seg[-1].end, take + 2)
+        wait(take, ready, "wait_array")
+        tile = TileSchedule(take, start, start + cmd.rows)
+        seg.append(tile)
+        schedule.append(tile)
+        prev_take, prev_kind = take, "matmul"
+    ready = prev_take + 1
+    if prev_kind == "matmul":
+        halt_take = prev_take + r
+    elif prev_kind == "requant":
+        halt_take = max(ready, post_free)
+    else:
+        halt_take = 1
+    wait(halt_take, ready, "wait_array")
+    last_busy = halt_take + 1
+    if seg:
+        last_busy = max(last_busy, seg[-1].end - 1 + latency)
+    return _Run(schedule, post, last_busy + 1, waits)
+
+
+class _Rows:
+    """A Matmul as the recurrence sees it: only its row count matters."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
 
 
 def _schedule(config: AcceleratorConfig, rows: np.ndarray) -> tuple[list[TileSchedule], int]:
-    r, c = config.rows, config.cols
-    release = max(c - 3, 0)
-    schedule: list[TileSchedule] = []
-    take_prev = start_prev = None
-    end_prev = end_prev2 = None
-    for i, n in enumerate(rows.tolist()):
-        if i == 0:
-            take = 1
-        else:
-            take = max(take_prev + r, start_prev - 1)
-            if end_prev2 is not None:
-                take = max(take, end_prev2 + release)
-        start = take + 2 if end_prev is None else max(end_prev, take + 2)
-        end = start + n
-        schedule.append(TileSchedule(take, start, end))
-        take_prev, start_prev = take, start
-        end_prev2, end_prev = end_prev, end
-    if not schedule:
-        last_busy = 2  # HALT taken at cycle 1, seen as halted at cycle 2
-    else:
-        halt_take = schedule[-1].take + r
-        last_busy = max(schedule[-1].end - 1 + r + c, halt_take + 1)
-    return schedule, last_busy + 1
+    """Schedule and cycle count of Matmuls of ``rows`` rows each (no Requant)."""
+    run = _run(config, [_Rows(n) for n in np.asarray(rows).tolist()])
+    return run.schedule, run.cycles
 
 
 def _uniform_cycles(config: AcceleratorConfig, m: int, tiles: int) -> int:
+    return _uniform(config, m, tiles)[0]
+
+
+def _uniform(config: AcceleratorConfig, m: int, tiles: int) -> tuple[int, int]:
     """Cycle count of ``tiles`` Matmuls of ``m`` rows each, without walking every tile.
 
     With equal tiles the recurrence is a max-plus linear system: after a short transient the
@@ -122,7 +205,7 @@ def _uniform_cycles(config: AcceleratorConfig, m: int, tiles: int) -> int:
     prefix = min(tiles, 48)
     schedule, cycles = _schedule(config, np.full(prefix, m, dtype=np.int64))
     if prefix == tiles:
-        return cycles
+        return cycles, schedule[-1].take
     ends = [s.end for s in schedule]
     takes = [s.take for s in schedule]
     for period in (1, 2, 3, 4):
@@ -132,13 +215,14 @@ def _uniform_cycles(config: AcceleratorConfig, m: int, tiles: int) -> int:
                for i in window):
             break
     else:  # pragma: no cover - not reached for any configuration the tests sweep
-        return _schedule(config, np.full(tiles, m, dtype=np.int64))[1]
+        full, cycles = _schedule(config, np.full(tiles, m, dtype=np.int64))
+        return cycles, full[-1].take
     # tile j = base + q*period (base in the last simulated period) is tile base shifted by q*step
     q, r = divmod(tiles - 1 - (prefix - period), period)
     base = prefix - period + r
     end = ends[base] + q * step
     take = takes[base] + q * step
-    return max(end - 1 + config.rows + config.cols, take + config.rows + 1) + 1
+    return max(end - 1 + array_latency(config), take + config.rows + 1) + 1, take
 
 
 def timing_of(config: AcceleratorConfig, rows: np.ndarray, accumulate: np.ndarray,
@@ -146,26 +230,43 @@ def timing_of(config: AcceleratorConfig, rows: np.ndarray, accumulate: np.ndarra
     """Timing of a sequence of Matmuls given their row counts and accumulate flags."""
     rows = np.asarray(rows, dtype=np.int64)
     accumulate = np.asarray(accumulate, dtype=bool)
-    schedule, cycles = _schedule(config, rows)
+    return timing_of_commands(config, [Matmul(0, 0, 0, int(n), bool(a))
+                                       for n, a in zip(rows.tolist(), accumulate.tolist())],
+                              useful_macs)
+
+
+def timing_of_commands(config: AcceleratorConfig, commands, useful_macs: int | None = None
+                       ) -> TimingResult:
+    """Timing of a command sequence (Matmul and Requant; a trailing Halt is optional)."""
+    commands = [c for c in commands if not isinstance(c, Halt)]
+    run = _run(config, commands)
+    matmuls = [c for c in commands if isinstance(c, Matmul)]
+    requants = [c for c in commands if isinstance(c, Requant)]
+    streamed = sum(c.rows for c in matmuls)
+    post_rows = sum(c.rows for c in requants)
     return TimingResult(
         config=config,
-        cycles=cycles,
-        act_reads=int(rows.sum()),
-        weight_reads=len(rows) * config.rows,
-        acc_reads=int(rows[accumulate].sum()),
-        acc_writes=int(rows.sum()),
-        matmuls=len(rows),
+        cycles=run.cycles,
+        act_reads=streamed,
+        weight_reads=len(matmuls) * config.rows,
+        acc_reads=sum(c.rows for c in matmuls if c.accumulate) + post_rows,
+        acc_writes=streamed,
+        matmuls=len(matmuls),
         useful_macs=useful_macs,
-        schedule=schedule,
+        schedule=run.schedule,
+        requants=len(requants),
+        act_writes=post_rows,
+        ppu_outputs=sum(c.rows * c.lanes for c in requants),
+        post_schedule=run.post,
+        **run.waits,
     )
 
 
 def simulate_timing(program: Program) -> TimingResult:
     """Exact cycle count and action counts of ``program`` on the generated RTL."""
-    matmuls = [c for c in program.commands if isinstance(c, Matmul)]
     useful = program.meta.get("useful_macs")
-    return timing_of(program.config, [c.rows for c in matmuls], [c.accumulate for c in matmuls],
-                     int(useful) if useful is not None else None)
+    return timing_of_commands(program.config, program.commands,
+                              int(useful) if useful is not None else None)
 
 
 def estimate_gemm(config: AcceleratorConfig, m: int, k: int, n: int) -> TimingResult:
@@ -185,8 +286,12 @@ def estimate_gemm(config: AcceleratorConfig, m: int, k: int, n: int) -> TimingRe
         rows = np.full(tiles, m, dtype=np.int64)
         accumulate = np.tile(np.arange(k_tiles) > 0, n_tiles)
         return timing_of(config, rows, accumulate, m * k * n)
+    cycles, last_take = _uniform(config, m, tiles)
+    # Each Matmul after the first is ready the cycle after the previous take, so the waits
+    # add up to the last take minus the tiles; HALT then waits R - 1 cycles for the loader.
     return TimingResult(
-        config=config, cycles=_uniform_cycles(config, m, tiles), act_reads=tiles * m,
+        config=config, cycles=cycles, act_reads=tiles * m,
         weight_reads=tiles * config.rows, acc_reads=(k_tiles - 1) * n_tiles * m,
         acc_writes=tiles * m, matmuls=tiles, useful_macs=m * k * n,
+        wait_array=last_take - tiles + config.rows - 1,
     )

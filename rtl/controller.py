@@ -1,6 +1,7 @@
 """The controller that runs a Program from the command memory.
 
-Three small engines work concurrently, handing commands forward through one-entry slots:
+Three small engines work concurrently, handing commands forward through one-entry slots
+(a fourth, the post-processing engine, runs REQUANT commands on its own):
 
 * **fetch** reads the command memory. Its synchronous read port's data register is the
   one-entry fetch queue: a new read is issued when the queue is empty or its command is
@@ -10,31 +11,29 @@ Three small engines work concurrently, handing commands forward through one-entr
   weight buffer of the array (alternating buffers 0 and 1).
 * **streamer** takes the slot and issues one activation-memory read per cycle, each tagged
   with the buffer, accumulator address and accumulate flag that travel down the pipeline.
+* **post-processing engine** (with a post-processing unit) takes a ``Requant`` once every
+  earlier MATMUL has written its last accumulator word, reads the parameter word, then one
+  accumulator word per cycle, each tagged with its activation address; it stays busy until
+  the last result is written, and no command is taken while it is busy.
 
-Timing rules (cycle 0 is the first cycle with ``busy`` high; R = rows, C = cols; for the
-i-th Matmul, T = take cycle, S = first activation issue, E = S + rows_i; K = max(C - 3, 0))::
-
-    T_i = max(T_{i-1} + R,  S_{i-1} - 1,  E_{i-2} + K)       T_0 = 1
-    S_i = max(E_{i-1}, T_i + 2)
-    last busy cycle = max(E_last - 1 + R + C, T_halt + 1),   T_halt = T_last + R (1 if none)
-
-:mod:`qsim.timing` implements exactly these rules; the cosim tests prove the RTL follows them.
+The timing rules these engines obey are written out in :mod:`qsim.timing`, which implements
+them; the cosim tests prove the RTL follows them. Every delay they use is defined in
+:mod:`qsim.hw`.
 """
 
 from __future__ import annotations
 
-from amaranth import Module, Signal
+from amaranth import Const, Module, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from qsim.config import AcceleratorConfig
-from rtl.checks import require_config
+from qsim.config import AcceleratorConfig, RequantMode
+from qsim.hw import COUNTER_BITS, buffer_release_delay
 from qsim.program import CommandLayout, Opcode
+from rtl.checks import require_config
 
-__all__ = ["Controller", "pipeline_meta_layout", "tile_layout", "buffer_release_delay",
-           "COUNTER_BITS"]
-
-COUNTER_BITS = 48
+__all__ = ["Controller", "pipeline_meta_layout", "post_meta_layout", "lane_layout",
+           "tile_layout", "buffer_release_delay", "COUNTER_BITS"]
 
 
 def pipeline_meta_layout(config: AcceleratorConfig) -> data.StructLayout:
@@ -44,6 +43,17 @@ def pipeline_meta_layout(config: AcceleratorConfig) -> data.StructLayout:
         "accumulate": 1,
         "addr": config.acc_addr_bits,
     })
+
+
+def post_meta_layout(config: AcceleratorConfig) -> data.StructLayout:
+    """What travels with each accumulator word read by the post-processing engine."""
+    return data.StructLayout({"valid": 1, "last": 1, "addr": config.act_addr_bits})
+
+
+def lane_layout(config: AcceleratorConfig) -> data.StructLayout:
+    """A Requant's lane selection, held for the whole command."""
+    bits = max(config.rows, config.cols).bit_length()
+    return data.StructLayout({"src": bits, "dst": bits, "count": bits})
 
 
 def tile_layout(config: AcceleratorConfig) -> data.StructLayout:
@@ -58,16 +68,6 @@ def tile_layout(config: AcceleratorConfig) -> data.StructLayout:
         "accumulate": 1,
         "buf": 1,
     })
-
-
-def buffer_release_delay(config: AcceleratorConfig) -> int:
-    """Cycles after a tile's last issue before its weight buffer may be reloaded.
-
-    The last activation of a tile reaches PE (r, c) ``1 + r + c`` cycles after its issue; the
-    loader writes row ``r`` of a buffer ``2 + r`` cycles after taking the command, visible one
-    cycle later. The write must not become visible before the last use in column C - 1.
-    """
-    return max(config.cols - 3, 0)
 
 
 class Controller(wiring.Component):
@@ -100,6 +100,22 @@ class Controller(wiring.Component):
         The write-back stage writes an accumulator word this cycle (for draining).
     matmul_taken : Out(1)
         A MATMUL command was taken this cycle.
+    requant_taken : Out(1)
+        A REQUANT command was taken this cycle.
+    param_addr, param_en : Out
+        Parameter-memory read (all three memories), at the take of a REQUANT; the read data
+        is held for the whole command.
+    post_acc_addr, post_read : Out
+        Accumulator read of the post-processing engine (never at the same time as the
+        write-back stage's reads: a REQUANT waits for the MATMULs to drain).
+    post_meta : Out(post_meta_layout)
+        Activation address of the word read this cycle, and whether it is the command's last.
+    lanes : Out(lane_layout)
+        The running REQUANT's lane selection.
+    post_done : In(1)
+        The post-processing engine's last write happens this cycle.
+    wait_array, wait_drain, wait_ppu : Out(1)
+        A fetched command is not taken this cycle, and why (see :data:`qsim.hw.COUNTER_HELP`).
     """
 
     def __init__(self, config: AcceleratorConfig) -> None:
@@ -124,6 +140,17 @@ class Controller(wiring.Component):
             "load_buf": Out(1),
             "write_valid": In(1),
             "matmul_taken": Out(1),
+            "requant_taken": Out(1),
+            "param_addr": Out(config.param_addr_bits),
+            "param_en": Out(1),
+            "post_acc_addr": Out(config.acc_addr_bits),
+            "post_read": Out(1),
+            "post_meta": Out(post_meta_layout(config)),
+            "lanes": Out(lane_layout(config)),
+            "post_done": In(1),
+            "wait_array": Out(1),
+            "wait_drain": Out(1),
+            "wait_ppu": Out(1),
         })
 
     def elaborate(self, platform):
@@ -159,19 +186,31 @@ class Controller(wiring.Component):
         # rows issued but not yet written back
         inflight = Signal(range(cfg.rows + cfg.cols + 4))
 
+        # post-processing engine
+        has_ppu = cfg.requant is not RequantMode.NONE
+        post_busy = Signal()
+        post_reading = Signal()
+        post_rows = Signal(lay["rows"].width)
+        post_acc = Signal(cfg.acc_addr_bits)
+        post_act = Signal(cfg.act_addr_bits)
+
         opcode = field("opcode")
         is_matmul = opcode == int(Opcode.MATMUL)
         is_halt = opcode == int(Opcode.HALT)
+        is_requant = (opcode == int(Opcode.REQUANT)) if has_ppu else Const(0, 1)
 
         last_row = active & (cur.rows == 1)
         consume = slot_valid & (~active | last_row)
         loader_free = ~loading | (load_row == cfg.rows - 1)
         slot_free = ~slot_valid | consume
         buffer_free = ~buf_busy.bit_select(next_buf, 1)
-        can_take = busy & fq_valid & ~halted & loader_free
+        drained = ~loading & ~slot_valid & ~active & (inflight == self.write_valid)
+        can_take = busy & fq_valid & ~halted & loader_free & ~post_busy
         take_matmul = can_take & is_matmul & slot_free & buffer_free
-        take_stop = can_take & ~is_matmul
-        take = take_matmul | take_stop
+        take_requant = can_take & is_requant & drained
+        take_stop = can_take & ~is_matmul & ~is_requant
+        take = take_matmul | take_requant | take_stop
+        waiting = busy & fq_valid & ~halted & ~take
 
         m.d.comb += [
             self.launch.eq(~busy & self.start),
@@ -188,16 +227,31 @@ class Controller(wiring.Component):
             self.load_row.eq(load_row),
             self.load_buf.eq(load_buf),
             self.matmul_taken.eq(take_matmul),
+            self.requant_taken.eq(take_requant),
+            self.wait_ppu.eq(waiting & post_busy),
+            self.wait_drain.eq(waiting & ~post_busy & is_requant),
+            self.wait_array.eq(waiting & ~post_busy & ~is_requant),
         ]
+        if has_ppu:
+            m.d.comb += [
+                self.param_addr.eq(field("param_addr")),
+                self.param_en.eq(take_requant),
+                self.post_acc_addr.eq(post_acc),
+                self.post_read.eq(post_reading),
+                self.post_meta.valid.eq(post_reading),
+                self.post_meta.last.eq(post_rows == 1),
+                self.post_meta.addr.eq(post_act),
+            ]
 
-        finish = busy & halted & ~active & ~slot_valid & (inflight == self.write_valid)
+        finish = (busy & halted & ~active & ~slot_valid & (inflight == self.write_valid)
+                  & ~post_busy)
 
         with m.If(self.launch):
             m.d.sync += [
                 busy.eq(1), self.done.eq(0), self.error.eq(0), halted.eq(0),
                 pc.eq(0), fq_valid.eq(0),
                 loading.eq(0), next_buf.eq(0), slot_valid.eq(0), active.eq(0),
-                buf_busy.eq(0), inflight.eq(0),
+                buf_busy.eq(0), inflight.eq(0), post_busy.eq(0), post_reading.eq(0),
             ]
             m.d.sync += [count.eq(0) for count in buf_count]
         with m.Elif(busy):
@@ -256,6 +310,22 @@ class Controller(wiring.Component):
                             m.d.sync += buf_busy[b].eq(0)
 
             m.d.sync += inflight.eq(inflight + active - self.write_valid)
+
+            if has_ppu:
+                with m.If(take_requant):
+                    m.d.sync += [
+                        post_busy.eq(1), post_reading.eq(1), post_rows.eq(field("rows")),
+                        post_acc.eq(field("acc_addr")), post_act.eq(field("act_addr")),
+                        self.lanes.src.eq(field("src_lane")), self.lanes.dst.eq(field("dst_lane")),
+                        self.lanes.count.eq(field("lanes")),
+                    ]
+                with m.Elif(post_reading):
+                    with m.If(post_rows == 1):
+                        m.d.sync += post_reading.eq(0)
+                    m.d.sync += [post_rows.eq(post_rows - 1), post_acc.eq(post_acc + 1),
+                                 post_act.eq(post_act + 1)]
+                with m.If(self.post_done):
+                    m.d.sync += post_busy.eq(0)
 
             with m.If(finish):
                 m.d.sync += [busy.eq(0), self.done.eq(1)]

@@ -10,7 +10,9 @@ no platform is given, so the memories keep Amaranth's model; the tests check bot
 the bit-accurate model.
 
 ``qsim_sram`` semantics (those of an Amaranth memory with at most one synchronous write port
-and one synchronous read port): a write with ``wr_en`` takes effect at the clock edge; a read
+and one synchronous read port): a write takes effect at the clock edge in each of the
+``LANES`` equal slices of the word whose bit of ``wr_en`` is set (one bit for a whole-word
+port; one per lane for a port with an Amaranth ``granularity``); a read
 with ``rd_en`` updates ``rd_data`` at the edge and holds it otherwise; when ``TRANSPARENT``
 is 1 and both ports address the same word in the same cycle, the read returns the new data.
 Every word and ``rd_data`` start at zero.
@@ -35,28 +37,32 @@ module {SRAM_MODULE} #(
   parameter WIDTH = 8,
   parameter DEPTH = 2,
   parameter ABITS = 1,
-  parameter TRANSPARENT = 0
+  parameter TRANSPARENT = 0,
+  parameter LANES = 1
 ) (
   input wire clk,
-  input wire wr_en,
+  input wire [LANES-1:0] wr_en,
   input wire [ABITS-1:0] wr_addr,
   input wire [WIDTH-1:0] wr_data,
   input wire rd_en,
   input wire [ABITS-1:0] rd_addr,
   output reg [WIDTH-1:0] rd_data
 );
+  localparam GRAN = WIDTH / LANES;
   reg [WIDTH-1:0] {SRAM_ARRAY} [0:DEPTH-1];
   integer word;
+  integer lane;
   initial begin
     for (word = 0; word < DEPTH; word = word + 1)
       {SRAM_ARRAY}[word] = {{WIDTH{{1'b0}}}};
     rd_data = {{WIDTH{{1'b0}}}};
   end
   always @(posedge clk) begin
-    if (wr_en)
-      {SRAM_ARRAY}[wr_addr] <= wr_data;
+    for (lane = 0; lane < LANES; lane = lane + 1)
+      if (wr_en[lane])
+        {SRAM_ARRAY}[wr_addr][lane*GRAN +: GRAN] <= wr_data[lane*GRAN +: GRAN];
     if (rd_en)
-      rd_data <= (TRANSPARENT != 0 && wr_en && wr_addr == rd_addr) ? wr_data : {SRAM_ARRAY}[rd_addr];
+      rd_data <= (TRANSPARENT != 0 && wr_en[0] && wr_addr == rd_addr) ? wr_data : {SRAM_ARRAY}[rd_addr];
   end
 endmodule
 """
@@ -80,10 +86,12 @@ class SramPlatform:
         ports = {"i_clk": ClockSignal("sync")}
         if writes:
             wp = writes[0]
-            if len(wp.en) != 1:
-                raise NotImplementedError("qsim_sram has no byte enables")
+            lanes = len(wp.en)
+            if lanes > 1 and any(rp.transparent_for for rp in reads):
+                raise NotImplementedError("qsim_sram has no transparent read with lane enables")
             ports.update(i_wr_en=wp.en, i_wr_addr=wp.addr, i_wr_data=wp.data)
         else:
+            lanes = 1
             ports.update(i_wr_en=Const(0, 1), i_wr_addr=Const(0, abits), i_wr_data=Const(0, width))
         if reads:
             rp = reads[0]
@@ -93,4 +101,4 @@ class SramPlatform:
             transparent = 0
             ports.update(i_rd_en=Const(0, 1), i_rd_addr=Const(0, abits))
         return Instance(SRAM_MODULE, p_WIDTH=width, p_DEPTH=depth, p_ABITS=abits,
-                        p_TRANSPARENT=transparent, **ports)
+                        p_TRANSPARENT=transparent, p_LANES=lanes, **ports)

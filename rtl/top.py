@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.hdl import MemoryData
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
-from qsim.config import AcceleratorConfig
-from rtl.checks import require_config
-from qsim.program import CommandLayout
+from qsim.config import AcceleratorConfig, RequantMode
+from qsim.hw import COUNTER_BITS, COUNTERS, memory_names, ppu_latency
+from qsim.program import QCTL_FORMAT, CommandLayout
 from rtl.array import SystolicArray
-from rtl.controller import COUNTER_BITS, Controller, pipeline_meta_layout
+from rtl.checks import require_config
+from rtl.controller import Controller, pipeline_meta_layout, post_meta_layout
 from rtl.delay import DelayLines
+from rtl.ppu import PostProcessor
 from rtl.writeback import WriteBack
 
 __all__ = ["Accelerator", "COUNTERS", "MEMORY_NAMES"]
 
-#: Performance counters, each ``COUNTER_BITS`` wide, cleared by ``start`` and counting while
-#: ``busy``: cycles, activation-memory reads, weight-memory reads, accumulator reads and
-#: writes, MATMUL commands executed. :mod:`qsim.timing` predicts every one of them.
-COUNTERS = ("cycles", "act_reads", "weight_reads", "acc_reads", "acc_writes", "matmuls")
-
-#: Instance names of the memories inside the top module; in exported Verilog each is a
-#: ``qsim_sram`` macro whose storage array (:data:`rtl.sram.SRAM_ARRAY`) testbenches load.
-MEMORY_NAMES = {"act": "act_mem", "weight": "weight_mem", "acc": "acc_mem", "cmd": "cmd_mem"}
+#: Memory instance names of a configuration without a post-processing unit (see
+#: :func:`qsim.hw.memory_names`, the definition).
+MEMORY_NAMES = memory_names(AcceleratorConfig())
 
 
 class Accelerator(wiring.Component):
@@ -40,12 +37,17 @@ class Accelerator(wiring.Component):
         s+R+C-1      accumulator read (if accumulating)
         s+R+C        accumulator write
 
+    With a post-processing unit, a REQUANT's accumulator read issued at cycle ``p`` is
+    written into the activation memory at ``p + D`` (``D = qsim.hw.ppu_latency``: one cycle of
+    memory latency, then the unit's stages), through lane enables and a lane rotation from
+    ``src_lane`` to ``dst_lane``.
+
     Ports
     -----
     start : In(1)
     busy, done, error : Out(1)
         See :class:`rtl.controller.Controller`.
-    <counter> : Out(COUNTER_BITS) for each name in :data:`COUNTERS`
+    <counter> : Out(COUNTER_BITS) for each name in :data:`qsim.hw.COUNTERS`
     """
 
     def __init__(self, config: AcceleratorConfig) -> None:
@@ -68,14 +70,21 @@ class Accelerator(wiring.Component):
                               depth=config.acc_mem_words, init=[]),
             "cmd": MemoryData(shape=unsigned(self.layout.width), depth=config.cmd_mem_words, init=[]),
         }
+        if config.requant is not RequantMode.NONE:
+            for key, shape in (("bias", signed(32)), ("scale", signed(32)),
+                               ("qctl", unsigned(QCTL_FORMAT.bits))):
+                self.memories[key] = MemoryData(shape=data.ArrayLayout(shape, cols),
+                                                depth=config.param_mem_words, init=[])
 
     def elaborate(self, platform):
         m = Module()
         cfg = self.config
         rows, cols = cfg.rows, cfg.cols
-        mems = {key: memory.Memory(self.memories[key]) for key in MEMORY_NAMES}
+        names = memory_names(cfg)
+        has_ppu = cfg.requant is not RequantMode.NONE
+        mems = {key: memory.Memory(self.memories[key]) for key in names}
         for key, mem in mems.items():
-            m.submodules[MEMORY_NAMES[key]] = mem
+            m.submodules[names[key]] = mem
         act_mem, weight_mem, acc_mem, cmd_mem = (mems[k] for k in ("act", "weight", "acc", "cmd"))
         act_rd = act_mem.read_port()
         weight_rd = weight_mem.read_port()
@@ -133,14 +142,53 @@ class Accelerator(wiring.Component):
             meta_delay.i[0].eq(ctrl.issue),
             wb.meta.eq(meta_delay.o[0]),
             wb.psum.eq(deskew.o),
-            acc_rd.addr.eq(wb.rd_addr),
-            acc_rd.en.eq(wb.rd_en),
             wb.rd_data.eq(acc_rd.data),
             acc_wr.addr.eq(wb.wr_addr),
             acc_wr.en.eq(wb.wr_en),
             acc_wr.data.eq(wb.wr_data),
             ctrl.write_valid.eq(wb.write_valid),
         ]
+
+        # Accumulator reads: the write-back stage's, or the post-processing engine's (never
+        # both in one cycle: a REQUANT is only taken once the MATMULs have drained).
+        m.d.comb += [
+            acc_rd.addr.eq(Mux(ctrl.post_read, ctrl.post_acc_addr, wb.rd_addr)),
+            acc_rd.en.eq(wb.rd_en | ctrl.post_read),
+        ]
+        post_write = Signal()
+        lane_writes = Signal(range(rows + 1))
+        if has_ppu:
+            m.submodules.ppu = ppu = PostProcessor(cfg)
+            params = {key: mems[key].read_port() for key in ("bias", "scale", "qctl")}
+            for port in params.values():
+                m.d.comb += [port.addr.eq(ctrl.param_addr), port.en.eq(ctrl.param_en)]
+            m.d.comb += [
+                ppu.acc.eq(acc_rd.data),
+                ppu.bias.eq(params["bias"].data),
+                ppu.scale.eq(params["scale"].data),
+                ppu.qctl.eq(params["qctl"].data),
+            ]
+            # The read issued at p leaves the unit at p + D; its metadata waits as long.
+            m.submodules.post_delay = post_delay = DelayLines(post_meta_layout(cfg),
+                                                              [ppu_latency(cfg)])
+            m.d.comb += post_delay.i[0].eq(ctrl.post_meta)
+            meta = post_delay.o[0]
+            act_wr = act_mem.write_port(granularity=1)
+            lanes = ctrl.lanes
+            src = Array(ppu.out[c] for c in range(cols))
+            index_bits = max(cols - 1, 1).bit_length()
+            for r in range(rows):
+                m.d.comb += [
+                    act_wr.data[r].eq(src[(r + lanes.src - lanes.dst)[:index_bits]]),
+                    act_wr.en[r].eq(meta.valid & (lanes.dst <= r) & (r < lanes.dst + lanes.count)),
+                ]
+            m.d.comb += [
+                act_wr.addr.eq(meta.addr),
+                post_write.eq(meta.valid),
+                ctrl.post_done.eq(meta.valid & meta.last),
+                # Post-processing outputs: one per enabled lane of each write.
+                lane_writes.eq(sum(act_wr.en[r] for r in range(rows))),
+            ]
 
         self.probes.update({
             "busy": ctrl.busy,
@@ -166,14 +214,21 @@ class Accelerator(wiring.Component):
             "cycles": ctrl.busy,
             "act_reads": ctrl.act_en,
             "weight_reads": ctrl.weight_en,
-            "acc_reads": wb.read_valid,
+            "acc_reads": wb.read_valid | ctrl.post_read,
             "acc_writes": wb.write_valid,
             "matmuls": ctrl.matmul_taken,
+            "requants": ctrl.requant_taken,
+            "act_writes": post_write,
+            "ppu_outputs": lane_writes,
+            "wait_array": ctrl.wait_array,
+            "wait_drain": ctrl.wait_drain,
+            "wait_ppu": ctrl.wait_ppu,
         }
+        assert tuple(events) == COUNTERS
         for name, event in events.items():
             counter = getattr(self, name)
             with m.If(ctrl.launch):
                 m.d.sync += counter.eq(0)
-            with m.Elif(ctrl.busy & event):
-                m.d.sync += counter.eq(counter + 1)
+            with m.Elif(ctrl.busy):
+                m.d.sync += counter.eq(counter + event)
         return m

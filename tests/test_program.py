@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from qsim.config import AcceleratorConfig
-from qsim.errors import ProgramError
+from qsim.errors import ConfigError, ProgramError
 from qsim.program import (
     CommandLayout, Halt, MatrixLayout, Matmul, Program, commands_from_words,
 )
@@ -93,3 +95,72 @@ def test_footprint_and_initial_images():
     images = p.initial_images()
     assert images["act"].tolist() == [[0] * 4] * 2 + [[1] * 4] * 3
     assert images["weight"].shape == (8, 4) and not images["weight"].any()
+
+
+# ---- REQUANT commands and the post-processing parameters ----------------------------------
+
+def _ppu_cfg(mode="fixed-point"):
+    return AcceleratorConfig(rows=4, cols=6, requant=mode, act_mem_words=32, weight_mem_words=32,
+                             acc_mem_words=32, cmd_mem_words=16, param_mem_words=2)
+
+
+def test_requant_round_trips_through_its_command_word():
+    from qsim.program import Requant
+
+    layout = CommandLayout(_ppu_cfg())
+    cmd = Requant(acc_addr=3, act_addr=7, rows=5, param_addr=1, lanes=2, src_lane=4, dst_lane=1)
+    assert layout.decode(layout.encode(cmd)) == cmd
+    assert "param_addr" not in CommandLayout(AcceleratorConfig()).fields
+
+
+def test_requant_needs_a_post_processing_unit():
+    from qsim.program import Requant
+
+    with pytest.raises(ProgramError, match=r"^command 0 is a Requant but the configuration has "
+                       r"no post-processing unit \(requant none\)$"):
+        Program(AcceleratorConfig(), (Requant(0, 0, 1, 0, lanes=1), Halt()))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(lanes=3, src_lane=4), "command 0: src_lane 4 + lanes 3 exceeds the 6 lanes of an accumulator word"),
+    (dict(lanes=2, dst_lane=3), "command 0: dst_lane 3 + lanes 2 exceeds the 4 lanes of an activation word"),
+    (dict(lanes=0), "command 0: lanes must be at least 1, not 0"),
+    (dict(lanes=1, param_addr=2), "command 0 uses bias words 2..2 but the bias memory has 2 words (1 too many)"),
+])
+def test_requant_fields_are_checked(kwargs, message):
+    from qsim.program import Requant
+
+    fields = dict(acc_addr=0, act_addr=0, rows=1, param_addr=0)
+    fields.update(kwargs)
+    with pytest.raises(ProgramError, match="^" + re.escape(message) + "$"):
+        Program(_ppu_cfg(), (Requant(**fields), Halt()))
+
+
+def test_parameter_values_are_checked():
+    from qsim.program import pack_qctl
+
+    lay = MatrixLayout("qctl", 0, 1, 6, 6, 1)
+    bad = pack_qctl(0, 0, np.array([[0, 0, 0, -1, 0, 0]]), np.array([[9, 9, 9, 200, 9, 9]]))
+    with pytest.raises(ProgramError, match=re.escape(
+            "input 'Q': clamp bounds Q[0, 3] = [-1, 200] must satisfy lo <= hi and lie in the "
+            "int8 range [-128, 127] or the uint8 range [0, 255]")):
+        Program(_ppu_cfg(), (Halt(),), inputs={"Q": (lay, bad)})
+    inf = np.full((1, 6), np.float32(1.0)).view(np.int32).astype(np.int64)
+    inf[0, 2] = np.array([np.inf], np.float32).view(np.int32)[0]
+    with pytest.raises(ProgramError, match=re.escape(
+            "input 'S': float32 scale S[0, 2] = np.float32(inf) is not a finite non-negative float32")):
+        Program(_ppu_cfg("float32"), (Halt(),), inputs={"S": (MatrixLayout("scale", 0, 1, 6, 6, 1), inf)})
+    with pytest.raises(ProgramError, match=r"^qctl shift must be between 0 and 62, not 63$"):
+        pack_qctl(63, 0, 0, 1)
+    with pytest.raises(ProgramError, match=re.escape(
+            "input 'S' is placed in the scale memory, which the configuration does not have "
+            "(requant none)")):
+        Program(AcceleratorConfig(), (Halt(),), inputs={"S": (MatrixLayout("scale", 0, 1, 8, 8, 1), inf[:, :1].repeat(8, 1))})
+
+
+def test_requant_config_needs_int32_accumulators():
+    with pytest.raises(ConfigError, match=r"^acc_bits must be at most 32 with requant float32 "
+                       r"\(the post-processing unit takes int32 accumulators\), not 40$"):
+        AcceleratorConfig(acc_bits=40, requant="float32")
+    with pytest.raises(ConfigError, match=r"^requant must be one of none, fixed-point, float32, not 'int8'$"):
+        AcceleratorConfig(requant="int8")

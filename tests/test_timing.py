@@ -16,8 +16,10 @@ def test_single_row_gemm_cycle_by_cycle():
     # take at 1, first issue at 3, write back at 3 + R + C = 19 -> 20 busy cycles
     assert t.schedule == [TileSchedule(take=1, start=3, end=4)]
     assert t.cycles == 20
+    # HALT is ready at cycle 2 and taken at 1 + R = 9 (the loader reads 8 rows): 7 waits
     assert t.counters() == {"cycles": 20, "act_reads": 1, "weight_reads": 8, "acc_reads": 0,
-                            "acc_writes": 1, "matmuls": 1}
+                            "acc_writes": 1, "matmuls": 1, "requants": 0, "act_writes": 0,
+                            "ppu_outputs": 0, "wait_array": 7, "wait_drain": 0, "wait_ppu": 0}
 
 
 def test_short_tiles_are_loader_bound():
@@ -67,8 +69,10 @@ def test_counts_for_hand_written_program():
                             Matmul(5, 2, 5, 2, accumulate=True), Halt()))
     t = simulate_timing(program)
     # T = 1, 3, 8 (the third take waits for buffer 0: E_0 + 0); S = 3, 8, 10; last write 11 + R + C = 16
+    # waits: 0, 2 - 1 = 1 and 8 - 4 = 4 cycles, then HALT ready at 9, taken at 8 + R = 10
     assert t.counters() == {"cycles": 17, "act_reads": 8, "weight_reads": 6, "acc_reads": 3,
-                            "acc_writes": 8, "matmuls": 3}
+                            "acc_writes": 8, "matmuls": 3, "requants": 0, "act_writes": 0,
+                            "ppu_outputs": 0, "wait_array": 6, "wait_drain": 0, "wait_ppu": 0}
     assert t.utilization is None
     assert t.array_macs == 8 * 6
 

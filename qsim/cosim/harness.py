@@ -6,9 +6,8 @@ up per cycle: the testbench loads memories, pulses ``start`` and awaits ``done``
 
 from __future__ import annotations
 
-from rtl.controller import COUNTER_BITS
+from qsim.hw import COUNTER_BITS, COUNTERS
 from rtl.export import TOP_NAME
-from rtl.top import COUNTERS
 
 __all__ = ["HARNESS_NAME", "CLOCK_PERIOD_NS", "harness_verilog"]
 

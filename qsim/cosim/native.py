@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from qsim.cosim.result import RtlResult
-from qsim.cosim.words import pack_words, unpack_words
+from qsim.cosim.words import program_images, readback_words, unpack_memory
 from qsim.errors import SimulationError
 from qsim.program import Program
 
@@ -29,24 +29,26 @@ def run_native(program: Program, timeout_cycles: int | None = None) -> RtlResult
     from qsim.cosim.procs import run_process
     from qsim.cosim.runner import check_timeout_cycles
     from qsim.timing import simulate_timing
-    from rtl.top import COUNTERS
+    from qsim.hw import COUNTERS, memory_names
 
     timeout_cycles = check_timeout_cycles(timeout_cycles)
     cfg = program.config
     build = ensure_build(cfg, flavor="native")
     if timeout_cycles is None:
         timeout_cycles = 2 * simulate_timing(program).cycles + 1000
-    bits = {"act": cfg.input_format.bits, "weight": cfg.weight_format.bits, "acc": cfg.acc_bits}
-    acc_words = program.footprint()["acc"]
+    names = memory_names(cfg)
+    reads = readback_words(program)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="qsim-native-") as tmp:
         job = Path(tmp)
-        images = {key: pack_words(image, bits[key]) for key, image in program.initial_images().items()}
-        images["cmd"] = program.encoded()
-        for key, words in images.items():
+        requests = []
+        for key, words in program_images(program).items():
             (job / f"{key}.hex").write_text("".join(f"{w:x}\n" for w in words))
+            requests.append(f"load {names[key]} {key}.hex")
+        requests += [f"read {names[key]} {count} {key}_out.hex" for key, count in reads.items()]
+        (job / "job.txt").write_text("".join(f"{r}\n" for r in requests))
         with open(job / "stdout", "w+") as out, open(job / "stderr", "w+") as err:
-            code = run_process([str(build.native_binary), str(job), str(acc_words), str(timeout_cycles)],
+            code = run_process([str(build.native_binary), str(job), str(timeout_cycles)],
                                stdout=out, stderr=err)
             out.seek(0)
             err.seek(0)
@@ -56,18 +58,21 @@ def run_native(program: Program, timeout_cycles: int | None = None) -> RtlResult
         try:
             report = json.loads(stdout.strip().splitlines()[-1])
             counters = {name: int(report[name]) for name in COUNTERS}
-            words = [int(line, 16) for line in (job / "acc_out.hex").read_text().split()]
+            words = {key: [int(line, 16) for line in (job / f"{key}_out.hex").read_text().split()]
+                     for key in reads}
         except (OSError, ValueError, IndexError, KeyError, TypeError):
             raise SimulationError("the native simulation ended without complete results: "
                                   f"{(stderr or stdout).strip()[-2000:]}") from None
         if not report["done"]:
             raise SimulationError(f"{program.name}: the RTL did not raise done within "
                                   f"{timeout_cycles} cycles")
-        if len(words) != acc_words:
-            raise SimulationError(f"the native simulation returned {len(words)} of {acc_words} "
-                                  f"accumulator words")
-    acc = unpack_words(words, cfg.cols, cfg.acc_bits)
-    outputs = {name: lay.unpack(acc) for name, lay in program.outputs.items()}
-    return RtlResult(counters=counters, acc=acc, outputs=outputs, error=bool(report["error"]),
-                     wall_s=time.perf_counter() - t0, sim_wall_s=float(report["sim_s"]),
+        for key, count in reads.items():
+            if len(words[key]) != count:
+                raise SimulationError(f"the native simulation returned {len(words[key])} of "
+                                      f"{count} {key} words")
+    memories = {key: unpack_memory(program, key, w) for key, w in words.items()}
+    outputs = {name: lay.unpack(memories[lay.memory]) for name, lay in program.outputs.items()}
+    return RtlResult(counters=counters, acc=memories["acc"], outputs=outputs,
+                     error=bool(report["error"]), wall_s=time.perf_counter() - t0,
+                     sim_wall_s=float(report["sim_s"]), memories=memories,
                      extra={"build_s": build.build_s, "build_key": build.key})

@@ -3,19 +3,24 @@
 // backdoor the cocotb testbench uses), pulses start, toggles the clock in a tight loop until
 // done, and prints the counters and the wall time of the run as one JSON object.
 //
-// usage: qsim_native JOBDIR ACC_WORDS TIMEOUT_CYCLES
-//   JOBDIR/{act,weight,acc,cmd}.hex   one hexadecimal word per line, from address 0
-//   JOBDIR/acc_out.hex                written: ACC_WORDS accumulator words after done
+// usage: qsim_native JOBDIR TIMEOUT_CYCLES
+//   JOBDIR/job.txt     one request per line, "load MEMORY FILE" before the run or
+//                      "read MEMORY WORDS FILE" after done (MEMORY: the instance name)
+//   FILE               one hexadecimal word per line, from address 0
+// The counters printed are the top's counter ports, listed in the generated qsim_counters.h
+// (from qsim.hw.COUNTERS).
 
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "Vqsim_top.h"
+#include "qsim_counters.h"
 #include "verilated.h"
 #include "verilated_vpi.h"
 
@@ -52,10 +57,13 @@ vpiHandle memory(const char* name) {
     return h;
 }
 
-void load(const std::string& dir, const char* file, const char* name) {
-    std::ifstream in(dir + "/" + file);
-    if (!in) return;  // nothing to load
-    vpiHandle mem = memory(name);
+void load(const std::string& path, const std::string& name) {
+    std::ifstream in(path);
+    if (!in) {
+        std::fprintf(stderr, "qsim_native: cannot read %s\n", path.c_str());
+        std::exit(2);
+    }
+    vpiHandle mem = memory(name.c_str());
     std::string line;
     int address = 0;
     while (std::getline(in, line)) {
@@ -70,16 +78,52 @@ void load(const std::string& dir, const char* file, const char* name) {
     }
 }
 
+void dump(const std::string& path, const std::string& name, long words) {
+    std::ofstream out(path);
+    vpiHandle mem = memory(name.c_str());
+    for (long address = 0; address < words; ++address) {
+        vpiHandle word = vpi_handle_by_index(mem, address);
+        s_vpi_value v;
+        v.format = vpiVectorVal;
+        vpi_get_value(word, &v);
+        out << from_vecval(v.value.vector, vpi_get(vpiSize, word)) << "\n";
+    }
+}
+
+struct Request {
+    std::string kind, memory, file;
+    long words = 0;
+};
+
+std::vector<Request> read_job(const std::string& dir) {
+    std::ifstream in(dir + "/job.txt");
+    if (!in) {
+        std::fprintf(stderr, "qsim_native: no %s/job.txt\n", dir.c_str());
+        std::exit(2);
+    }
+    std::vector<Request> out;
+    std::string line;
+    while (std::getline(in, line)) {
+        std::istringstream fields(line);
+        Request r;
+        if (!(fields >> r.kind >> r.memory)) continue;
+        if (r.kind == "read") fields >> r.words;
+        fields >> r.file;
+        out.push_back(r);
+    }
+    return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-    if (argc < 4) {
-        std::fprintf(stderr, "usage: %s JOBDIR ACC_WORDS TIMEOUT_CYCLES\n", argv[0]);
+    if (argc < 3) {
+        std::fprintf(stderr, "usage: %s JOBDIR TIMEOUT_CYCLES\n", argv[0]);
         return 2;
     }
     const std::string dir = argv[1];
-    const long acc_words = std::stol(argv[2]);
-    const long timeout = std::stol(argv[3]);
+    const long timeout = std::stol(argv[2]);
+    const std::vector<Request> job = read_job(dir);
 
     auto context = std::make_unique<VerilatedContext>();
     auto top = std::make_unique<Vqsim_top>(context.get());
@@ -100,10 +144,9 @@ int main(int argc, char** argv) {
     tick();
     top->rst = 0;
 
-    load(dir, "act.hex", "act_mem");
-    load(dir, "weight.hex", "weight_mem");
-    load(dir, "acc.hex", "acc_mem");
-    load(dir, "cmd.hex", "cmd_mem");
+    for (const Request& r : job) {
+        if (r.kind == "load") load(dir + "/" + r.file, r.memory);
+    }
     top->eval();
 
     top->start = 1;
@@ -118,23 +161,17 @@ int main(int argc, char** argv) {
     const auto t1 = std::chrono::steady_clock::now();
     const double seconds = std::chrono::duration<double>(t1 - t0).count();
 
-    std::ofstream out(dir + "/acc_out.hex");
-    vpiHandle acc = memory("acc_mem");
-    for (long address = 0; address < acc_words; ++address) {
-        vpiHandle word = vpi_handle_by_index(acc, address);
-        s_vpi_value v;
-        v.format = vpiVectorVal;
-        vpi_get_value(word, &v);
-        out << from_vecval(v.value.vector, vpi_get(vpiSize, word)) << "\n";
+    for (const Request& r : job) {
+        if (r.kind == "read") dump(dir + "/" + r.file, r.memory, r.words);
     }
 
-    std::printf(
-        "{\"done\": %d, \"error\": %d, \"sim_s\": %.6f, \"cycles\": %llu, \"act_reads\": %llu, "
-        "\"weight_reads\": %llu, \"acc_reads\": %llu, \"acc_writes\": %llu, \"matmuls\": %llu}\n",
-        int(top->done), int(top->error), seconds, (unsigned long long)top->cycles,
-        (unsigned long long)top->act_reads, (unsigned long long)top->weight_reads,
-        (unsigned long long)top->acc_reads, (unsigned long long)top->acc_writes,
-        (unsigned long long)top->matmuls);
+    std::printf("{\"done\": %d, \"error\": %d, \"sim_s\": %.6f", int(top->done), int(top->error),
+                seconds);
+#define QSIM_PRINT_COUNTER(name) \
+    std::printf(", \"" #name "\": %llu", (unsigned long long)top->name);
+    QSIM_COUNTERS(QSIM_PRINT_COUNTER)
+#undef QSIM_PRINT_COUNTER
+    std::printf("}\n");
     top->final();
     return 0;
 }

@@ -20,14 +20,18 @@ __all__ = ["run_pysim", "run_pysim_images"]
 
 
 def run_pysim_images(config: AcceleratorConfig, images: Mapping[str, np.ndarray],
-                     commands: Sequence[int], acc_words: int, timeout_cycles: int) -> RtlResult:
-    """Load raw memory images and command words, run to ``done``, read ``acc_words`` words.
+                     commands: Sequence[int], acc_words: int, timeout_cycles: int,
+                     act_words: int = 0) -> RtlResult:
+    """Load raw memory images and command words, run to ``done``, read ``acc_words`` words
+    of the accumulator memory (and ``act_words`` of the activation memory).
 
-    ``images`` maps ``act``/``weight``/``acc`` to (words x lanes) arrays placed at address 0.
+    ``images`` maps data memories (``act``, ``weight``, ``acc`` and the parameter memories)
+    to (words x lanes) arrays placed at address 0.
     """
     from amaranth.sim import Simulator
 
-    from rtl.top import COUNTERS, Accelerator
+    from qsim.hw import COUNTERS
+    from rtl.top import Accelerator
 
     top = Accelerator(config)
     for key, image in images.items():
@@ -52,6 +56,10 @@ def run_pysim_images(config: AcceleratorConfig, images: Mapping[str, np.ndarray]
         result["acc"] = np.array(
             [[int(v) for v in ctx.get(acc[i])] for i in range(acc_words)],
             dtype=np.int64).reshape(acc_words, config.cols)
+        act = top.memories["act"]
+        result["act"] = np.array(
+            [[int(v) for v in ctx.get(act[i])] for i in range(act_words)],
+            dtype=np.int64).reshape(act_words, config.rows)
 
     sim = Simulator(top)
     sim.add_clock(1e-8)
@@ -59,8 +67,11 @@ def run_pysim_images(config: AcceleratorConfig, images: Mapping[str, np.ndarray]
     t0 = time.perf_counter()
     sim.run()
     wall = time.perf_counter() - t0
+    memories = {"acc": result["acc"]}
+    if act_words:
+        memories["act"] = result["act"]
     return RtlResult(counters=result["counters"], acc=result["acc"], outputs={},
-                     error=result["error"], wall_s=wall, sim_wall_s=wall)
+                     error=result["error"], wall_s=wall, sim_wall_s=wall, memories=memories)
 
 
 def run_pysim(program: Program, timeout_cycles: int | None = None) -> RtlResult:
@@ -69,7 +80,10 @@ def run_pysim(program: Program, timeout_cycles: int | None = None) -> RtlResult:
 
     if timeout_cycles is None:
         timeout_cycles = 2 * simulate_timing(program).cycles + 100
+    footprint = program.footprint()
+    act_words = footprint["act"] if any(True for _ in program.requants) else 0
     result = run_pysim_images(program.config, program.initial_images(), program.encoded(),
-                              program.footprint()["acc"], timeout_cycles)
-    result.outputs = {name: lay.unpack(result.acc) for name, lay in program.outputs.items()}
+                              footprint["acc"], timeout_cycles, act_words)
+    result.outputs = {name: lay.unpack(result.memories[lay.memory])
+                      for name, lay in program.outputs.items()}
     return result

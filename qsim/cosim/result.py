@@ -11,10 +11,12 @@ __all__ = ["RtlResult"]
 
 @dataclass
 class RtlResult:
-    """Counters read from the RTL after ``done``, and the accumulator words it wrote.
+    """Counters read from the RTL after ``done``, and the memory words it wrote.
 
     ``acc`` holds words ``0 .. footprint - 1`` of the accumulator memory as a words x cols
-    int64 array; ``outputs`` are the program's result matrices decoded from it.
+    int64 array; ``memories`` holds it too, under ``"acc"``, and the activation memory's
+    words ``0 .. footprint - 1`` under ``"act"`` when the program writes the activation memory
+    (a REQUANT); ``outputs`` are the program's result matrices decoded from them.
     """
 
     counters: dict[str, int]
@@ -24,6 +26,10 @@ class RtlResult:
     wall_s: float = 0.0
     sim_wall_s: float = 0.0  # wall time from start to done only
     extra: dict[str, object] = field(default_factory=dict)
+    memories: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.memories.setdefault("acc", self.acc)
 
     @property
     def cycles(self) -> int:

@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from qsim.cosim.result import RtlResult
-from qsim.cosim.words import pack_words, unpack_words
+from qsim.cosim.words import program_images, readback_words, unpack_memory
 from qsim.errors import ConfigError, SimulationError
 from qsim.program import Program
 
@@ -55,14 +55,10 @@ def check_timeout_cycles(value, what: str = "timeout_cycles") -> int | None:
 def _job(program: Program, timeout_cycles: int | None) -> dict:
     from qsim.timing import simulate_timing
 
-    cfg = program.config
-    bits = {"act": cfg.input_format.bits, "weight": cfg.weight_format.bits, "acc": cfg.acc_bits}
-    images = {key: pack_words(image, bits[key]) for key, image in program.initial_images().items()}
-    images["cmd"] = [int(w) for w in program.encoded()]
     if timeout_cycles is None:
         timeout_cycles = 2 * simulate_timing(program).cycles + 1000
-    return {"name": program.name, "images": images, "acc_words": int(program.footprint()["acc"]),
-            "timeout_cycles": int(timeout_cycles)}
+    return {"name": program.name, "images": program_images(program),
+            "reads": readback_words(program), "timeout_cycles": int(timeout_cycles)}
 
 
 def _log_tail(log: Path) -> str:
@@ -138,7 +134,9 @@ def _read_results(results_file: Path, spec: dict, log: Path) -> list[dict]:
             if out["status"] == "timeout":
                 int(out["busy"])
                 continue
-            if out["status"] != "ok" or len(out["acc"]) != job["acc_words"]:
+            if out["status"] != "ok" or set(out["memories"]) != set(job["reads"]):
+                raise ValueError
+            if any(len(out["memories"][k]) != n for k, n in job["reads"].items()):
                 raise ValueError
             if set(out["counters"]) != set(spec["counters"]):
                 raise ValueError
@@ -178,7 +176,7 @@ def run_programs(programs: Sequence[Program], *, timeout_cycles: int | None = No
     from qsim.cosim.build import ensure_build
     from qsim.cosim.harness import CLOCK_PERIOD_NS
     from rtl.sram import SRAM_ARRAY
-    from rtl.top import COUNTERS, MEMORY_NAMES
+    from qsim.hw import COUNTERS, memory_names
 
     timeout_cycles = check_timeout_cycles(timeout_cycles)
     if not programs:
@@ -193,7 +191,7 @@ def run_programs(programs: Sequence[Program], *, timeout_cycles: int | None = No
     spec = {
         "run_id": secrets.token_hex(16),
         "clock_period_ns": CLOCK_PERIOD_NS,
-        "memory_names": dict(MEMORY_NAMES),
+        "memory_names": memory_names(config),
         "sram_array": SRAM_ARRAY,
         "counters": list(COUNTERS),
         "jobs": [_job(p, timeout_cycles) for p in programs],
@@ -218,14 +216,16 @@ def run_programs(programs: Sequence[Program], *, timeout_cycles: int | None = No
                 f"{program.name}: the RTL did not raise done within {job['timeout_cycles']} "
                 f"cycles (busy={out['busy']})"
             )
-        acc = unpack_words(out["acc"], config.cols, config.acc_bits)
-        outputs = {name: lay.unpack(acc) for name, lay in program.outputs.items()}
+        memories = {key: unpack_memory(program, key, words)
+                    for key, words in out["memories"].items()}
+        acc = memories["acc"]
+        outputs = {name: lay.unpack(memories[lay.memory]) for name, lay in program.outputs.items()}
         extra = {"load_s": out["load_s"], "read_s": out["read_s"], "build_s": build.build_s,
                  "build_key": build.key}
         if waves_file is not None:
             extra["waves"] = str(waves_file)
         results.append(RtlResult(counters={k: int(v) for k, v in out["counters"].items()}, acc=acc,
-                                 outputs=outputs, error=bool(out["error"]),
+                                 outputs=outputs, error=bool(out["error"]), memories=memories,
                                  wall_s=total / len(programs), sim_wall_s=out["sim_s"], extra=extra))
     return results
 
@@ -236,7 +236,8 @@ class CosimReport:
 
     ``elements``/``mismatches`` count the program's output elements; ``acc_mismatches``
     counts every differing lane of the accumulator words the program touches (padding
-    included), so a stray write outside the outputs is caught too.
+    included), so a stray write outside the outputs is caught too; ``act_mismatches`` does
+    the same for the activation words of a program that writes them (a REQUANT).
     """
 
     name: str
@@ -250,6 +251,7 @@ class CosimReport:
     sim_wall_s: float
     utilization: float | None
     first_mismatches: list[str] = field(default_factory=list)
+    act_mismatches: int = 0
 
     @property
     def sim_cycles_per_s(self) -> float | None:
@@ -258,7 +260,8 @@ class CosimReport:
 
     @property
     def agrees(self) -> bool:
-        return self.mismatches == 0 and self.acc_mismatches == 0 and not self.counter_diffs
+        return (self.mismatches == 0 and self.acc_mismatches == 0 and self.act_mismatches == 0
+                and not self.counter_diffs)
 
     def to_dict(self) -> dict:
         return {
@@ -266,6 +269,7 @@ class CosimReport:
             "elements": self.elements,
             "mismatches": self.mismatches,
             "acc_mismatches": self.acc_mismatches,
+            "act_mismatches": self.act_mismatches,
             "model_cycles": self.model_cycles,
             "rtl_cycles": self.rtl_cycles,
             "counter_diffs": {k: list(v) for k, v in self.counter_diffs.items()},
@@ -284,10 +288,15 @@ def compare(program: Program, rtl: RtlResult) -> CosimReport:
 
     model = execute(program)
     timing = simulate_timing(program)
-    expected = model.memories["acc"]
-    diff = np.argwhere(expected != rtl.acc)
-    first = [f"acc word {int(w)} lane {int(lane)}: model {int(expected[w, lane])}, "
-             f"rtl {int(rtl.acc[w, lane])}" for w, lane in diff[:5]]
+    diffs = {}
+    first = []
+    for key, got in rtl.memories.items():
+        expected = model.memories[key]
+        diffs[key] = np.argwhere(expected != got)
+        first += [f"{key} word {int(w)} lane {int(lane)}: model {int(expected[w, lane])}, "
+                  f"rtl {int(got[w, lane])}" for w, lane in diffs[key][:5]]
+    diff = diffs["acc"]
+    first = first[:5]
     predicted = timing.counters()
     counter_diffs = {k: (v, rtl.counters.get(k, -1)) for k, v in predicted.items()
                      if v != rtl.counters.get(k, -1)}
@@ -299,7 +308,7 @@ def compare(program: Program, rtl: RtlResult) -> CosimReport:
         name=program.name, elements=elements, mismatches=mismatches, acc_mismatches=len(diff),
         model_cycles=timing.cycles, rtl_cycles=rtl.cycles, counter_diffs=counter_diffs,
         wall_s=rtl.wall_s, sim_wall_s=rtl.sim_wall_s, utilization=timing.utilization,
-        first_mismatches=first,
+        first_mismatches=first, act_mismatches=len(diffs.get("act", ())),
     )
 
 

@@ -3,8 +3,9 @@
 The runner (:mod:`qsim.cosim.runner`) writes the jobs as JSON to the file named by
 ``QSIM_COSIM_JOBS`` (in a private folder made for the run); this test loads each job's memory
 images and command words straight into the RTL memories (zero simulated time), pulses
-``start``, waits for ``done`` with a cycle timeout, reads the counters and the accumulator
-words, and writes the results as JSON to ``QSIM_COSIM_RESULTS``, tagged with the run's id.
+``start``, waits for ``done`` with a cycle timeout, reads the counters and the memory words
+each job asks for (``reads``: the accumulator memory, and the activation memory after a
+REQUANT), and writes the results as JSON to ``QSIM_COSIM_RESULTS``, tagged with the run's id.
 The results file appears in one rename after the last job, so it is either complete or
 absent. Python is idle while the accelerator runs: the clock is generated in the Verilog
 harness and the only wake-up is the rising edge of ``done``.
@@ -55,11 +56,11 @@ async def run_jobs(dut) -> None:
                             "busy": int(dut.busy.value)})
             break
         counters = {name: int(getattr(dut, name).value) for name in spec["counters"]}
-        acc = memories["acc"]
-        words = [int(acc[address].value) for address in range(job["acc_words"])]
+        words = {key: [int(memories[key][address].value) for address in range(count)]
+                 for key, count in job["reads"].items()}
         t3 = time.perf_counter()
         results.append({"status": "ok", "counters": counters, "error": int(dut.error.value),
-                        "acc": words, "load_s": t1 - t0, "sim_s": t2 - t1, "read_s": t3 - t2})
+                        "memories": words, "load_s": t1 - t0, "sim_s": t2 - t1, "read_s": t3 - t2})
 
     target = os.environ["QSIM_COSIM_RESULTS"]
     partial = f"{target}.part"

@@ -42,3 +42,32 @@ def unpack_words(words: list[int], lanes: int, bits: int, signed: bool = True) -
     fields = np.array([[(int(w) >> (lane * bits)) & mask for lane in range(lanes)] for w in words],
                       dtype=np.int64).reshape(len(words), lanes)
     return wrap(fields, IntFormat(bits, True)) if signed else fields
+
+
+def program_images(program) -> dict[str, list[int]]:
+    """Every memory a Program loads, as packed words from address 0 (``cmd`` included).
+
+    Keys are the Program's memory names (``act``, ``weight``, ``acc``, the parameter memories,
+    ``cmd``); :func:`qsim.hw.memory_names` maps them to RTL instances.
+    """
+    formats = program.memory_formats()
+    images = {key: pack_words(image, formats[key].bits)
+              for key, image in program.initial_images().items()}
+    images["cmd"] = [int(w) for w in program.encoded()]
+    return images
+
+
+def readback_words(program) -> dict[str, int]:
+    """Words to read back after the run, per memory: the accumulator memory's footprint, and
+    the activation memory's when the program writes it (a REQUANT)."""
+    footprint = program.footprint()
+    words = {"acc": int(footprint["acc"])}
+    if any(True for _ in program.requants):
+        words["act"] = int(footprint["act"])
+    return words
+
+
+def unpack_memory(program, key: str, words: list[int]) -> np.ndarray:
+    """Words read back from memory ``key`` of ``program``'s configuration, as lanes."""
+    fmt = program.memory_formats()[key]
+    return unpack_words(words, program.memory_lanes()[key], fmt.bits, fmt.signed)

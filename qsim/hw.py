@@ -1,0 +1,92 @@
+"""Facts about the generated hardware that the RTL, the timing model, the cosim harnesses and
+the docs share: counter names, memory instance names and every pipeline latency.
+
+Each fact is defined here once. :mod:`rtl` builds the hardware from these numbers (a pipeline
+is as deep as the latency named here, a counter port is named as listed here), :mod:`qsim.timing`
+predicts cycles with the same numbers, and the co-simulation harnesses read counters and
+memories by the names listed here. A change here changes all of them together; the
+cycle-exact co-simulation tests catch any part that does not follow.
+"""
+
+from __future__ import annotations
+
+from qsim.config import AcceleratorConfig, RequantMode
+
+__all__ = [
+    "COUNTERS", "COUNTER_BITS", "COUNTER_HELP", "memory_names", "buffer_release_delay",
+    "array_latency", "ppu_stages", "ppu_latency", "PPU_SATURATE",
+]
+
+#: Width of every performance counter.
+COUNTER_BITS = 48
+
+#: Performance counters, in port order, with what each counts while ``busy``. All are
+#: cleared by ``start``. :meth:`qsim.timing.TimingResult.counters` predicts every one.
+COUNTER_HELP = {
+    "cycles": "busy cycles",
+    "act_reads": "activation-memory words read (one per streamed row)",
+    "weight_reads": "weight-memory words read (one per weight-tile row)",
+    "acc_reads": "accumulator words read (accumulating rows and post-processing reads)",
+    "acc_writes": "accumulator words written",
+    "matmuls": "MATMUL commands executed",
+    "requants": "REQUANT commands executed",
+    "act_writes": "activation-memory words written by the post-processing unit",
+    "ppu_outputs": "elements requantized and written by the post-processing unit",
+    "wait_array": "cycles a fetched MATMUL or HALT waits for the weight loader, the stream "
+                  "slot or a weight buffer",
+    "wait_drain": "cycles a fetched REQUANT waits for earlier MATMULs to finish writing",
+    "wait_ppu": "cycles a fetched command waits for the post-processing unit to finish",
+}
+COUNTERS = tuple(COUNTER_HELP)
+
+#: Largest magnitude the post-processing unit keeps before adding the zero point and
+#: clamping; any larger result clamps the same way (zero points and bounds are 9-bit).
+PPU_SATURATE = 1023
+
+
+def memory_names(config: AcceleratorConfig) -> dict[str, str]:
+    """Instance names of the memories inside the top module, keyed like the Program's memories.
+
+    In exported Verilog each is a ``qsim_sram`` macro whose storage array
+    (:data:`rtl.sram.SRAM_ARRAY`) testbenches load. The three parameter memories of the
+    post-processing unit exist only when ``config.requant`` is not ``none``.
+    """
+    names = {"act": "act_mem", "weight": "weight_mem", "acc": "acc_mem", "cmd": "cmd_mem"}
+    if config.requant is not RequantMode.NONE:
+        names.update({"bias": "bias_mem", "scale": "scale_mem", "qctl": "qctl_mem"})
+    return names
+
+
+def buffer_release_delay(config: AcceleratorConfig) -> int:
+    """Cycles after a tile's last issue before its weight buffer may be reloaded.
+
+    The last activation of a tile reaches PE (r, c) ``1 + r + c`` cycles after its issue; the
+    loader writes row ``r`` of a buffer ``2 + r`` cycles after taking the command, visible one
+    cycle later. The write must not become visible before the last use in column C - 1.
+    """
+    return max(config.cols - 3, 0)
+
+
+def array_latency(config: AcceleratorConfig) -> int:
+    """Cycles from an activation-memory read to the accumulator write of its row: ``R + C``.
+
+    One cycle of memory latency, ``r`` cycles of input skew and ``R - r`` down the columns to
+    the bottom of the array (``R + 1`` in all, every row), ``C - 1 - c`` of deskew after
+    ``c`` cycles across, and one write-back stage.
+    """
+    return config.rows + config.cols
+
+
+def ppu_stages(config: AcceleratorConfig) -> int:
+    """Register stages of the post-processing unit's datapath (0 without a unit).
+
+    ``fixed-point``: (bias add, multiply), (rounding shift, zero point, clamp).
+    ``float32``: (bias add, int32 to float32 rounding), (significand product),
+    (float32 rounding, rounding to integer, zero point, clamp).
+    """
+    return {RequantMode.NONE: 0, RequantMode.FIXED_POINT: 2, RequantMode.FLOAT32: 3}[config.requant]
+
+
+def ppu_latency(config: AcceleratorConfig) -> int:
+    """Cycles from a post-processing accumulator read to the activation write of its row."""
+    return 1 + ppu_stages(config)

@@ -1,0 +1,76 @@
+"""Random programs that mix MATMUL and REQUANT commands, for the model/timing/RTL checks.
+
+Parameters are drawn so that results land on both sides of the clamp bounds and, in float32
+mode, so that many products are exact ties (scales that are powers of two), the cases where
+a rounding mode shows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qsim.config import AcceleratorConfig
+from qsim.program import (PARAM_MEMORIES, Halt, MatrixLayout, Matmul, Program, Requant,
+                          pack_qctl)
+
+
+def requant_config(rows: int, cols: int, mode: str, **changes) -> AcceleratorConfig:
+    sizes = dict(act_mem_words=64, weight_mem_words=64, acc_mem_words=32, cmd_mem_words=32,
+                 param_mem_words=4)
+    sizes.update(changes)
+    return AcceleratorConfig(rows=rows, cols=cols, requant=mode, **sizes)
+
+
+def random_params(rng: np.random.Generator, mode: str, words: int, cols: int) -> dict:
+    """Parameter matrices (``words`` x ``cols``) for the three parameter memories."""
+    bias = rng.integers(-(1 << 12), 1 << 12, (words, cols))
+    if mode == "float32":
+        scales = np.exp(rng.uniform(np.log(1e-5), np.log(0.05), (words, cols))).astype(np.float32)
+        ties = rng.random((words, cols)) < 0.3
+        scales[ties] = np.float32(2.0) ** rng.integers(-12, -1, int(ties.sum()))
+        scale = scales.view(np.int32).astype(np.int64)
+        shift = np.zeros((words, cols), dtype=np.int64)
+    else:
+        scale = rng.integers(1 << 29, 1 << 31, (words, cols))
+        shift = rng.integers(36, 48, (words, cols))
+        shift[rng.random((words, cols)) < 0.1] = 0
+    zp = rng.integers(-30, 30, (words, cols))
+    unsigned = rng.random((words, cols)) < 0.3
+    lo = np.where(unsigned, 0, rng.integers(-128, -60, (words, cols)))
+    hi = np.where(unsigned, 255, rng.integers(60, 128, (words, cols)))
+    return {"bias": bias, "scale": scale, "qctl": pack_qctl(shift, zp, lo, hi)}
+
+
+def random_requant_program(rng: np.random.Generator, cfg: AcceleratorConfig,
+                           commands: int = 8) -> Program:
+    """Random MATMULs and REQUANTs (random lanes and addresses) over random memory contents."""
+    rows, cols = cfg.rows, cfg.cols
+    act_words, acc_words, pwords = cfg.act_mem_words, cfg.acc_mem_words, cfg.param_mem_words
+    cmds = []
+    for _ in range(commands):
+        n = int(rng.choice([1, 2, 3, 5, 9]))
+        if rng.random() < 0.45:
+            lanes = int(rng.integers(1, min(rows, cols) + 1))
+            cmds.append(Requant(acc_addr=int(rng.integers(0, acc_words - n + 1)),
+                                act_addr=int(rng.integers(0, act_words - n + 1)), rows=n,
+                                param_addr=int(rng.integers(0, pwords)), lanes=lanes,
+                                src_lane=int(rng.integers(0, cols - lanes + 1)),
+                                dst_lane=int(rng.integers(0, rows - lanes + 1))))
+        else:
+            cmds.append(Matmul(int(rng.integers(0, act_words - n + 1)),
+                               int(rng.integers(0, cfg.weight_mem_words - rows + 1)),
+                               int(rng.integers(0, acc_words - n + 1)), n, bool(rng.integers(0, 2))))
+    inputs = {
+        "X": (MatrixLayout("act", 0, act_words, rows, rows, act_words),
+              rng.integers(-128, 128, (act_words, rows))),
+        "W": (MatrixLayout("weight", 0, cfg.weight_mem_words, cols, cols, cfg.weight_mem_words),
+              rng.integers(-128, 128, (cfg.weight_mem_words, cols))),
+        "Acc": (MatrixLayout("acc", 0, acc_words, cols, cols, acc_words),
+                rng.integers(-(1 << 20), 1 << 20, (acc_words, cols))),
+    }
+    for memory, matrix in random_params(rng, cfg.requant.value, pwords, cols).items():
+        inputs[memory] = (MatrixLayout(memory, 0, pwords, cols, cols, pwords), matrix)
+    assert set(inputs) >= set(PARAM_MEMORIES)
+    outputs = {"act": MatrixLayout("act", 0, act_words, rows, rows, act_words),
+               "acc": MatrixLayout("acc", 0, acc_words, cols, cols, acc_words)}
+    return Program(cfg, (*cmds, Halt()), inputs=inputs, outputs=outputs, name="requant-stream")
