@@ -54,10 +54,10 @@ def _model_results(spec: dict, programs) -> list[dict]:
 
     out = []
     for program, job in zip(programs, spec["jobs"]):
-        acc = execute(program).memories["acc"][: job["acc_words"]]
+        acc = execute(program).memories["acc"][: job["reads"]["acc"]]
         out.append({"status": "ok", "counters": simulate_timing(program).counters(), "error": 0,
-                    "acc": pack_words(acc, program.config.acc_bits), "load_s": 0.0, "sim_s": 0.001,
-                    "read_s": 0.0})
+                    "memories": {"acc": pack_words(acc, program.config.acc_bits)}, "load_s": 0.0,
+                    "sim_s": 0.001, "read_s": 0.0})
     return out
 
 
@@ -86,8 +86,8 @@ def _fake_simulator(monkeypatch, behaviour):
 def _plant_stale_and_malicious(directory: Path, marker: Path) -> None:
     """What an earlier run (or an attacker) may have left in a shared --waves DIR."""
     directory.mkdir(parents=True, exist_ok=True)
-    stale = [{"status": "ok", "counters": {"cycles": 5}, "error": 0, "acc": [0], "load_s": 0,
-              "sim_s": 0, "read_s": 0}]
+    stale = [{"status": "ok", "counters": {"cycles": 5}, "error": 0, "memories": {"acc": [0]},
+              "load_s": 0, "sim_s": 0, "read_s": 0}]
     for name in ("results.pkl", "jobs.pkl"):
         (directory / name).write_bytes(pickle.dumps(_Marker(marker)))
     (directory / "results.json").write_text(json.dumps({"run_id": "0" * 32, "complete": True,
