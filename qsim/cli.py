@@ -53,13 +53,102 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
         g.add_argument(flag, dest=field, type=kind, metavar="N", help=text)
 
 
-def _add_gemm_options(p: argparse.ArgumentParser, required: bool = True) -> None:
+def _add_gemm_options(p: argparse.ArgumentParser, inputs: bool = False) -> None:
     g = p.add_argument_group("GEMM C[M,N] = A[M,K] @ B[K,N]")
     for name in ("m", "k", "n"):
-        g.add_argument(f"--{name}", type=int, required=required, metavar=name.upper())
+        g.add_argument(f"--{name}", type=int, metavar=name.upper())
     g.add_argument("--seed", type=int, default=0, help="seed of the random int8 operands")
+    if inputs:
+        g.add_argument("--inputs", type=Path, metavar="A_B.npz",
+                       help="the operands instead of random ones: an .npz with integer arrays A "
+                            "(M x K) and B (K x N), e.g. numpy.savez(path, A=a, B=b)")
     g.add_argument("--fit", action="store_true",
-                   help="size the memories to the GEMM instead of failing when it does not fit")
+                   help="size the memories to the GEMM instead of cutting it into several "
+                        "programs when it does not fit")
+
+
+def _check_gemm_args(args: argparse.Namespace, alternative: str) -> None:
+    missing = [f"--{d}" for d in ("m", "k", "n") if getattr(args, d) is None]
+    if missing:
+        raise ConfigError(f"{args.command} needs {alternative} or all of --m --k --n "
+                          f"(missing {' '.join(missing)})")
+
+
+def _read_gemm_inputs(path: Path):
+    """Arrays ``A`` and ``B`` of an .npz, checked to be 2-D integer operands of one GEMM."""
+    import numpy as np
+
+    label = f"inputs {path}"
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(2) != b"PK":
+                raise ConfigError(f"{label}: not an .npz file (write one with "
+                                  f"numpy.savez(path, A=a, B=b))")
+            handle.seek(0)
+            with np.load(handle, allow_pickle=False) as archive:
+                names = list(archive.files)
+                missing = [key for key in ("A", "B") if key not in names]
+                if missing:
+                    held = ", ".join(names) if names else "no arrays"
+                    raise ConfigError(f"{label}: no array {' or '.join(missing)} (it holds {held}; "
+                                      f"expected A, M x K, and B, K x N)")
+                a, b = np.asarray(archive["A"]), np.asarray(archive["B"])
+    except ConfigError:
+        raise
+    except OSError as exc:
+        raise ConfigError(f"cannot read {label}: {exc.strerror or exc}") from None
+    except Exception as exc:  # numpy's ValueError (pickled objects), zipfile's BadZipFile ...
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot read {label}: not a valid .npz file ({text})") from None
+    for name, array, dims in (("A", a, "M x K"), ("B", b, "K x N")):
+        if array.ndim != 2:
+            raise ConfigError(f"{label}: {name} must be 2-D ({dims}), not of shape {array.shape}")
+        if not np.issubdtype(array.dtype, np.integer):
+            raise ConfigError(f"{label}: {name} must hold integers, not {array.dtype}")
+        if 0 in array.shape:
+            raise ConfigError(f"{label}: {name} is {array.shape[0]}x{array.shape[1]} ({dims}); "
+                              f"every size must be at least 1")
+    if a.shape[1] != b.shape[0]:
+        raise ConfigError(f"{label}: A is {a.shape[0]}x{a.shape[1]} (M x K) but B is "
+                          f"{b.shape[0]}x{b.shape[1]} (K x N): A has {a.shape[1]} columns, "
+                          f"B {b.shape[0]} rows")
+    return a, b
+
+
+def _check_operand_range(path: Path, name: str, array, fmt, role: str) -> None:
+    import numpy as np
+
+    bad = np.argwhere((array < fmt.min) | (array > fmt.max))  # compared in the array's dtype
+    if len(bad):
+        index = tuple(int(i) for i in bad[0])
+        more = f" ({len(bad)} values of {name} are)" if len(bad) > 1 else ""
+        raise ConfigError(f"inputs {path}: {name}[{index[0]}, {index[1]}] = {int(array[index])} is "
+                          f"outside the {role} format {fmt.name} [{fmt.min}, {fmt.max}]{more}")
+
+
+def _gemm_operands(args: argparse.Namespace):
+    """The accelerator and the operands of ``qsim cosim``: from --inputs, else random."""
+    import numpy as np
+
+    if args.inputs is None:
+        _check_gemm_args(args, "--inputs A_B.npz")
+        cfg = _gemm_config(args)
+        rng = np.random.default_rng(args.seed)
+        a = rng.integers(cfg.input_format.min, cfg.input_format.max + 1, (args.m, args.k))
+        b = rng.integers(cfg.weight_format.min, cfg.weight_format.max + 1, (args.k, args.n))
+        return cfg, a, b
+    a, b = _read_gemm_inputs(args.inputs)
+    shape = {"m": a.shape[0], "k": a.shape[1], "n": b.shape[1]}
+    for dim, size in shape.items():
+        given = getattr(args, dim)
+        if given is not None and given != size:
+            raise ConfigError(f"--{dim} {given} differs from inputs {args.inputs}, whose "
+                              f"{dim.upper()} is {size}")
+        setattr(args, dim, size)
+    cfg = _gemm_config(args)
+    _check_operand_range(args.inputs, "A", a, cfg.input_format, "input")
+    _check_operand_range(args.inputs, "B", b, cfg.weight_format, "weight")
+    return cfg, a.astype(np.int64), b.astype(np.int64)
 
 
 def _config_from(args: argparse.Namespace) -> AcceleratorConfig:
@@ -96,10 +185,9 @@ def _print_table(rows: Sequence[tuple[str, Any]]) -> None:
 
 
 def _cmd_cosim(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from qsim.compile import compile_gemm
-    from qsim.cosim.runner import check_timeout_cycles, compare, run_programs
+    from qsim.compile import plan_gemm
+    from qsim.cosim.runner import check_timeout_cycles, compare_plan, run_programs
+    from qsim.model import reference_gemm
 
     # everything a user can get wrong is checked before any build or simulation
     _check_seed(args)
@@ -110,68 +198,76 @@ def _cmd_cosim(args: argparse.Namespace) -> int:
         if args.native:
             raise ConfigError("--waves records through cocotb and cannot be combined with --native")
         check_directory(args.waves, "waveforms")
-    cfg = _gemm_config(args)
-    rng = np.random.default_rng(args.seed)
-    a = rng.integers(cfg.input_format.min, cfg.input_format.max + 1, (args.m, args.k))
-    b = rng.integers(cfg.weight_format.min, cfg.weight_format.max + 1, (args.k, args.n))
-    program = compile_gemm(cfg, a, b, name=f"gemm{args.m}x{args.k}x{args.n}")
+    cfg, a, b = _gemm_operands(args)
+    name = f"gemm{args.m}x{args.k}x{args.n}"
+    plan = plan_gemm(cfg, a, b, name=name, label_single=False)
+    expected = reference_gemm(a, b, cfg.acc_bits)
     if args.native:
         from qsim.cosim.native import run_native
 
-        rtl = run_native(program, timeout_cycles=args.timeout_cycles)
+        results = [run_native(p, timeout_cycles=args.timeout_cycles) for p in plan.programs]
     else:
-        rtl = run_programs([program], timeout_cycles=args.timeout_cycles,
-                           waves=args.waves is not None, keep_dir=args.waves)[0]
-    report = compare(program, rtl)
+        results = run_programs(plan.programs, timeout_cycles=args.timeout_cycles,
+                               waves=args.waves is not None, keep_dir=args.waves)
+    report = compare_plan(plan, results, expected)
+    wall_s = sum(r.wall_s for r in results)
+    waves = results[0].extra.get("waves")
+    tiling = plan.tiling
     data = report.to_dict()
-    data.update({"config": cfg.to_dict(), "seed": args.seed, "wall_s": round(rtl.wall_s, 4),
+    data.update({"config": cfg.to_dict(), "seed": None if args.inputs is not None else args.seed,
+                 "inputs": None if args.inputs is None else str(args.inputs),
+                 "programs": len(plan.programs),
+                 "block": {"m": tiling.block_m, "k": tiling.block_k, "n": tiling.block_n},
+                 "wall_s": round(wall_s, 4),
                  "simulator": "verilator-native" if args.native else "cocotb-verilator"})
-    if "waves" in rtl.extra:
-        data["waves"] = rtl.extra["waves"]
+    if waves is not None:
+        data["waves"] = waves
     if args.json:
         print(json_text(data))
     else:
+        source = f"seed {args.seed}" if args.inputs is None else f"inputs {args.inputs}"
         _print_table([
             ("config", cfg.describe()),
-            ("gemm", f"{args.m}x{args.k}x{args.n} (seed {args.seed})"),
+            ("gemm", f"{args.m}x{args.k}x{args.n} ({source})"),
+            ("programs", tiling.describe()),
             ("elements compared", report.elements),
             ("mismatches", report.mismatches + report.acc_mismatches),
             ("model cycles", report.model_cycles),
             ("RTL cycles", report.rtl_cycles),
             ("utilization", f"{report.utilization:.2%}"),
-            ("wall time", f"{rtl.wall_s:.2f} s"),
+            ("wall time", f"{wall_s:.2f} s"),
             ("simulated cycles/s", "not measured" if report.sim_cycles_per_s is None
              else f"{report.sim_cycles_per_s:,.0f}"),
-            *([("waveform", rtl.extra["waves"])] if "waves" in rtl.extra else []),
+            *([("waveform", waves)] if waves is not None else []),
             ("result", "AGREE: bit-exact and cycle-exact" if report.agrees else "DISAGREE"),
         ])
         for line in report.first_mismatches:
             print(f"  {line}")
-        for name, (model, rtl_value) in report.counter_diffs.items():
-            print(f"  counter {name}: model {model}, rtl {rtl_value}")
+        for counter, (model, rtl_value) in report.counter_diffs.items():
+            print(f"  counter {counter}: model {model}, rtl {rtl_value}")
     return EXIT_OK if report.agrees else EXIT_DISAGREE
 
 
 def _cmd_estimate(args: argparse.Namespace) -> int:
-    from qsim.compile import check_gemm_fits
-    from qsim.timing import estimate_gemm
+    from qsim.compile import tile_gemm
 
     _check_seed(args)
     if args.network is not None:
         return _estimate_network(args)
-    missing = [f"--{d}" for d in ("m", "k", "n") if getattr(args, d) is None]
-    if missing:
-        raise ConfigError(f"estimate needs --network NAME or all of --m --k --n "
-                          f"(missing {' '.join(missing)})")
+    _check_gemm_args(args, "--network NAME")
     cfg = _gemm_config(args)
-    check_gemm_fits(cfg, args.m, args.k, args.n)
-    t = estimate_gemm(cfg, args.m, args.k, args.n)
-    data = {"config": cfg.to_dict(), "m": args.m, "k": args.k, "n": args.n, **t.counters(),
-            "useful_macs": t.useful_macs, "utilization": t.utilization, "seconds": t.seconds}
+    tiling = tile_gemm(cfg, args.m, args.k, args.n)
+    t = tiling.estimate()
+    data = {"config": cfg.to_dict(), "m": args.m, "k": args.k, "n": args.n,
+            "programs": tiling.programs,
+            "block": {"m": tiling.block_m, "k": tiling.block_k, "n": tiling.block_n},
+            **t.counters(), "useful_macs": t.useful_macs, "utilization": t.utilization,
+            "seconds": t.seconds}
     if args.json:
         print(json_text(data))
     else:
         _print_table([("config", cfg.describe()), ("gemm", f"{args.m}x{args.k}x{args.n}"),
+                      ("programs", tiling.describe()),
                       *((k, v) for k, v in t.counters().items()),
                       ("utilization", f"{t.utilization:.2%}"),
                       ("time", f"{t.seconds * 1e6:.2f} us at {cfg.clock_mhz:g} MHz")])
@@ -473,12 +569,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "when stderr is a terminal)")
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("cosim", help="run one random GEMM on the model and the RTL and compare")
+    p = sub.add_parser("cosim", help="run one GEMM (random or given operands) on the model and "
+                                     "the RTL and compare")
     _add_config_options(p)
-    _add_gemm_options(p)
+    _add_gemm_options(p, inputs=True)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--timeout-cycles", type=int, metavar="N",
-                   help="give up after N cycles (default: twice the predicted count + 1000)")
+                   help="give up on a program after N cycles (default: twice its predicted "
+                        "count + 1000)")
     p.add_argument("--waves", type=Path, metavar="DIR", help="write a VCD waveform into DIR")
     p.add_argument("--native", action="store_true",
                    help="use the plain Verilator C++ loop instead of cocotb")
@@ -486,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("estimate", help="cycles of a GEMM or a whole network from the timing model")
     _add_config_options(p)
-    _add_gemm_options(p, required=False)
+    _add_gemm_options(p)
     p.add_argument("--network", metavar="NAME",
                    help="estimate a whole network instead (resnet18, resnet50, mobilenet_v2, "
                         "bert_base_block)")

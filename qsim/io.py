@@ -72,6 +72,27 @@ class _Stream(io.RawIOBase):
                 super().close()
 
 
+@contextmanager
+def reading_archive(label: str, kind: str = ".npz") -> Iterator[None]:
+    """Turn any failure to read a numpy file inside the block into one :class:`ConfigError`.
+
+    A :class:`ConfigError` raised in the block passes through; an ``OSError`` becomes
+    ``cannot read LABEL: REASON``; anything numpy or zipfile raise (pickled objects, a
+    truncated archive) becomes ``cannot read LABEL: not a valid KIND file (FIRST LINE)``.
+    ``kind`` may be a one-item list, so that the block can say what it found.
+    """
+    try:
+        yield
+    except ConfigError:
+        raise
+    except OSError as exc:
+        raise ConfigError(f"cannot read {label}: {exc.strerror or exc}") from None
+    except Exception as exc:  # numpy's ValueError/EOFError, zipfile's BadZipFile ...
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        found = kind[0] if isinstance(kind, list) else kind
+        raise ConfigError(f"cannot read {label}: not a valid {found} file ({text})") from None
+
+
 def _target(path: str | os.PathLike) -> tuple[str, os.stat_result | None]:
     """The file a write to ``path`` must change (symbolic links resolved) and its status."""
     real = os.path.realpath(os.fspath(path))

@@ -33,7 +33,9 @@ bit-accurate model, the timing model and (optionally) the RTL, and reports agree
     time_limit = 600            # optional wall-clock limit of the whole run, in seconds
 
 Every key is checked: unknown tables or keys, wrong types and impossible shapes are
-reported with the file and the table they are in. :func:`run_scenario` loads every network
+reported with the file and the table they are in. A GEMM larger than the memories is cut
+into several Programs (:func:`qsim.compile.plan_gemm`, as network layers are); its cycles
+are the sum over those Programs, each a separate run with its own start-up and drain. :func:`run_scenario` loads every network
 and runs every workload on the model before any RTL work, so a mistake is reported before
 a long co-simulation starts; on Ctrl-C or at the time limit it stops and reports the
 workloads that finished (:attr:`ScenarioReport.stopped`).
@@ -255,9 +257,10 @@ def check_time_limit(value: Any, what: str = "time_limit") -> float | None:
 def parse_scenario(data: dict[str, Any], source: str = "<scenario>") -> Scenario:
     """Validate a parsed TOML document and build the :class:`Scenario`.
 
-    Besides types and ranges, every GEMM is checked to fit the accelerator's memories.
+    Besides types and ranges, every GEMM is checked to be possible on the accelerator (one
+    that does not fit its memories is cut into several Programs when it runs).
     """
-    from qsim.compile import check_gemm_fits
+    from qsim.compile import tile_gemm
     from qsim.cosim.runner import check_timeout_cycles
     from qsim.quant.isa import parse_isa
 
@@ -290,7 +293,7 @@ def parse_scenario(data: dict[str, Any], source: str = "<scenario>") -> Scenario
                 raise ConfigError(f"{where}: missing {key}")
         m, k, n = (_int(where, key, entry[key]) for key in ("m", "k", "n"))
         try:
-            check_gemm_fits(config, m, k, n)
+            tile_gemm(config, m, k, n)
         except QsimError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         workloads.append(GemmWorkload(str(entry.get("name", f"gemm{i}")), m, k, n))
@@ -374,6 +377,7 @@ class WorkloadReport:
     mismatches: int | None = None
     counter_diffs: dict[str, tuple[int, int]] | None = None
     sim_cycles_per_s: float | None = None
+    programs: int = 1
 
     @property
     def agrees(self) -> bool | None:
@@ -385,7 +389,7 @@ class WorkloadReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "m": self.shape[0], "k": self.shape[1], "n": self.shape[2],
-            "elements": self.elements, "mismatches": self.mismatches,
+            "elements": self.elements, "programs": self.programs, "mismatches": self.mismatches,
             "model_cycles": self.model_cycles, "rtl_cycles": self.rtl_cycles,
             "utilization": round(self.utilization, 6),
             "counter_diffs": None if self.counter_diffs is None else
@@ -463,7 +467,7 @@ class _Task:
     cycles: list[int] = field(default_factory=list)  # predicted, per program
     layers: list[str] = field(default_factory=list)  # per program (networks)
     report: Any = None  # WorkloadReport or NetworkCosimReport, once known
-    check: Any = None  # the NetworkCheck of a network
+    check: Any = None  # the NetworkCheck of a network, (GemmPlan, expected C) of a GEMM
     model_s: float = 0.0  # wall time of a network's model run
     results: list = field(default_factory=list)
     done: bool = False
@@ -541,7 +545,7 @@ def run_scenario(scenario: Scenario, *, time_limit: float | None = None,
 def _run(scenario: Scenario, tasks: list[_Task], progress: Callable[[str], None] | None,
          t0: float, limit: float | None) -> None:
     """The body of :func:`run_scenario`: appends to ``tasks`` as workloads progress."""
-    from qsim.compile import compile_gemm
+    from qsim.compile import plan_gemm
     from qsim.model import execute, reference_gemm
     from qsim.timing import simulate_timing
 
@@ -567,15 +571,16 @@ def _run(scenario: Scenario, tasks: list[_Task], progress: Callable[[str], None]
     for i, w in enumerate(scenario.workloads, start=1):
         tell(f"model [{i}/{total}] {w.name} ({w.m}x{w.k}x{w.n})")
         a, b = w.operands(cfg, rng)
-        program = compile_gemm(cfg, a, b, name=w.name)
-        model = execute(program)
-        if not np.array_equal(model.outputs["C"], reference_gemm(a, b, cfg.acc_bits)):
+        plan = plan_gemm(cfg, a, b, name=w.name, label_single=False)
+        expected = reference_gemm(a, b, cfg.acc_bits)
+        if not np.array_equal(plan.assemble([execute(p).outputs["C"] for p in plan.programs]), expected):
             raise QsimError(f"{w.name}: the model disagrees with the direct product (a qsim bug)")
-        timing = simulate_timing(program)
-        report = WorkloadReport(w.name, (w.m, w.k, w.n), int(model.outputs["C"].size),
-                                timing.cycles, timing.utilization or 0.0)
-        tasks.append(_Task("gemm", w.name, [program], [timing.cycles], [w.name], report,
-                           done=not scenario.rtl))
+        cycles = [simulate_timing(p).cycles for p in plan.programs]
+        report = WorkloadReport(w.name, (w.m, w.k, w.n), w.m * w.n, sum(cycles),
+                                w.m * w.k * w.n / (cfg.macs_per_cycle * sum(cycles)),
+                                programs=len(plan.programs))
+        tasks.append(_Task("gemm", w.name, plan.programs, cycles, [w.name] * len(cycles), report,
+                           check=(plan, expected), done=not scenario.rtl))
     from qsim.nn.accelerate import check_network
 
     for i, (net, (graph, feeds)) in enumerate(zip(scenario.networks, loaded),
@@ -596,7 +601,7 @@ def _run(scenario: Scenario, tasks: list[_Task], progress: Callable[[str], None]
     if not scenario.rtl:
         return
     # 3. the RTL, in batches of about RTL_BATCH_CYCLES predicted cycles
-    from qsim.cosim.runner import compare, run_programs
+    from qsim.cosim.runner import compare_plan, run_programs
 
     for task in tasks:  # networks without any product have nothing to simulate
         if task.kind == "network" and not task.programs:
@@ -626,7 +631,8 @@ def _run(scenario: Scenario, tasks: list[_Task], progress: Callable[[str], None]
             if len(task.results) < len(task.programs):
                 continue
             if task.kind == "gemm":
-                cmp = compare(task.programs[0], result)
+                plan, expected = task.check
+                cmp = compare_plan(plan, task.results, expected)
                 report = task.report
                 report.rtl_cycles = cmp.rtl_cycles
                 report.mismatches = cmp.mismatches + cmp.acc_mismatches

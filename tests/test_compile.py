@@ -3,11 +3,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qsim.compile import compile_gemm, fold_zero_points, gemm_layouts, plan_gemm
-from qsim.config import AcceleratorConfig
+from qsim.compile import (check_gemm_fits, compile_gemm, fold_zero_points, gemm_layouts, plan_gemm,
+                          tile_gemm)
+from qsim.config import AcceleratorConfig, preset
 from qsim.errors import ProgramError, QsimOverflowError
 from qsim.model import execute, reference_gemm
 from qsim.program import Halt, Matmul
+from qsim.timing import estimate_gemm, simulate_timing
 
 CFG = AcceleratorConfig(rows=4, cols=4, act_mem_words=256, weight_mem_words=256,
                         acc_mem_words=128, cmd_mem_words=64)
@@ -84,12 +86,98 @@ def test_plan_gemm_chunks_every_dimension_and_reassembles(rng):
     a = rng.integers(-128, 128, (23, 37))
     b = rng.integers(-128, 128, (37, 19))
     plan = plan_gemm(tiny, a, b)
-    # kt = min(10 K tiles, 16 // 4, 24, 3) = 3; nt = min(5, 16 // 12, 12, 1) = 1; mc = min(23, 8, 12)
-    assert [(ms.stop - ms.start, ns.stop - ns.start, ks.stop - ks.start) for ms, ns, ks in plan.blocks[:5]] \
-        == [(8, 4, 12), (8, 4, 12), (8, 4, 12), (8, 4, 1), (8, 4, 12)]
-    assert len(plan.programs) == 3 * 5 * 4
+    # 10 K tiles, 5 N tiles. The whole-reduction-first rule took kt = 3 (the command memory
+    # holds 3 Matmuls), so 8 rows per program: 3 x 5 x 4 = 60 programs, 1810 cycles. Two K
+    # tiles leave act words for 12 rows (23 = 12 + 11): 2 x 5 x 5 = 50 programs, 1700 cycles.
+    assert (plan.tiling.block_m, plan.tiling.block_k, plan.tiling.block_n) == (12, 8, 4)
+    assert [(ms.stop - ms.start, ns.stop - ns.start, ks.stop - ks.start) for ms, ns, ks in plan.blocks[:6]] \
+        == [(12, 4, 8), (12, 4, 8), (12, 4, 8), (12, 4, 8), (12, 4, 5), (12, 4, 8)]
+    assert len(plan.programs) == plan.tiling.programs == 2 * 5 * 5
+    assert sum(plan.tiling.shapes().values()) == 50
+    assert plan.programs[4].name == "gemm[0:12,0:4,32:37]"
     outputs = [execute(p).outputs["C"] for p in plan.programs]
     assert np.array_equal(plan.assemble(outputs), a @ b)
+    assert sum(simulate_timing(p).cycles for p in plan.programs) == plan.tiling.estimate().cycles == 1700
+
+
+def _tiny_memories(rng) -> AcceleratorConfig:
+    rows, cols = (int(x) for x in rng.integers(2, 7, 2))
+    return AcceleratorConfig(rows=rows, cols=cols, acc_bits=int(rng.choice([16, 32])),
+                             act_mem_words=int(rng.integers(2, 40)),
+                             weight_mem_words=int(rng.integers(rows, 5 * rows * cols)),
+                             acc_mem_words=int(rng.integers(2, 40)),
+                             cmd_mem_words=int(rng.integers(2, 12)))
+
+
+def test_plans_fit_cover_the_product_and_their_estimate_is_exact(rng):
+    for _ in range(40):
+        cfg = _tiny_memories(rng)
+        m, k, n = (int(x) for x in rng.integers(1, 50, 3))
+        a = rng.integers(-128, 128, (m, k))
+        b = rng.integers(-128, 128, (k, n))
+        plan = plan_gemm(cfg, a, b)
+        tiling = plan.tiling
+        assert len(plan.programs) == tiling.programs == sum(tiling.shapes().values())
+        covered = np.zeros((m, n), dtype=int)
+        for (ms, ns, ks), program in zip(plan.blocks, plan.programs):
+            check_gemm_fits(cfg, ms.stop - ms.start, ks.stop - ks.start, ns.stop - ns.start)
+            covered[ms, ns] += ks.stop - ks.start
+        assert (covered == k).all()  # every output element gets the whole reduction once
+        assert np.array_equal(plan.assemble([execute(p).outputs["C"] for p in plan.programs]),
+                              reference_gemm(a, b, cfg.acc_bits))
+        total = [simulate_timing(p).counters() for p in plan.programs]
+        summed = {key: sum(c[key] for c in total) for key in total[0]}
+        estimate = tiling.estimate()
+        assert estimate.counters() == summed, (cfg, m, k, n)
+        assert estimate.useful_macs == m * k * n
+
+
+def test_a_gemm_that_fits_is_one_program_exactly_as_compiled(rng):
+    a = rng.integers(-128, 128, (7, 13))
+    b = rng.integers(-128, 128, (13, 11))
+    tiling = tile_gemm(CFG, 7, 13, 11)
+    assert (tiling.programs, tiling.block_m, tiling.block_k, tiling.block_n) == (1, 7, 13, 11)
+    assert tiling.describe() == "1 program"
+    (program,) = plan_gemm(CFG, a, b, name="g", label_single=False).programs
+    direct = compile_gemm(CFG, a, b, name="g")
+    assert (program.name, program.commands) == ("g", direct.commands)
+    assert tiling.estimate().counters() == estimate_gemm(CFG, 7, 13, 11).counters()
+
+
+def test_tile_choices_are_sensible():
+    # the default 8x8 holds 64 K tiles of 256 rows in its act memory: 16 programs of 256 rows
+    big = tile_gemm(AcceleratorConfig(), 4096, 512, 64)
+    assert (big.programs, big.block_m, big.block_k, big.block_n) == (16, 256, 512, 64)
+    assert big.describe() == "16 programs of at most 256x512x64 (M x K x N)"
+    # M is split evenly: 17000 rows are two programs of 8500, not 16384 + 616
+    assert (tile_gemm(AcceleratorConfig(), 17000, 8, 8).block_m, tile_gemm(AcceleratorConfig(), 17000, 8, 8).programs) \
+        == (8500, 2)
+    # 1000^3 on tiny-4x4: the greedy rule made 3969 programs of 16 rows; blocks of about 100
+    # rows stream long enough to hide every weight load
+    t = tile_gemm(preset("tiny-4x4"), 1000, 1000, 1000)
+    assert t.programs == 567 and t.block_m >= 100
+    assert t.estimate().utilization > 0.999
+
+
+def test_huge_gemm_estimate_costs_each_block_shape_once(monkeypatch):
+    import qsim.compile
+
+    calls = []
+    real = qsim.compile.estimate_gemm
+    monkeypatch.setattr(qsim.compile, "estimate_gemm", lambda *a: calls.append(a) or real(*a))
+    tiling = tile_gemm(AcceleratorConfig(), 100_000, 100_000, 100_000)
+    t = tiling.estimate()
+    assert len(calls) == len(tiling.shapes()) <= 8
+    assert tiling.programs > 10**7 and t.useful_macs == 10**15
+    assert t.matmuls == sum(count * -(-bk // 8) * -(-bn // 8) for (bm, bk, bn), count in tiling.shapes().items())
+
+
+def test_impossible_accelerators_are_refused():
+    with pytest.raises(ProgramError, match=r"the 8x8 accelerator cannot hold one weight tile \(8 words\) and one "
+                                           r"command: weight memory 4 words, command memory 4096 words"):
+        tile_gemm(AcceleratorConfig(weight_mem_words=4), 100, 100, 100)
+    with pytest.raises(ProgramError, match="GEMM K must be at least 1, not 0"):
+        tile_gemm(AcceleratorConfig(), 1, 0, 1)
 
 
 def test_plan_gemm_partial_sums_wrap_like_the_accumulator():
@@ -122,3 +210,11 @@ def test_fold_zero_points_is_exact(rng, x_range, w_range, w_zp):
 def test_fold_rejects_values_that_fit_no_int8_shift():
     with pytest.raises(ProgramError, match="activation values span -100..200, which no shift maps into int8"):
         fold_zero_points(CFG, np.array([[-100, 200]]), 0, np.zeros((2, 1), dtype=int), 0)
+
+
+def test_plan_gemm_names_an_operand_out_of_range_by_its_place_in_the_whole_array():
+    small = CFG.replace(act_mem_words=8, acc_mem_words=8, cmd_mem_words=4)
+    a = np.zeros((20, 30), dtype=np.int64)
+    a[17, 29] = 300
+    with pytest.raises(QsimOverflowError, match=r"A\[17, 29\] = 300 is 173 above the int8 maximum 127"):
+        plan_gemm(small, a, np.zeros((30, 5), dtype=np.int64))

@@ -300,9 +300,10 @@ def test_config_and_scenario_files_that_are_not_utf8(tmp_path, capsys):
      "{p} [run]: time_limit must be a number of seconds above 0 and at most 1000000000, not -1"),
     (GEMM + "[run]\ntime_limit = 'soon'\n",
      "{p} [run]: time_limit must be a number of seconds above 0 and at most 1000000000, not 'soon'"),
-    ("[accelerator]\npreset = 'tiny-4x4'\n[[gemm]]\nname = 'big'\nm = 4096\nk = 64\nn = 4\n",
-     "{p} [[gemm]] 1: GEMM 4096x64x4 does not fit the 4x4 accelerator: the act memory needs 65536 "
-     "words (16 K tiles x 4096 rows) but has 4096 (61440 too many)"),
+    # a GEMM larger than the memories is tiled; only one no tile fits is refused
+    ("[accelerator]\npreset = 'tiny-4x4'\nweight_mem_words = 2\n[[gemm]]\nname = 'big'\nm = 4096\nk = 64\nn = 4\n",
+     "{p} [[gemm]] 1: the 4x4 accelerator cannot hold one weight tile (4 words) and one command: "
+     "weight memory 2 words, command memory 1024 words"),
     ("[[network]]\nmodel = 'digits_mlp'\nisa = 'sse2'\n",
      "{p} [[network]] 1: isa must be one of auto, sse, avx2, avx512bw, avx-vnni, avx512-vnni, amx-int8, "
      "exact, not 'sse2'"),

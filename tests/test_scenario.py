@@ -220,3 +220,46 @@ def test_a_network_from_an_onnx_file_on_the_rtl(tmp_path):
     (n,) = report.networks
     assert (n.output_mismatches, n.programs, n.rtl_mismatches, n.counter_diffs) == (0, 2, 0, 0)
     assert n.rtl_cycles == n.model_cycles == 82 and n.agrees is True and report.agrees is True
+
+
+SMALL_MEMORIES = {"preset": "tiny-4x4", "act_mem_words": 16, "weight_mem_words": 16,
+                  "acc_mem_words": 16, "cmd_mem_words": 8}
+
+
+def test_a_gemm_larger_than_the_memories_is_tiled():
+    from qsim.compile import tile_gemm
+
+    s = parse_scenario({"accelerator": SMALL_MEMORIES, "gemm": [{"name": "big", "m": 19, "k": 23, "n": 11}],
+                        "run": {"rtl": False}}, "x.toml")
+    (w,) = run_scenario(s).workloads
+    tiling = tile_gemm(s.config, 19, 23, 11)
+    assert (w.elements, w.programs, w.model_cycles) == (209, tiling.programs, tiling.estimate().cycles)
+    assert w.programs == 18 and w.to_dict()["programs"] == 18
+    assert w.utilization == pytest.approx(19 * 23 * 11 / (16 * w.model_cycles))
+
+
+def test_a_tiled_gemm_on_the_rtl_across_simulator_runs(monkeypatch):
+    import qsim.cosim.runner
+    import qsim.scenario
+    from tests.test_cli import fake_run_programs
+
+    fake_run_programs.calls = []
+    monkeypatch.setattr(qsim.cosim.runner, "run_programs", fake_run_programs)
+    monkeypatch.setattr(qsim.scenario, "RTL_BATCH_CYCLES", 200)  # the 18 programs need 3 runs
+    s = parse_scenario({"accelerator": SMALL_MEMORIES,
+                        "gemm": [{"name": "big", "m": 19, "k": 23, "n": 11}, {"m": 2, "k": 3, "n": 4}]},
+                       "x.toml")
+    report = run_scenario(s)
+    assert report.agrees is True
+    assert len(fake_run_programs.calls) > 1 and sum(fake_run_programs.calls) == 19
+    big, small = report.workloads
+    assert (big.programs, big.mismatches, big.rtl_cycles == big.model_cycles) == (18, 0, True)
+    assert (small.programs, small.mismatches, small.rtl_cycles == small.model_cycles) == (1, 0, True)
+
+
+def test_a_gemm_is_refused_only_when_no_tile_fits():
+    with pytest.raises(ConfigError) as exc:
+        parse_scenario({"accelerator": {"preset": "tiny-4x4", "weight_mem_words": 2},
+                        "gemm": [{"m": 1, "k": 1, "n": 1}]}, "x.toml")
+    assert str(exc.value) == ("x.toml [[gemm]] 1: the 4x4 accelerator cannot hold one weight tile "
+                              "(4 words) and one command: weight memory 2 words, command memory 1024 words")

@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -29,8 +29,11 @@ from qsim.cosim.words import program_images, readback_words, unpack_memory
 from qsim.errors import ConfigError, SimulationError
 from qsim.program import Program
 
-__all__ = ["run_programs", "cosim_program", "compare", "CosimReport", "check_timeout_cycles",
-           "MAX_TIMEOUT_CYCLES"]
+if TYPE_CHECKING:
+    from qsim.compile import GemmPlan
+
+__all__ = ["run_programs", "cosim_program", "compare", "compare_plan", "CosimReport",
+           "check_timeout_cycles", "MAX_TIMEOUT_CYCLES"]
 
 #: Largest accepted ``timeout_cycles`` (10**12 cycles: about ten days at 1.2 M cycles/s).
 MAX_TIMEOUT_CYCLES = 10**12
@@ -309,6 +312,38 @@ def compare(program: Program, rtl: RtlResult) -> CosimReport:
         model_cycles=timing.cycles, rtl_cycles=rtl.cycles, counter_diffs=counter_diffs,
         wall_s=rtl.wall_s, sim_wall_s=rtl.sim_wall_s, utilization=timing.utilization,
         first_mismatches=first, act_mismatches=len(diffs.get("act", ())),
+    )
+
+
+def compare_plan(plan: GemmPlan, results: Sequence[RtlResult], expected: np.ndarray) -> CosimReport:
+    """Compare the RTL results of every Program of ``plan`` and their assembled product.
+
+    Each Program is compared with the model and the timing model (:func:`compare`); the
+    RTL's outputs are assembled (:meth:`GemmPlan.assemble`) and compared with ``expected``,
+    the direct product. ``elements``/``mismatches`` count the M x N product,
+    ``acc_mismatches`` and the cycles are summed over the Programs, ``counter_diffs`` is keyed
+    ``"<program> <counter>"``. A plan of one Program gives exactly :func:`compare`'s report.
+    """
+    if len(results) != len(plan.programs):
+        raise ValueError(f"{len(results)} RTL results for {len(plan.programs)} programs")
+    reports = [compare(p, r) for p, r in zip(plan.programs, results)]
+    if len(reports) == 1:
+        return reports[0]
+    got = plan.assemble([r.outputs["C"] for r in results])
+    diff = np.argwhere(got != expected)
+    first = [f"C[{int(i)}, {int(j)}]: rtl {int(got[i, j])}, reference {int(expected[i, j])}"
+             for i, j in diff[:5]]
+    first += [f"{rep.name}: {line}" for rep in reports for line in rep.first_mismatches][:5 - len(first)]
+    model_cycles = sum(rep.model_cycles for rep in reports)
+    cfg = plan.config
+    return CosimReport(
+        name=plan.name, elements=int(expected.size),
+        mismatches=len(diff), acc_mismatches=sum(rep.acc_mismatches for rep in reports),
+        model_cycles=model_cycles, rtl_cycles=sum(rep.rtl_cycles for rep in reports),
+        counter_diffs={f"{rep.name} {k}": v for rep in reports for k, v in rep.counter_diffs.items()},
+        wall_s=sum(r.wall_s for r in results), sim_wall_s=sum(r.sim_wall_s for r in results),
+        utilization=plan.m * plan.k * plan.n / (cfg.macs_per_cycle * model_cycles) if model_cycles else None,
+        first_mismatches=first,
     )
 
 

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from qsim.errors import ConfigError
+from qsim.io import reading_archive
 from qsim.nn.graph import Graph
 from qsim.quant.requant import Semantics
 
@@ -74,26 +75,19 @@ def read_inputs(path: str | os.PathLike, graph: Graph) -> dict[str, np.ndarray]:
     label = os.fspath(path)
     if not os.path.exists(label):
         raise ConfigError(f"cannot read inputs {label}: No such file or directory")
-    try:
+    kind = [".npz"]
+    with reading_archive(f"inputs {label}", kind):
         with open(label, "rb") as handle:
             head = handle.read(6)
             handle.seek(0)
             if head.startswith(b"PK"):  # a zip archive: .npz
-                kind = ".npz"
                 with np.load(handle, allow_pickle=False) as archive:
                     return {name: np.asarray(archive[name]) for name in archive.files}
             if head != b"\x93NUMPY":
                 raise ConfigError(f"cannot read inputs {label}: not an .npz or .npy file (it starts "
                                   f"with neither signature)")
-            kind = ".npy"
+            kind[0] = ".npy"
             loaded = np.load(handle, allow_pickle=False)
-    except ConfigError:
-        raise
-    except OSError as exc:
-        raise ConfigError(f"cannot read inputs {label}: {exc.strerror or exc}") from None
-    except Exception as exc:  # numpy's ValueError/EOFError, zipfile's BadZipFile ...
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot read inputs {label}: not a valid {kind} file ({text})") from None
     if len(graph.inputs) != 1:
         raise ConfigError(f"inputs {label} holds one array, but the model has {len(graph.inputs)} "
                           f"inputs ({', '.join(graph.inputs)}); use an .npz keyed by input name")

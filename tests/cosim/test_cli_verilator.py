@@ -73,3 +73,26 @@ def test_bench_cosim_small_gemm():
     assert r["cycles"] == r["model_cycles"] == 3 + 4 * 64 + 16
     assert r["cocotb_sim_cycles_per_s"] > 0 and r["native_sim_cycles_per_s"] > 0
     assert r["meets_target"] is False  # far fewer than a million cycles
+
+
+def test_cosim_of_users_operands_larger_than_the_memories(capsys, tmp_path):
+    """A GEMM that overflows every memory of a 4x4 array: tiled, run in one simulator process."""
+    import numpy as np
+
+    from qsim.compile import tile_gemm
+    from qsim.config import preset
+
+    rng = np.random.default_rng(7)
+    a = rng.integers(-128, 128, (19, 23), dtype=np.int8)
+    b = rng.integers(-128, 128, (23, 11), dtype=np.int8)
+    path = tmp_path / "ab.npz"
+    np.savez(path, A=a, B=b)
+    code = main(["cosim", "--preset", "tiny-4x4", "--act-words", "16", "--weight-words", "16",
+                 "--acc-words", "16", "--cmd-words", "8", "--inputs", str(path), "--json"])
+    data = json.loads(capsys.readouterr().out)
+    cfg = preset("tiny-4x4").replace(act_mem_words=16, weight_mem_words=16, acc_mem_words=16,
+                                     cmd_mem_words=8)
+    tiling = tile_gemm(cfg, 19, 23, 11)
+    assert code == 0 and tiling.programs == data["programs"] == 18
+    assert (data["elements"], data["mismatches"], data["acc_mismatches"], data["agrees"]) == (209, 0, 0, True)
+    assert data["rtl_cycles"] == data["model_cycles"] == tiling.estimate().cycles
