@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.qsim-installed
 # Tests run on both cores by default; PYTEST_ARGS adds or overrides options.
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test test-quick test-isa bench lint clean clean-cache
+.PHONY: demo test test-full test-quick test-isa bench lint clean clean-cache
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || { echo "creating $(VENV) with $(PYTHON) -m venv"; $(PYTHON) -m venv $(VENV); }
@@ -22,6 +22,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Everything in make test plus the whole co-simulation matrix (tests marked 'full').
+test-full: $(STAMP)
+	$(BIN)/python -m pytest --full $(PYTEST_ARGS)
 
 test-quick: $(STAMP)
 	$(BIN)/python -m pytest -m "not verilator" $(PYTEST_ARGS)

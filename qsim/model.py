@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qsim.numerics import int_matmul, wrap
-from qsim.program import Matmul, Program, Requant, requantize_lanes
+from qsim.program import Matmul, Program, Requant, act_addresses, requantize_lanes
 
 __all__ = ["ModelResult", "execute", "reference_gemm"]
 
@@ -45,12 +45,12 @@ def execute(program: Program) -> ModelResult:
             params = [mem[m][cmd.param_addr, src] for m in ("bias", "scale", "qctl")]
             out = requantize_lanes(cfg.requant, acc[cmd.acc_addr : cmd.acc_addr + cmd.rows, src],
                                    *params, acc_bits=cfg.acc_bits)
-            act[cmd.act_addr : cmd.act_addr + cmd.rows, cmd.dst_lane : cmd.dst_lane + cmd.lanes] = \
+            act[act_addresses(cmd), cmd.dst_lane : cmd.dst_lane + cmd.lanes] = \
                 wrap(out, cfg.input_format)
             continue
         if not isinstance(cmd, Matmul):
             continue
-        x = act[cmd.act_addr : cmd.act_addr + cmd.rows]
+        x = act[act_addresses(cmd)]
         w = weight[cmd.weight_addr : cmd.weight_addr + cfg.rows]
         product = int_matmul(x, w)
         target = slice(cmd.acc_addr, cmd.acc_addr + cmd.rows)

@@ -63,6 +63,7 @@ __all__ = [
     "pack_qctl",
     "unpack_qctl",
     "requantize_lanes",
+    "act_addresses",
 ]
 
 #: Data memories a Program can place matrices in; the last three are the post-processing
@@ -101,6 +102,12 @@ class Matmul:
         Number of activation words streamed (output rows produced), at least 1.
     accumulate : bool
         Add to the accumulator contents (true) or overwrite them (false).
+    inner, step, stride : int
+        Activation addressing (:func:`act_addresses`): runs of ``inner`` words ``step``
+        apart, each run ``stride`` words after the previous one's start; ``inner = 0`` (the
+        default) is one run of ``rows`` consecutive words. A convolution reads its input in
+        place this way (no im2col): one run per output row, ``step`` the stride, ``stride``
+        the stride times the padded image width.
     """
 
     act_addr: int
@@ -108,6 +115,9 @@ class Matmul:
     acc_addr: int
     rows: int
     accumulate: bool = False
+    inner: int = 0
+    step: int = 1
+    stride: int = 0
 
     opcode = Opcode.MATMUL
 
@@ -124,7 +134,9 @@ class Requant:
     lay output channels out as the next layer's reduction lanes.
 
     The command waits until every earlier MATMUL has written its results, and no command
-    after it starts before its last write (see :mod:`qsim.timing`).
+    after it starts before its last write (see :mod:`qsim.timing`). ``inner``, ``step`` and
+    ``stride`` address the activation words written as a Matmul's address its reads (runs
+    of output pixels into the interior of the next layer's zero-point-padded image).
     """
 
     acc_addr: int
@@ -134,6 +146,9 @@ class Requant:
     lanes: int
     src_lane: int = 0
     dst_lane: int = 0
+    inner: int = 0
+    step: int = 1
+    stride: int = 0
 
     opcode = Opcode.REQUANT
 
@@ -146,6 +161,18 @@ class Halt:
 
 
 Command = Union[Matmul, Requant, Halt]
+
+
+def act_addresses(command: Matmul | Requant) -> np.ndarray:
+    """Activation-memory words a command reads (Matmul) or writes (Requant), in order.
+
+    Row ``i`` uses ``act_addr + (i // inner) * stride + (i % inner) * step``; with
+    ``inner = 0`` the rows are ``act_addr, act_addr + step, ...`` (one run).
+    """
+    i = np.arange(command.rows, dtype=np.int64)
+    if command.inner == 0:
+        return command.act_addr + i * command.step
+    return command.act_addr + (i // command.inner) * command.stride + (i % command.inner) * command.step
 
 
 @dataclass(frozen=True)
@@ -164,9 +191,10 @@ class CommandLayout:
 
     Fields, from bit 0 upward: ``opcode`` (4 bits), ``accumulate`` (1), ``rows`` (wide
     enough for ``act_mem_words``), ``act_addr``, ``weight_addr``, ``acc_addr`` (each the
-    address width of its memory); with a post-processing unit also ``param_addr``,
-    ``src_lane``, ``dst_lane`` and ``lanes`` (wide enough for ``max(rows, cols)``). A command
-    leaves the fields it does not use zero. The word is padded to a multiple of 32 bits.
+    address width of its memory), ``inner`` (as ``rows``), ``step`` and ``stride`` (the
+    activation address width); with a post-processing unit also ``param_addr``, ``src_lane``,
+    ``dst_lane`` and ``lanes`` (wide enough for ``max(rows, cols)``). A command leaves the
+    fields it does not use zero. The word is padded to a multiple of 32 bits.
     """
 
     OPCODE_BITS = 4
@@ -180,6 +208,9 @@ class CommandLayout:
             ("act_addr", config.act_addr_bits),
             ("weight_addr", config.weight_addr_bits),
             ("acc_addr", config.acc_addr_bits),
+            ("inner", config.act_mem_words.bit_length()),
+            ("step", config.act_addr_bits),
+            ("stride", config.act_addr_bits),
         ]
         if config.requant is not RequantMode.NONE:
             lane_bits = max(config.rows, config.cols).bit_length()
@@ -209,6 +240,9 @@ class CommandLayout:
                 "act_addr": command.act_addr,
                 "weight_addr": command.weight_addr,
                 "acc_addr": command.acc_addr,
+                "inner": command.inner,
+                "step": command.step,
+                "stride": command.stride,
             }
         elif isinstance(command, Requant):
             if "param_addr" not in self.fields:
@@ -217,7 +251,8 @@ class CommandLayout:
             values = {"opcode": int(Opcode.REQUANT), "rows": command.rows,
                       "act_addr": command.act_addr, "acc_addr": command.acc_addr,
                       "param_addr": command.param_addr, "src_lane": command.src_lane,
-                      "dst_lane": command.dst_lane, "lanes": command.lanes}
+                      "dst_lane": command.dst_lane, "lanes": command.lanes,
+                      "inner": command.inner, "step": command.step, "stride": command.stride}
         else:
             raise ProgramError(f"cannot encode {command!r}: not a qsim command")
         word = 0
@@ -246,7 +281,8 @@ class CommandLayout:
         if opcode == Opcode.REQUANT:
             return Requant(acc_addr=get("acc_addr"), act_addr=get("act_addr"), rows=get("rows"),
                            param_addr=get("param_addr"), lanes=get("lanes"),
-                           src_lane=get("src_lane"), dst_lane=get("dst_lane"))
+                           src_lane=get("src_lane"), dst_lane=get("dst_lane"), inner=get("inner"),
+                           step=get("step"), stride=get("stride"))
 
         return Matmul(
             act_addr=get("act_addr"),
@@ -254,6 +290,9 @@ class CommandLayout:
             acc_addr=get("acc_addr"),
             rows=get("rows"),
             accumulate=bool(get("accumulate")),
+            inner=get("inner"),
+            step=get("step"),
+            stride=get("stride"),
         )
 
 
@@ -386,11 +425,11 @@ class Program:
         for lay in self.outputs.values():
             top[lay.memory] = max(top[lay.memory], lay.end)
         for c in self.matmuls:
-            top["act"] = max(top["act"], c.act_addr + c.rows)
+            top["act"] = max(top["act"], int(act_addresses(c).max()) + 1)
             top["weight"] = max(top["weight"], c.weight_addr + rows)
             top["acc"] = max(top["acc"], c.acc_addr + c.rows)
         for c in self.requants:
-            top["act"] = max(top["act"], c.act_addr + c.rows)
+            top["act"] = max(top["act"], int(act_addresses(c).max()) + 1)
             top["acc"] = max(top["acc"], c.acc_addr + c.rows)
             for memory in PARAM_MEMORIES:
                 top[memory] = max(top[memory], c.param_addr + 1)
@@ -453,14 +492,14 @@ class Program:
             if isinstance(c, Halt):
                 continue
             if isinstance(c, Matmul):
-                names = ("act_addr", "weight_addr", "acc_addr", "rows")
+                names = ("act_addr", "weight_addr", "acc_addr", "rows", "inner", "step", "stride")
             elif isinstance(c, Requant):
                 if cfg.requant is RequantMode.NONE:
                     raise ProgramError(
                         f"command {i} is a Requant but the configuration has no "
                         f"post-processing unit (requant none)")
                 names = ("acc_addr", "act_addr", "rows", "param_addr", "lanes", "src_lane",
-                         "dst_lane")
+                         "dst_lane", "inner", "step", "stride")
             else:
                 raise ProgramError(f"command {i} is not a qsim command: {c!r}")
             for name in names:
@@ -480,11 +519,17 @@ class Program:
                         raise ProgramError(
                             f"command {i}: {name} {start} + lanes {c.lanes} exceeds the "
                             f"{width} lanes of an {what} word")
-                spans = (("acc", c.acc_addr, c.rows), ("act", c.act_addr, c.rows),
-                         *((m, c.param_addr, 1) for m in PARAM_MEMORIES))
+                spans = (("acc", c.acc_addr, c.rows), *((m, c.param_addr, 1) for m in PARAM_MEMORIES))
             else:
-                spans = (("act", c.act_addr, c.rows), ("weight", c.weight_addr, cfg.rows),
-                         ("acc", c.acc_addr, c.rows))
+                spans = (("weight", c.weight_addr, cfg.rows), ("acc", c.acc_addr, c.rows))
+            if c.inner > c.rows:
+                raise ProgramError(f"command {i}: inner {c.inner} exceeds rows {c.rows}")
+            addresses = act_addresses(c)
+            low, top = int(addresses.min()), int(addresses.max())
+            if top >= depths["act"]:
+                raise ProgramError(
+                    f"command {i} uses act words {low}..{top} but the act memory has "
+                    f"{depths['act']} words ({top + 1 - depths['act']} too many)")
             for memory, start, count in spans:
                 if start + count > depths[memory]:
                     raise ProgramError(

@@ -59,15 +59,43 @@ def lane_layout(config: AcceleratorConfig) -> data.StructLayout:
 def tile_layout(config: AcceleratorConfig) -> data.StructLayout:
     """A tile's streaming parameters: what the loader hands the streamer through the slot.
 
-    While streaming, ``act`` and ``acc`` advance and ``rows`` counts the rows left.
+    While streaming, ``act`` and ``acc`` advance and ``rows`` counts the rows left; ``run``
+    is the first activation address of the current run and ``left`` the rows left in it.
     """
+    return data.StructLayout({"buf": 1, "accumulate": 1, "acc": config.acc_addr_bits,
+                              **address_layout(config).members})
+
+
+def address_layout(config: AcceleratorConfig) -> data.StructLayout:
+    """An activation address generator's state (:func:`qsim.program.act_addresses`)."""
+    layout = CommandLayout(config)
     return data.StructLayout({
         "act": config.act_addr_bits,
-        "acc": config.acc_addr_bits,
-        "rows": CommandLayout(config)["rows"].width,
-        "accumulate": 1,
-        "buf": 1,
+        "run": config.act_addr_bits,
+        "rows": layout["rows"].width,
+        "left": layout["inner"].width,
+        "inner": layout["inner"].width,
+        "step": layout["step"].width,
+        "stride": layout["stride"].width,
     })
+
+
+def _load_addresses(m: Module, state, field) -> None:
+    """Start an address generator on the command in ``field``."""
+    m.d.sync += [state.act.eq(field("act_addr")), state.run.eq(field("act_addr")),
+                 state.rows.eq(field("rows")), state.left.eq(field("inner")),
+                 state.inner.eq(field("inner")), state.step.eq(field("step")),
+                 state.stride.eq(field("stride"))]
+
+
+def _advance_addresses(m: Module, state) -> None:
+    """Next row: ``step`` on within a run, ``stride`` from the run's start to the next run."""
+    next_run = state.run + state.stride
+    with m.If((state.inner != 0) & (state.left == 1)):
+        m.d.sync += [state.act.eq(next_run), state.run.eq(next_run), state.left.eq(state.inner)]
+    with m.Else():
+        m.d.sync += [state.act.eq(state.act + state.step), state.left.eq(state.left - 1)]
+    m.d.sync += state.rows.eq(state.rows - 1)
 
 
 class Controller(wiring.Component):
@@ -190,9 +218,8 @@ class Controller(wiring.Component):
         has_ppu = cfg.requant is not RequantMode.NONE
         post_busy = Signal()
         post_reading = Signal()
-        post_rows = Signal(lay["rows"].width)
         post_acc = Signal(cfg.acc_addr_bits)
-        post_act = Signal(cfg.act_addr_bits)
+        post = Signal(address_layout(cfg))
 
         opcode = field("opcode")
         is_matmul = opcode == int(Opcode.MATMUL)
@@ -239,8 +266,8 @@ class Controller(wiring.Component):
                 self.post_acc_addr.eq(post_acc),
                 self.post_read.eq(post_reading),
                 self.post_meta.valid.eq(post_reading),
-                self.post_meta.last.eq(post_rows == 1),
-                self.post_meta.addr.eq(post_act),
+                self.post_meta.last.eq(post.rows == 1),
+                self.post_meta.addr.eq(post.act),
             ]
 
         finish = (busy & halted & ~active & ~slot_valid & (inflight == self.write_valid)
@@ -278,10 +305,10 @@ class Controller(wiring.Component):
             # slot
             with m.If(take_matmul):
                 m.d.sync += [
-                    slot_valid.eq(1), slot.act.eq(field("act_addr")), slot.acc.eq(field("acc_addr")),
-                    slot.rows.eq(field("rows")), slot.accumulate.eq(field("accumulate")),
-                    slot.buf.eq(next_buf),
+                    slot_valid.eq(1), slot.acc.eq(field("acc_addr")),
+                    slot.accumulate.eq(field("accumulate")), slot.buf.eq(next_buf),
                 ]
+                _load_addresses(m, slot, field)
             with m.Elif(consume):
                 m.d.sync += slot_valid.eq(0)
 
@@ -291,7 +318,8 @@ class Controller(wiring.Component):
             with m.Elif(last_row):
                 m.d.sync += active.eq(0)
             with m.Elif(active):
-                m.d.sync += [cur.act.eq(cur.act + 1), cur.acc.eq(cur.acc + 1), cur.rows.eq(cur.rows - 1)]
+                m.d.sync += cur.acc.eq(cur.acc + 1)
+                _advance_addresses(m, cur)
 
             # weight buffers: busy from the take until `release` cycles after the last issue
             for b in range(2):
@@ -314,16 +342,16 @@ class Controller(wiring.Component):
             if has_ppu:
                 with m.If(take_requant):
                     m.d.sync += [
-                        post_busy.eq(1), post_reading.eq(1), post_rows.eq(field("rows")),
-                        post_acc.eq(field("acc_addr")), post_act.eq(field("act_addr")),
+                        post_busy.eq(1), post_reading.eq(1), post_acc.eq(field("acc_addr")),
                         self.lanes.src.eq(field("src_lane")), self.lanes.dst.eq(field("dst_lane")),
                         self.lanes.count.eq(field("lanes")),
                     ]
+                    _load_addresses(m, post, field)
                 with m.Elif(post_reading):
-                    with m.If(post_rows == 1):
+                    with m.If(post.rows == 1):
                         m.d.sync += post_reading.eq(0)
-                    m.d.sync += [post_rows.eq(post_rows - 1), post_acc.eq(post_acc + 1),
-                                 post_act.eq(post_act + 1)]
+                    m.d.sync += post_acc.eq(post_acc + 1)
+                    _advance_addresses(m, post)
                 with m.If(self.post_done):
                     m.d.sync += post_busy.eq(0)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.hdl import MemoryData
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
@@ -175,8 +175,11 @@ class Accelerator(wiring.Component):
             meta = post_delay.o[0]
             act_wr = act_mem.write_port(granularity=1)
             lanes = ctrl.lanes
-            src = Array(ppu.out[c] for c in range(cols))
             index_bits = max(cols - 1, 1).bit_length()
+            # Every index value has an entry (the unused ones never reach an enabled lane), so
+            # the generated case statement is complete.
+            src = Array([ppu.out[c] for c in range(cols)]
+                        + [Const(0, cfg.input_format.bits)] * ((1 << index_bits) - cols))
             for r in range(rows):
                 m.d.comb += [
                     act_wr.data[r].eq(src[(r + lanes.src - lanes.dst)[:index_bits]]),

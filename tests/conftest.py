@@ -29,3 +29,18 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if report.when == "call" and report.failed:
         report.sections.append(("qsim seed", f"QSIM_SEED={SEED} test={item.nodeid}"))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true",
+                     help="also run the tests marked 'full' (the whole co-simulation matrix)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``full`` are deselected (not skipped) unless ``--full`` is given."""
+    if config.getoption("--full"):
+        return
+    kept = [item for item in items if item.get_closest_marker("full") is None]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+        items[:] = kept

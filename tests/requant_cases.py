@@ -11,7 +11,7 @@ import numpy as np
 
 from qsim.config import AcceleratorConfig
 from qsim.program import (PARAM_MEMORIES, Halt, MatrixLayout, Matmul, Program, Requant,
-                          pack_qctl)
+                          act_addresses, pack_qctl)
 
 
 def requant_config(rows: int, cols: int, mode: str, **changes) -> AcceleratorConfig:
@@ -41,25 +41,38 @@ def random_params(rng: np.random.Generator, mode: str, words: int, cols: int) ->
     return {"bias": bias, "scale": scale, "qctl": pack_qctl(shift, zp, lo, hi)}
 
 
+def random_addressing(rng: np.random.Generator, rows: int) -> dict:
+    """``inner``/``step``/``stride`` of a random activation walk over ``rows`` rows: one run
+    (half the time), or runs with gaps, overlaps and strides."""
+    if rng.random() < 0.5:
+        return {}
+    inner = int(rng.integers(1, rows + 1))
+    return {"inner": inner, "step": int(rng.integers(0, 4)), "stride": int(rng.integers(0, 12))}
+
+
 def random_requant_program(rng: np.random.Generator, cfg: AcceleratorConfig,
                            commands: int = 8) -> Program:
     """Random MATMULs and REQUANTs (random lanes and addresses) over random memory contents."""
     rows, cols = cfg.rows, cfg.cols
     act_words, acc_words, pwords = cfg.act_mem_words, cfg.acc_mem_words, cfg.param_mem_words
     cmds = []
-    for _ in range(commands):
+    while len(cmds) < commands:
         n = int(rng.choice([1, 2, 3, 5, 9]))
+        walk = random_addressing(rng, n)
         if rng.random() < 0.45:
             lanes = int(rng.integers(1, min(rows, cols) + 1))
-            cmds.append(Requant(acc_addr=int(rng.integers(0, acc_words - n + 1)),
-                                act_addr=int(rng.integers(0, act_words - n + 1)), rows=n,
-                                param_addr=int(rng.integers(0, pwords)), lanes=lanes,
-                                src_lane=int(rng.integers(0, cols - lanes + 1)),
-                                dst_lane=int(rng.integers(0, rows - lanes + 1))))
+            cmd = Requant(acc_addr=int(rng.integers(0, acc_words - n + 1)),
+                          act_addr=int(rng.integers(0, act_words)), rows=n,
+                          param_addr=int(rng.integers(0, pwords)), lanes=lanes,
+                          src_lane=int(rng.integers(0, cols - lanes + 1)),
+                          dst_lane=int(rng.integers(0, rows - lanes + 1)), **walk)
         else:
-            cmds.append(Matmul(int(rng.integers(0, act_words - n + 1)),
-                               int(rng.integers(0, cfg.weight_mem_words - rows + 1)),
-                               int(rng.integers(0, acc_words - n + 1)), n, bool(rng.integers(0, 2))))
+            cmd = Matmul(int(rng.integers(0, act_words)),
+                         int(rng.integers(0, cfg.weight_mem_words - rows + 1)),
+                         int(rng.integers(0, acc_words - n + 1)), n, bool(rng.integers(0, 2)),
+                         **walk)
+        if act_addresses(cmd).max() < act_words:
+            cmds.append(cmd)
     inputs = {
         "X": (MatrixLayout("act", 0, act_words, rows, rows, act_words),
               rng.integers(-128, 128, (act_words, rows))),

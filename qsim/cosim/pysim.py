@@ -13,6 +13,7 @@ import numpy as np
 
 from qsim.config import AcceleratorConfig
 from qsim.cosim.result import RtlResult
+from qsim.cosim.words import readback_words
 from qsim.errors import SimulationError
 from qsim.program import Program
 
@@ -80,10 +81,9 @@ def run_pysim(program: Program, timeout_cycles: int | None = None) -> RtlResult:
 
     if timeout_cycles is None:
         timeout_cycles = 2 * simulate_timing(program).cycles + 100
-    footprint = program.footprint()
-    act_words = footprint["act"] if any(True for _ in program.requants) else 0
+    reads = readback_words(program)
     result = run_pysim_images(program.config, program.initial_images(), program.encoded(),
-                              footprint["acc"], timeout_cycles, act_words)
+                              reads["acc"], timeout_cycles, reads.get("act", 0))
     result.outputs = {name: lay.unpack(result.memories[lay.memory])
                       for name, lay in program.outputs.items()}
     return result

@@ -59,10 +59,11 @@ def program_images(program) -> dict[str, list[int]]:
 
 def readback_words(program) -> dict[str, int]:
     """Words to read back after the run, per memory: the accumulator memory's footprint, and
-    the activation memory's when the program writes it (a REQUANT)."""
+    the activation memory's when the program writes it (a REQUANT) or has outputs there."""
     footprint = program.footprint()
     words = {"acc": int(footprint["acc"])}
-    if any(True for _ in program.requants):
+    if any(True for _ in program.requants) or any(
+            lay.memory == "act" for lay in program.outputs.values()):
         words["act"] = int(footprint["act"])
     return words
 

@@ -11,7 +11,8 @@ from qsim.compile import compile_gemm
 from qsim.config import AcceleratorConfig
 from qsim.cosim.pysim import run_pysim, run_pysim_images
 from qsim.model import execute, reference_gemm
-from qsim.program import CommandLayout, Halt, MatrixLayout, Matmul, Program
+from qsim.program import CommandLayout, Halt, MatrixLayout, Matmul, Program, act_addresses
+from tests.requant_cases import random_addressing
 from qsim.timing import simulate_timing
 
 pytestmark = pytest.mark.amaranth
@@ -45,8 +46,13 @@ def test_random_command_streams(rng):
         commands = []
         for _ in range(int(rng.integers(1, 8))):
             n = int(rng.choice([1, 1, 2, 3, 9]))
-            commands.append(Matmul(int(rng.integers(0, 64 - n + 1)), int(rng.integers(0, 64 - rows + 1)),
-                                   int(rng.integers(0, 32 - n + 1)), n, bool(rng.integers(0, 2))))
+            walk = random_addressing(rng, n)
+            start = int(rng.integers(0, 64 - n + 1))
+            cmd = Matmul(start, int(rng.integers(0, 64 - rows + 1)), int(rng.integers(0, 32 - n + 1)),
+                         n, bool(rng.integers(0, 2)), **walk)
+            if act_addresses(cmd).max() >= 64:  # the walk leaves the memory: one run instead
+                cmd = Matmul(start, cmd.weight_addr, cmd.acc_addr, n, cmd.accumulate)
+            commands.append(cmd)
         inputs = {
             "X": (MatrixLayout("act", 0, 64, rows, rows, 64), rng.integers(-128, 128, (64, rows))),
             "W": (MatrixLayout("weight", 0, 64, cols, cols, 64), rng.integers(-128, 128, (64, cols))),
