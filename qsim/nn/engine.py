@@ -183,7 +183,8 @@ def run(graph: Graph, feeds: Mapping[str, np.ndarray], semantics: Semantics | st
     """
     ctx = _Context(Semantics.parse(semantics), backend or ExactBackend(), resolve_isa(isa))
     values = check_feeds(graph, feeds)
-    batch = next(iter(values.values())).shape[0] if values else None
+    batch = next((values[name].shape[0] for name, t in graph.inputs.items()
+                  if t.shape and t.shape[0] is None), None)
     types = graph.infer(batch)
     times: dict[str, float] = {}
     for layer in graph.layers:
@@ -222,12 +223,20 @@ def check_feeds(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.n
                 d is not None and d != v for d, v in zip(declared.shape, value.shape)):
             raise ConfigError(f"input {name!r} has shape {value.shape}, expected {declared}")
         want = np.dtype(declared.dtype)
-        if want.kind == "f":
+        if want == np.float32:
             if value.dtype.kind != "f":
                 raise ConfigError(f"input {name!r} has dtype {value.dtype}, expected {want}")
             value = value.astype(np.float32)
         elif value.dtype != want:
             raise ConfigError(f"input {name!r} has dtype {value.dtype}, expected {want}")
+        if declared.fmt is not None:
+            fmt = IntFormat.parse(declared.fmt)
+            outside = (value < fmt.min) | (value > fmt.max)
+            if np.any(outside):
+                where = tuple(int(i) for i in np.argwhere(outside)[0])
+                raise ConfigError(f"input {name!r} holds {int(value[where])} at {list(where)}, "
+                                  f"outside {fmt.name} [{fmt.min}, {fmt.max}] ({fmt.name} inputs "
+                                  f"are given unpacked, one value per element, as {want})")
         values[name] = value
     return values
 
@@ -774,7 +783,133 @@ def _quantize(layer: L.Quantize, inputs, ctx):
 
 
 def _dequantize(layer: L.Dequantize, inputs, ctx):
-    return [dequantize(inputs[0], layer.params).astype(np.float32, copy=False)]
+    return [dequantize(inputs[0], layer.params).astype(layer._dtype(), copy=False)]
+
+
+# ------------------------------------------------------------------------- ONNX operators with tensor operands
+
+def _runtime_params(layer: Layer, scale: np.ndarray, zero_point: np.ndarray | None,
+                    fmt: IntFormat, axis: int, block_size: int, ndim: int) -> QuantParams:
+    """QuantParams from scale and zero point tensors, by ONNX's rule: a one-element scale
+    without ``block_size`` is per tensor, otherwise per ``axis`` (blocked with ``block_size``)."""
+    scale = np.asarray(scale)
+    if scale.dtype.kind != "f":
+        raise layer._fail(f"scale must be a float tensor, not {scale.dtype}")
+    zp = np.zeros(scale.shape, np.int64) if zero_point is None else np.asarray(zero_point)
+    if zp.shape != scale.shape and zp.size != scale.size:
+        raise layer._fail(f"zero point shape {zp.shape} does not match scale shape {scale.shape}")
+    try:
+        if scale.size == 1 and not block_size:
+            return QuantParams(scale.reshape(()), zp.astype(np.int64).reshape(()), fmt)
+        axis = axis + ndim if axis < 0 else axis
+        if not 0 <= axis < ndim:
+            raise ConfigError(f"axis {axis} is out of range for a rank-{ndim} input")
+        return QuantParams(scale, zp.astype(np.int64).reshape(scale.shape), fmt, axis=axis,
+                           block_size=int(block_size) or None)
+    except ConfigError as exc:
+        raise layer._fail(str(exc)) from None
+
+
+def _guarded(layer: Layer, fn: Callable[[], list]) -> list:
+    """Run ``fn``; a ConfigError from a qsim.quant function gets the layer's name."""
+    try:
+        return fn()
+    except ConfigError as exc:
+        text = str(exc)
+        raise (exc if text.startswith("layer ") else layer._fail(text)) from None
+
+
+def _quantize_linear(layer: L.QuantizeLinear, inputs, ctx):
+    x, scale, *zp = inputs
+    fmt = layer.fmt
+    params = _runtime_params(layer, scale, zp[0] if zp else None, fmt, layer.axis,
+                             layer.block_size, x.ndim)
+    nan = fmt.min if ctx.semantics is Semantics.ONNXRUNTIME else None
+    return _guarded(layer, lambda: [_int_out(quantize(x, params, nan=nan), fmt)])
+
+
+def _dequantize_linear(layer: L.DequantizeLinear, inputs, ctx):
+    x, scale, *zp = inputs
+    params = _runtime_params(layer, scale, zp[0] if zp else None, layer.fmt, layer.axis,
+                             layer.block_size, x.ndim)
+    return _guarded(layer, lambda: [dequantize(x, params).astype(layer.dtype, copy=False)])
+
+
+def _dynamic_quantize_linear(layer: L.DynamicQuantizeLinear, inputs, ctx):
+    from qsim.quant.ops import dynamic_quantize
+
+    (x,) = inputs
+    q, params = _guarded(layer, lambda: list(dynamic_quantize(x)))
+    scale = np.float32(params.scale)
+    if ctx.semantics is Semantics.ONNXRUNTIME and not np.any(x):
+        # ONNX Runtime's kernel gives an all-zero input scale 1 (the reference 1/255); q and
+        # the zero point (0) are the same either way.
+        scale = np.float32(1.0)
+    return [q.astype(np.uint8), np.asarray(scale, np.float32),
+            np.asarray(int(params.zero_point), np.uint8)]
+
+
+def _engine(ctx: _Context) -> tuple[str, str]:
+    """(isa, engine) of the integer products: the engine's path under ``onnxruntime`` and
+    ``pytorch-fbgemm`` with the exact backend, exact otherwise."""
+    if ctx.semantics in ISA_DEPENDENT and isinstance(ctx.backend, ExactBackend):
+        return ctx.isa, ctx.semantics.value
+    return "exact", "onnxruntime"
+
+
+def _matmul_integer(layer: L.MatMulInteger, inputs, ctx):
+    a, b, a_zp, b_zp = inputs
+    isa, engine = _engine(ctx)
+    return _guarded(layer, lambda: [matmul_integer(a, b, a_zp, b_zp, isa=isa, engine=engine)
+                                    .astype(np.int32)])
+
+
+def _conv_kwargs(layer) -> dict:
+    return dict(strides=layer.strides, pads=layer.pads, dilations=layer.dilations,
+                group=layer.group, auto_pad=layer.auto_pad, kernel_shape=layer.kernel_shape)
+
+
+def _conv_integer(layer: L.ConvInteger, inputs, ctx):
+    x, w, x_zp, w_zp = inputs
+    return _guarded(layer, lambda: [conv_integer(x, w, x_zp, w_zp, **_conv_kwargs(layer))
+                                    .astype(np.int32)])
+
+
+def _qlinear_matmul(layer: L.QLinearMatMul, inputs, ctx):
+    from qsim.quant.kernels import qlinear_matmul
+
+    isa, _ = _engine(ctx)
+    return _guarded(layer, lambda: [_int_out(qlinear_matmul(*inputs, semantics=ctx.semantics,
+                                                            out_fmt=layer.fmt, isa=isa), layer.fmt)])
+
+
+def _qlinear_conv(layer: L.QLinearConv, inputs, ctx):
+    from qsim.quant.kernels import qlinear_conv
+
+    isa, _ = _engine(ctx)
+    bias = inputs[8] if len(inputs) > 8 else None
+    return _guarded(layer, lambda: [_int_out(qlinear_conv(*inputs[:8], bias=bias,
+                                                          semantics=ctx.semantics,
+                                                          out_fmt=layer.fmt, isa=isa,
+                                                          **_conv_kwargs(layer)), layer.fmt)])
+
+
+def _onnx_op(layer: L.OnnxOp, inputs, ctx):
+    return layer.evaluate(inputs)
+
+
+def _ort_contrib(layer: L.OrtContribOp, inputs, ctx):
+    """ONNX Runtime's kernel whatever the semantics: the op exists only in ONNX Runtime."""
+    from qsim.quant import ortops
+
+    args = layer.arguments(inputs)
+    if layer.op == "QLinearMul":
+        return _guarded(layer, lambda: [ortops.qlinear_mul(*args[:8])])
+    if layer.op == "QLinearSigmoid":
+        return _guarded(layer, lambda: [ortops.qlinear_sigmoid(*args[:5], isa=ctx.isa)])
+    if layer.op == "QLinearLeakyRelu":
+        return _guarded(layer, lambda: [ortops.qlinear_leaky_relu(*args[:5], alpha=layer.alpha)])
+    raise layer._fail(f"has no implementation of {layer.op}")
 
 
 def _constant(layer: L.Constant, inputs, ctx):
@@ -789,4 +924,8 @@ _RUNNERS: dict[type, Callable] = {
     L.Flatten: _flatten, L.Reshape: _reshape, L.Transpose: _transpose, L.Concat: _concat,
     L.Softmax: _softmax, L.LayerNorm: _layernorm, L.Gelu: _gelu, L.BatchNorm: _batchnorm,
     L.Quantize: _quantize, L.Dequantize: _dequantize, L.Constant: _constant,
+    L.QuantizeLinear: _quantize_linear, L.DequantizeLinear: _dequantize_linear,
+    L.DynamicQuantizeLinear: _dynamic_quantize_linear, L.MatMulInteger: _matmul_integer,
+    L.ConvInteger: _conv_integer, L.QLinearMatMul: _qlinear_matmul, L.QLinearConv: _qlinear_conv,
+    L.OnnxOp: _onnx_op, L.OrtContribOp: _ort_contrib,
 }

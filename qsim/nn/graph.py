@@ -27,16 +27,24 @@ Shape = tuple[int | None, ...]
 
 @dataclass(frozen=True)
 class TensorType:
-    """Shape and element type of a tensor (``dtype`` is a numpy dtype name)."""
+    """Shape and element type of a tensor (``dtype`` is a numpy dtype name).
+
+    ``fmt`` names a narrower integer format held in ``dtype`` (``int4``, ``uint4``, ``int2``,
+    ``uint2``: one value per element, unpacked in an int8 or uint8 array); ``None`` when the
+    format is the dtype itself.
+    """
 
     shape: Shape
     dtype: str = "float32"
+    fmt: str | None = None
 
     def with_batch(self, batch: int) -> TensorType:
-        return TensorType((batch, *self.shape[1:]), self.dtype)
+        return TensorType((batch, *self.shape[1:]), self.dtype, self.fmt)
 
     def __str__(self) -> str:
         dims = "x".join("N" if d is None else str(d) for d in self.shape)
+        if self.fmt is not None:
+            return f"{self.fmt}[{dims}] (in {self.dtype})"
         return f"{self.dtype}[{dims}]"
 
 

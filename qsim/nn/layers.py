@@ -17,12 +17,15 @@ from typing import ClassVar, Sequence
 import numpy as np
 
 from qsim.nn.graph import GemmShape, Layer, TensorType, _pairs, window_output
+from qsim.numerics import IntFormat
 from qsim.quant.params import QuantParams
 
 __all__ = [
     "Conv2d", "Linear", "MatMul", "Add", "Relu", "Clip", "MaxPool", "AvgPool", "GlobalAvgPool",
     "Flatten", "Reshape", "Concat", "Softmax", "BatchNorm", "Transpose", "LayerNorm", "Gelu",
-    "Quantize", "Dequantize", "Constant", "LAYERS",
+    "Quantize", "Dequantize", "Constant", "QuantizeLinear", "DequantizeLinear",
+    "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv",
+    "OnnxOp", "OrtContribOp", "LAYERS",
 ]
 
 
@@ -425,7 +428,8 @@ class Dequantize(_Convert):
     kind: ClassVar[str] = "dequantize"
 
     def _dtype(self) -> str:
-        return "float32"
+        # ONNX: the output has the scale's type (float16 for a float16 scale)
+        return "float16" if self.params.scale.dtype == np.float16 else "float32"
 
 
 @dataclass
@@ -447,7 +451,293 @@ class Constant(Layer):
         return [TensorType(tuple(int(d) for d in np.shape(self.value)), np.asarray(self.value).dtype.name)]
 
 
+# ------------------------------------------------------------------ ONNX operators with tensor operands
+#
+# The layers below take every operand as a tensor of the graph, as the ONNX operators do:
+# scales, zero points and weights may be graph inputs or computed, and are read at run time.
+# The importer emits them when the parameters are not constants (or the operator has no
+# dedicated layer); the engine runs each with the matching function of qsim.quant.
+
+
+def _narrow_type(fmt: IntFormat) -> TensorType:
+    """dtype and ``fmt`` of a TensorType holding values of ``fmt``."""
+    dtype = fmt.numpy_dtype().name
+    return TensorType((), dtype, None if fmt.bits in (8, 16, 32, 64) else fmt.name)
+
+
+def _with_shape(t: TensorType, shape) -> TensorType:
+    return TensorType(tuple(shape), t.dtype, t.fmt)
+
+
+@dataclass
+class QuantizeLinear(Layer):
+    """ONNX QuantizeLinear with run-time parameters: inputs ``(x, scale[, zero_point])``.
+
+    ``fmt`` is the output format (the zero point's type, or ``output_dtype``), ``axis`` and
+    ``block_size`` the ONNX attributes (per tensor when the scale has one element).
+    """
+
+    kind: ClassVar[str] = "quantize_linear"
+    fmt: IntFormat | None = None
+    axis: int = 1
+    block_size: int = 0
+
+    def infer(self, types: Sequence[TensorType]) -> list[TensorType]:
+        if len(types) not in (2, 3):
+            raise self._fail(f"expects 2 or 3 inputs, got {len(types)}")
+        if self.fmt is None:
+            raise self._fail("has no output format")
+        return [_with_shape(_narrow_type(self.fmt), types[0].shape)]
+
+
+@dataclass
+class DequantizeLinear(Layer):
+    """ONNX DequantizeLinear with run-time parameters: inputs ``(x, scale[, zero_point])``.
+
+    ``fmt`` is the input's format, ``dtype`` the output's (the scale's float type).
+    """
+
+    kind: ClassVar[str] = "dequantize_linear"
+    fmt: IntFormat | None = None
+    axis: int = 1
+    block_size: int = 0
+    dtype: str = "float32"
+
+    def infer(self, types: Sequence[TensorType]) -> list[TensorType]:
+        if len(types) not in (2, 3):
+            raise self._fail(f"expects 2 or 3 inputs, got {len(types)}")
+        return [TensorType(types[0].shape, self.dtype)]
+
+
+@dataclass
+class DynamicQuantizeLinear(Layer):
+    """ONNX DynamicQuantizeLinear: ``x`` -> uint8 ``y``, float32 scale, uint8 zero point."""
+
+    kind: ClassVar[str] = "dynamic_quantize_linear"
+
+    def infer(self, types: Sequence[TensorType]) -> list[TensorType]:
+        self._expect_inputs(types, 1)
+        return [TensorType(types[0].shape, "uint8"), TensorType((), "float32"),
+                TensorType((), "uint8")]
+
+
+def _matmul_shape(layer: Layer, a: TensorType, b: TensorType) -> tuple:
+    """``numpy.matmul``'s output shape (1-D operands and batch broadcasting)."""
+    sa, sb = list(a.shape), list(b.shape)
+    if not sa or not sb:
+        raise layer._fail(f"cannot multiply {a} by {b}")
+    ka = sa[-1]
+    kb = sb[0] if len(sb) == 1 else sb[-2]
+    if ka is not None and kb is not None and ka != kb:
+        raise layer._fail(f"cannot multiply {a} by {b}")
+    rows = sa[:-1]
+    cols = [] if len(sb) == 1 else [sb[-1]]
+    if len(sa) > 2 or len(sb) > 2:
+        try:
+            batch = np.broadcast_shapes(tuple(d or 1 for d in sa[:-2]), tuple(d or 1 for d in sb[:-2]))
+        except ValueError:
+            raise layer._fail(f"cannot multiply {a} by {b}: batch dimensions do not broadcast") from None
+        return (*batch, *rows[-1:], *cols)
+    return (*rows, *cols)
+
+
+@dataclass
+class MatMulInteger(Layer):
+    """ONNX MatMulInteger: inputs ``(a, b, a_zero_point, b_zero_point)``, int32 output."""
+
+    kind: ClassVar[str] = "matmul_integer"
+
+    def infer(self, types: Sequence[TensorType]) -> list[TensorType]:
+        self._expect_inputs(types, 4)
+        return [TensorType(_matmul_shape(self, types[0], types[1]), "int32")]
+
+    def gemms(self, types: Sequence[TensorType]) -> list[GemmShape]:
+        a, b = types[:2]
+        out = _matmul_shape(self, a, b)
+        m = a.shape[-2] if len(a.shape) > 1 else 1
+        n = b.shape[-1] if len(b.shape) > 1 else 1
+        count = int(np.prod([d or 1 for d in out], dtype=np.int64)) // max(m * n, 1)
+        return [GemmShape(m or 1, a.shape[-1], n or 1, max(count, 1))]
+
+
+@dataclass
+class _ConvAttrs(Layer):
+    """ONNX convolution attributes (any number of spatial axes), as the ONNX node gives them."""
+
+    strides: tuple[int, ...] | None = None
+    pads: tuple[int, ...] | None = None
+    dilations: tuple[int, ...] | None = None
+    group: int = 1
+    auto_pad: str = "NOTSET"
+    kernel_shape: tuple[int, ...] | None = None
+
+    def _output(self, x: TensorType, w: TensorType) -> tuple:
+        from qsim.errors import ConfigError
+        from qsim.quant.kernels import conv_geometry
+
+        if len(x.shape) < 3 or len(w.shape) != len(x.shape):
+            raise self._fail(f"cannot convolve {x} with a weight {w}")
+        if self.group < 1 or (x.shape[1] is not None and x.shape[1] != w.shape[1] * self.group) \
+                or w.shape[0] % self.group:
+            raise self._fail(f"{x} and weight {w} do not fit group {self.group}")
+        try:
+            geometry = conv_geometry(x.shape[2:], w.shape[2:], strides=self.strides, pads=self.pads,
+                                     dilations=self.dilations, auto_pad=self.auto_pad)
+        except ConfigError as exc:
+            raise self._fail(str(exc)) from None
+        return (x.shape[0], w.shape[0], *geometry.output)
+
+    def gemms(self, types: Sequence[TensorType]) -> list[GemmShape]:
+        x, w = types[:2]
+        out = self._output(x, w)
+        rows = int(np.prod([d or 1 for d in (out[0], *out[2:])], dtype=np.int64))
+        depth = int(np.prod(w.shape[1:], dtype=np.int64))
+        return [GemmShape(rows, depth, w.shape[0] // self.group, self.group)]
+
+
+@dataclass
+class ConvInteger(_ConvAttrs):
+    """ONNX ConvInteger: inputs ``(x, w, x_zero_point, w_zero_point)``, int32 output."""
+
+    kind: ClassVar[str] = "conv_integer"
+
+    def infer(self, types: Sequence[TensorType]) -> list[TensorType]:
+        self._expect_inputs(types, 4)
+        return [TensorType(self._output(types[0], types[1]), "int32")]
+
+
+@dataclass
+class QLinearMatMul(Layer):
+    """ONNX QLinearMatMul of any operands: ``(a, a_scale, a_zero_point, b, b_scale,
+    b_zero_point, y_scale, y_zero_point)``; ``fmt`` is the output format."""
+
+    kind: ClassVar[str] = "qlinear_matmul"
+    fmt: IntFormat | None = None
+
+    def infer(self, types: Sequence[TensorType]) -> list[TensorType]:
+        self._expect_inputs(types, 8)
+        return [_with_shape(_narrow_type(self.fmt), _matmul_shape(self, types[0], types[3]))]
+
+    def gemms(self, types: Sequence[TensorType]) -> list[GemmShape]:
+        return MatMulInteger.gemms(self, [types[0], types[3]])
+
+
+@dataclass
+class QLinearConv(_ConvAttrs):
+    """ONNX QLinearConv of any operands: ``(x, x_scale, x_zero_point, w, w_scale, w_zero_point,
+    y_scale, y_zero_point[, bias])``; ``fmt`` is the output format."""
+
+    kind: ClassVar[str] = "qlinear_conv"
+    fmt: IntFormat | None = None
+
+    def infer(self, types: Sequence[TensorType]) -> list[TensorType]:
+        if len(types) not in (8, 9):
+            raise self._fail(f"expects 8 or 9 inputs, got {len(types)}")
+        return [_with_shape(_narrow_type(self.fmt), self._output(types[0], types[3]))]
+
+    def gemms(self, types: Sequence[TensorType]) -> list[GemmShape]:
+        return _ConvAttrs.gemms(self, [types[0], types[3]])
+
+
+@dataclass
+class OnnxOp(Layer):
+    """A small ONNX operator run by :mod:`qsim.nn.onnx_ops` (``Div``, ``Cast``, ``ReduceMax``...).
+
+    ``slots`` gives the ONNX input position of each layer input (omitted optional inputs have
+    none); ``attrs`` are the node's attributes and ``opset`` the model's default opset. The
+    output types are those of the operator on zeros of the input types, so only operators
+    whose output shape does not depend on input values are emitted (the importer checks).
+    """
+
+    kind: ClassVar[str] = "onnx_op"
+    op: str = ""
+    attrs: dict | None = None
+    slots: tuple[int, ...] = ()
+    opset: int = 21
+    constants: dict | None = None  # ONNX position -> value of a constant input (axes, shape)
+
+    def arguments(self, values: Sequence[np.ndarray]) -> list:
+        """The operator's inputs by ONNX position (``None`` where omitted)."""
+        count = max([*self.slots, *(self.constants or {})], default=-1) + 1
+        args: list = [None] * count
+        for slot, value in zip(self.slots, values):
+            args[slot] = value
+        for slot, value in (self.constants or {}).items():
+            args[slot] = value
+        return args
+
+    def evaluate(self, values: Sequence[np.ndarray]) -> list[np.ndarray]:
+        from qsim.errors import ConfigError
+        from qsim.nn.onnx_ops import evaluate
+
+        try:
+            return evaluate(self.op, self.arguments(values), self.attrs or {}, self.opset)
+        except ConfigError as exc:
+            raise self._fail(str(exc)) from None
+
+    def infer(self, types: Sequence[TensorType]) -> list[TensorType]:
+        if len(types) != len(self.slots):
+            raise self._fail(f"expects {len(self.slots)} input(s), got {len(types)}")
+        dummies = [np.zeros(tuple(d or 1 for d in t.shape), np.dtype(t.dtype)) for t in types]
+        with np.errstate(all="ignore"):
+            try:
+                outs = self.evaluate(dummies)
+            except (ValueError, IndexError, TypeError) as exc:
+                raise self._fail(f"does not fit its inputs {', '.join(map(str, types))}: {exc}") from None
+        batch = types[0].shape[0] if types and types[0].shape else None
+        result = []
+        for out in outs:
+            shape = tuple(out.shape)
+            if batch is None and shape and types and types[0].shape and shape[0] == 1:
+                shape = (None, *shape[1:])
+            result.append(TensorType(shape, out.dtype.name))
+        return result
+
+
+@dataclass
+class OrtContribOp(Layer):
+    """An ONNX Runtime ``com.microsoft`` element-wise QOperator op run with ORT's own kernel
+    (:mod:`qsim.quant.ortops`): ``QLinearMul``, ``QLinearSigmoid``, ``QLinearLeakyRelu``.
+
+    ``slots`` gives the ONNX input position of each layer input (an omitted optional zero point
+    has none); the output has the first input's type, broadcast for ``QLinearMul``.
+    """
+
+    kind: ClassVar[str] = "ort_contrib"
+    op: str = ""
+    slots: tuple[int, ...] = ()
+    alpha: float = 0.01
+
+    def arguments(self, values: Sequence[np.ndarray]) -> list:
+        args: list = [None] * 8
+        for slot, value in zip(self.slots, values):
+            args[slot] = value
+        return args
+
+    def infer(self, types: Sequence[TensorType]) -> list[TensorType]:
+        if len(types) != len(self.slots):
+            raise self._fail(f"expects {len(self.slots)} input(s), got {len(types)}")
+        x = types[0]
+        if x.dtype not in ("uint8", "int8"):
+            raise self._fail(f"expects a uint8 or int8 input, got {x}")
+        shape = x.shape
+        if self.op == "QLinearMul":
+            b = types[self.slots.index(3)]
+            if b.dtype != x.dtype:
+                raise self._fail(f"expects operands of one type, got {x} and {b}")
+            try:
+                shape = np.broadcast_shapes(tuple(d or 1 for d in x.shape), tuple(d or 1 for d in b.shape))
+            except ValueError:
+                raise self._fail(f"cannot broadcast {x} with {b}") from None
+            if x.shape and x.shape[0] is None and len(shape) == len(x.shape):
+                shape = (None, *shape[1:])
+        return [TensorType(tuple(shape), x.dtype)]
+
+
 #: Every layer type by its ``kind``.
 LAYERS = {cls.kind: cls for cls in (Conv2d, Linear, MatMul, Add, Relu, Clip, MaxPool, AvgPool,
                                     GlobalAvgPool, Flatten, Reshape, Concat, Softmax, BatchNorm,
-                                    Transpose, LayerNorm, Gelu, Quantize, Dequantize, Constant)}
+                                    Transpose, LayerNorm, Gelu, Quantize, Dequantize, Constant,
+                                    QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear,
+                                    MatMulInteger, ConvInteger, QLinearMatMul, QLinearConv, OnnxOp,
+                                    OrtContribOp)}

@@ -36,6 +36,7 @@ import numpy as np
 
 from qsim.errors import ConfigError
 from qsim.nn import layers as L
+from qsim.nn import onnx_ops as _onnx_ops
 from qsim.nn.graph import Graph, Layer, TensorType
 from qsim.numerics import IntFormat
 from qsim.quant.ops import dequantize, quantize
@@ -51,17 +52,22 @@ _MS = "com.microsoft"
 #: Operators qsim imports, by domain ("" is the default ONNX domain).
 SUPPORTED_OPS: dict[str, tuple[str, ...]] = {
     "": ("Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Constant", "Conv",
-         "DequantizeLinear", "Dropout", "Flatten", "Gemm", "GlobalAveragePool", "Identity",
-         "MatMul", "MaxPool", "QLinearConv", "QLinearMatMul", "QuantizeLinear", "Relu",
-         "Reshape", "Softmax", "Transpose"),
+         "ConvInteger", "DequantizeLinear", "Dropout", "DynamicQuantizeLinear", "Flatten", "Gemm",
+         "GlobalAveragePool", "Identity", "MatMul", "MatMulInteger", "MaxPool", "QLinearConv",
+         "QLinearMatMul", "QuantizeLinear", "Relu", "Reshape", "Softmax", "Transpose"),
     _MS: ("DequantizeLinear", "QGemm", "QLinearAdd", "QLinearAveragePool", "QLinearConcat",
-          "QLinearGlobalAveragePool", "QuantizeLinear"),
+          "QLinearGlobalAveragePool", "QLinearLeakyRelu", "QLinearMul", "QLinearSigmoid",
+          "QuantizeLinear"),
 }
 
 
+#: Small operators run by :mod:`qsim.nn.onnx_ops` (folded when their inputs are constants).
+ONNX_OPS: tuple[str, ...] = tuple(sorted(op for op in _onnx_ops.OPS if op not in SUPPORTED_OPS[""]))
+
+
 def _supported_list() -> str:
-    names = list(SUPPORTED_OPS[""]) + [f"{_MS}.{op}" for op in SUPPORTED_OPS[_MS]
-                                        if op not in SUPPORTED_OPS[""]]
+    names = sorted(set(SUPPORTED_OPS[""]) | set(ONNX_OPS))
+    names += [f"{_MS}.{op}" for op in SUPPORTED_OPS[_MS] if op not in SUPPORTED_OPS[""]]
     return ", ".join(names)
 
 
@@ -176,9 +182,15 @@ def _node_label(node: onnx.NodeProto, index: int) -> str:
 
 # TensorProto element types qsim reads (initializers, graph inputs, Q/DQ formats).
 _FLOAT, _UINT8, _INT8, _UINT16, _INT16, _INT32, _INT64, _UINT4, _INT4 = 1, 2, 3, 4, 5, 6, 7, 21, 22
+_FLOAT16, _UINT2, _INT2 = 10, 25, 26
 _INT_FORMATS = {_UINT8: "uint8", _INT8: "int8", _UINT16: "uint16", _INT16: "int16",
-                _INT32: "int32", _UINT4: "uint4", _INT4: "int4"}
-_INPUT_DTYPES = {_FLOAT: "float32", _UINT8: "uint8", _INT8: "int8"}
+                _INT32: "int32", _UINT4: "uint4", _INT4: "int4", _UINT2: "uint2", _INT2: "int2"}
+#: Element types of graph inputs: (numpy dtype, narrower format held in it).
+_INPUT_DTYPES = {_FLOAT: ("float32", None), _FLOAT16: ("float16", None), _UINT8: ("uint8", None),
+                 _INT8: ("int8", None), _UINT16: ("uint16", None), _INT16: ("int16", None),
+                 _INT32: ("int32", None), _UINT4: ("uint8", "uint4"), _INT4: ("int8", "int4"),
+                 _UINT2: ("uint8", "uint2"), _INT2: ("int8", "int2")}
+_INPUT_NAMES = "FLOAT, FLOAT16, UINT8, INT8, UINT16, INT16, INT32, UINT4, INT4, UINT2 and INT2"
 
 
 def _type_name(elem_type: int) -> str:
@@ -191,13 +203,14 @@ def _type_name(elem_type: int) -> str:
 
 
 def _tensor_value(tensor: onnx.TensorProto) -> np.ndarray:
-    """An initializer as numpy: int4/uint4 unpacked to int8/uint8 storage, the rest as stored."""
+    """An initializer as numpy: int4/uint4/int2/uint2 unpacked to int8/uint8 storage, the rest
+    as stored."""
     from onnx import numpy_helper
 
     value = numpy_helper.to_array(tensor)
-    if tensor.data_type == _INT4:
+    if tensor.data_type in (_INT4, _INT2):
         return np.asarray(value).astype(np.int8)
-    if tensor.data_type == _UINT4:
+    if tensor.data_type in (_UINT4, _UINT2):
         return np.asarray(value).astype(np.uint8)
     return np.asarray(value)
 
@@ -219,6 +232,10 @@ class _NodeError(Exception):
 
 
 _ACTIVATIONS = ("Relu", "Clip")
+# Layer kinds that make a graph quantized (besides layers with output parameters).
+_INTEGER_KINDS = {"quantize", "dequantize", "quantize_linear", "dequantize_linear",
+                  "dynamic_quantize_linear", "matmul_integer", "conv_integer", "qlinear_matmul",
+                  "qlinear_conv", "ort_contrib"}
 # Layers that compute (not layout, not conversions): in a quantized model, the ones without
 # output parameters run in float.
 _COMPUTE = (L.Conv2d, L.Linear, L.MatMul, L.Add, L.AvgPool, L.GlobalAvgPool, L.Concat, L.Softmax,
@@ -237,6 +254,8 @@ class _Importer:
         self.qconsts: dict[str, tuple[np.ndarray, QuantParams]] = {}  # DQ of a constant
         self.dq: dict[str, _QSource] = {}  # float output of DQ(activation) -> its source
         self.qparams: dict[str, QuantParams] = {}  # integer activation -> its parameters
+        self.act_fmt: dict[str, IntFormat] = {}  # activations of a format narrower than dtype
+        self.symbolic = False  # some graph input has a symbolic batch dimension
         self.alias: dict[str, str] = {}
         self.layers: list[Layer] = []
         self.producer: dict[str, Layer] = {}
@@ -271,11 +290,18 @@ class _Importer:
             self.label = _node_label(node, index)
             domain = node.domain if node.domain not in ("ai.onnx",) else ""
             op = node.op_type
-            if domain not in SUPPORTED_OPS or op not in SUPPORTED_OPS[domain]:
+            dedicated = domain in SUPPORTED_OPS and op in SUPPORTED_OPS[domain]
+            generic = domain == "" and op in _onnx_ops.OPS
+            if not dedicated and not generic:
                 shown = op if domain == "" else f"{domain}.{op}"
                 raise ConfigError(f"unsupported operator {shown!r} in node {self.label!r} "
                                   f"(supported: {_supported_list()})")
-            handler: Callable[[], None] = getattr(self, f"_op_{op}")
+            if generic and self._foldable():
+                handler: Callable[[], None] = self._fold
+            elif dedicated:
+                handler = getattr(self, f"_op_{op}")
+            else:
+                handler = self._onnx_op
             try:
                 handler()
             except _NodeError as exc:
@@ -295,11 +321,11 @@ class _Importer:
             if kind != "tensor_type":
                 raise ConfigError(f"graph input {value.name!r} is a {kind}, not a tensor")
             tensor = value.type.tensor_type
-            dtype = _INPUT_DTYPES.get(tensor.elem_type)
+            dtype, fmt = _INPUT_DTYPES.get(tensor.elem_type, (None, None))
             if dtype is None:
                 raise ConfigError(f"graph input {value.name!r} has element type "
-                                  f"{_type_name(tensor.elem_type)}; qsim supports FLOAT, UINT8 "
-                                  f"and INT8 inputs")
+                                  f"{_type_name(tensor.elem_type)}; qsim supports "
+                                  f"{_INPUT_NAMES} inputs")
             if not tensor.HasField("shape"):
                 raise ConfigError(f"graph input {value.name!r} has no shape")
             dims: list[int | None] = []
@@ -313,8 +339,11 @@ class _Importer:
                     raise ConfigError(f"graph input {value.name!r} has a symbolic dimension "
                                       f"{what!r} at axis {axis}; only the batch dimension "
                                       f"(axis 0) may be symbolic")
-            t = TensorType(tuple(dims), dtype)
+            t = TensorType(tuple(dims), dtype, fmt)
+            if fmt is not None:
+                self.act_fmt[value.name] = IntFormat.parse(fmt)
             self.inputs[value.name] = t
+            self.symbolic = self.symbolic or bool(dims and dims[0] is None)
             # Shapes are tracked with a batch of 1 so that every layer can check its input.
             self.types[value.name] = t.with_batch(1) if dims and dims[0] is None else t
 
@@ -338,7 +367,7 @@ class _Importer:
         name = self.graph.name or "onnx"
         kinds = {layer.kind for layer in layers}
         quantized = any(getattr(layer, "output_params", None) is not None
-                        for layer in layers) or bool(kinds & {"quantize", "dequantize"})
+                        for layer in layers) or bool(kinds & _INTEGER_KINDS)
         if not quantized:
             fmt = "float"
         elif self.kinds & {"qoperator"}:
@@ -418,7 +447,7 @@ class _Importer:
     def _materialize(self, name: str) -> None:
         """A Constant layer that outputs an initializer (or a folded constant)."""
         value = self.consts[name]
-        if value.dtype.kind == "f":
+        if value.dtype.kind == "f" and value.dtype != np.float16:
             value = value.astype(np.float32)
         self._emit(L.Constant(self._unique(f"{name}_constant"), (), (name,), value=value))
 
@@ -462,13 +491,15 @@ class _Importer:
 
     def _quant_params(self, scale_i: int, zp_i: int, fallback: IntFormat | None, *,
                       axis: int | None = None, block_size: int = 0,
-                      what: str = "") -> QuantParams:
-        """Scale/zero point inputs of the current node as QuantParams (format from the zp type)."""
+                      what: str = "", half: bool = False) -> QuantParams:
+        """Scale/zero point inputs of the current node as QuantParams (format from the zp type);
+        ``half`` also accepts a float16 scale (QuantizeLinear, DequantizeLinear)."""
         scale = self._const(scale_i, f"{what}scale")
         zp_name = self._in(zp_i)
         zp = self._const(zp_i, f"{what}zero point", required=False)
-        if scale.dtype != np.float32:
-            raise self._fail(f"{what}scale must be float32, not {scale.dtype}")
+        if scale.dtype != np.float32 and not (half and scale.dtype == np.float16):
+            raise self._fail(f"{what}scale must be float32{' or float16' if half else ''}, not "
+                             f"{scale.dtype}")
         if zp is not None and (zp.dtype.kind not in "iu" or zp_name not in self.const_fmt):
             raise self._fail(f"{what}zero point must be an 8-, 16- or 4-bit integer tensor (or "
                              f"int32 for a bias), not {zp.dtype}")
@@ -549,7 +580,8 @@ class _Importer:
         if name is None:
             return None
         source = self.dq.get(name)
-        if source is None or not source.params.per_tensor or source.params.fmt.bits > 8:
+        if source is None or not source.params.per_tensor or source.params.fmt.bits > 8 \
+                or source.params.scale.dtype != np.float32:
             return None
         return source
 
@@ -581,7 +613,7 @@ class _Importer:
             return source.tensor, source.params
         if name in self.qconsts:
             values, params = self.qconsts[name]
-            if not params.per_tensor or params.fmt.bits > 8:
+            if not params.per_tensor or params.fmt.bits > 8 or params.scale.dtype != np.float32:
                 return None
             int_name = f"{name}_int"
             if int_name not in self.types:
@@ -602,8 +634,11 @@ class _Importer:
             raise self._fail(f"output_dtype {_type_name(out_dtype)} is not supported")
         fallback = IntFormat.parse(_INT_FORMATS[out_dtype or _UINT8])
         axis = attrs.get("axis", 1)
-        params = self._quant_params(1, 2, fallback, axis=axis,
-                                    block_size=attrs.get("block_size", 0))
+        block = attrs.get("block_size", 0)
+        if not self._constants(1, 2):
+            self._dynamic_q_dq(L.QuantizeLinear, fallback, axis, block, quantize=True)
+            return
+        params = self._quant_params(1, 2, fallback, axis=axis, block_size=block, half=True)
         if self._is_const(x):
             values = quantize(self.consts[x].astype(np.float32), params, nan=params.fmt.min)
             self.consts[self._out()] = values.astype(params.fmt.numpy_dtype())
@@ -613,33 +648,224 @@ class _Importer:
         if self._is_int(x):
             raise self._fail(f"input {x!r} is already an integer tensor ({self._dtype(x)})")
         self._emit(L.Quantize(self._layer_name(), (x,), (self._out(),), params=params), params)
+        self._note_fmt(self._out(), params.fmt)
 
     def _op_DequantizeLinear(self) -> None:
         attrs = self._attrs()
         x = self._in(0)
         axis = attrs.get("axis", 1)
         block = attrs.get("block_size", 0)
+        if not self._constants(1, 2):
+            self._dynamic_q_dq(L.DequantizeLinear, None, axis, block, quantize=False)
+            return
         if self._is_const(x):
             fmt = self.const_fmt.get(x)
             if fmt is None:
                 raise self._fail(f"input {x!r} of type {self.consts[x].dtype} is not a quantized "
                                  f"integer type")
-            params = self._quant_params(1, 2, fmt, axis=axis, block_size=block)
+            params = self._quant_params(1, 2, fmt, axis=axis, block_size=block, half=True)
+            self._check_output_dtype(params.scale.dtype)
             values = self.consts[x]
             try:
                 real = dequantize(values, params)
             except ConfigError as exc:
                 raise self._fail(f"cannot dequantize {x!r}: {exc}") from None
-            self.consts[self._out()] = real.astype(np.float32)
+            self.consts[self._out()] = real.astype(params.scale.dtype)
             self.qconsts[self._out()] = (values, params)
             return
         x = self._act(0)
         if not self._is_int(x):
             raise self._fail(f"input {x!r} is not an integer tensor ({self._dtype(x)})")
-        params = self._quant_params(1, 2, IntFormat.parse(self._dtype(x)), axis=axis,
-                                    block_size=block)
+        params = self._quant_params(1, 2, self._tensor_fmt(x), axis=axis, block_size=block,
+                                    half=True)
+        self._check_output_dtype(params.scale.dtype)
         self._emit(L.Dequantize(self._layer_name(), (x,), (self._out(),), params=params))
         self.dq[self._out()] = _QSource(x, params)
+
+    def _check_output_dtype(self, scale_dtype: np.dtype) -> None:
+        """DequantizeLinear's ``output_dtype`` (opset 23) must be the scale's own type."""
+        out = self._attrs().get("output_dtype", 0)
+        names = {_FLOAT: np.dtype(np.float32), _FLOAT16: np.dtype(np.float16)}
+        if out and names.get(out) != np.dtype(scale_dtype):
+            raise self._fail(f"output_dtype {_type_name(out)} differs from the scale's type "
+                             f"{np.dtype(scale_dtype).name}, which is not supported")
+
+    def _dynamic_q_dq(self, cls: type, fallback: IntFormat | None, axis: int, block: int, *,
+                      quantize: bool) -> None:
+        """QuantizeLinear/DequantizeLinear whose scale or zero point is a graph input or
+        computed: a layer that reads them at run time."""
+        x = self._act(0)
+        scale = self._act(1)
+        zp = self._act(2) if self._in(2) is not None else None
+        if self._dtype(scale) not in ("float32", "float16"):
+            raise self._fail(f"scale must be float32 or float16, not {self._dtype(scale)}")
+        if zp is not None and not self._is_int(zp):
+            raise self._fail(f"zero point must be an integer tensor, not {self._dtype(zp)}")
+        names = (x, scale) if zp is None else (x, scale, zp)
+        if quantize:
+            if self._is_int(x):
+                raise self._fail(f"input {x!r} is already an integer tensor ({self._dtype(x)})")
+            fmt = self._tensor_fmt(zp) if zp is not None else fallback
+            self._emit(cls(self._layer_name(), names, (self._out(),), fmt=fmt, axis=axis,
+                           block_size=block))
+            self._note_fmt(self._out(), fmt)
+            return
+        if not self._is_int(x):
+            raise self._fail(f"input {x!r} is not an integer tensor ({self._dtype(x)})")
+        fmt = self._tensor_fmt(x)
+        if zp is not None and self._tensor_fmt(zp) != fmt:
+            raise self._fail(f"zero point type {self._tensor_fmt(zp)} differs from the input's "
+                             f"{fmt}")
+        self._check_output_dtype(np.dtype(self._dtype(scale)))
+        self._emit(cls(self._layer_name(), names, (self._out(),), fmt=fmt, axis=axis,
+                       block_size=block, dtype=self._dtype(scale)))
+
+    def _op_DynamicQuantizeLinear(self) -> None:
+        self._qop()
+        x = self._act(0)
+        if self._dtype(x) != "float32":
+            raise self._fail(f"input {x!r} must be float32, not {self._dtype(x)}")
+        self._emit(L.DynamicQuantizeLinear(self._layer_name(), (x,), tuple(self.node.output)))
+
+    # ---------------------------------------------------------------- operands read at run time
+
+    def _constants(self, *positions: int) -> bool:
+        """Whether every present input at ``positions`` is a constant."""
+        return all(self._is_const(self._in(i)) for i in positions if self._in(i) is not None)
+
+    def _note_fmt(self, name: str, fmt: IntFormat) -> None:
+        if fmt.bits not in (8, 16, 32, 64):
+            self.act_fmt[name] = fmt
+
+    def _tensor_fmt(self, name: str) -> IntFormat:
+        """The integer format of a tensor: int4/int2 where known, else its dtype's."""
+        if name in self.act_fmt:
+            return self.act_fmt[name]
+        if name in self.const_fmt:
+            return self.const_fmt[name]
+        dtype = self.consts[name].dtype if name in self.consts and name not in self.types \
+            else np.dtype(self._dtype(name))
+        return IntFormat.parse(dtype.name)
+
+    def _operand(self, i: int, zero_like: str | None = None) -> str:
+        """Input ``i`` as a tensor; an omitted zero point becomes a constant 0 of ``zero_like``'s
+        dtype."""
+        if self._in(i) is not None:
+            return self._act(i)
+        if zero_like is None:
+            raise self._fail(f"needs input {i}")
+        name = self._unique_tensor(f"{self.label}_zero_point_{i}")
+        self.consts[name] = np.zeros((), np.dtype(self._dtype(zero_like)))
+        self._materialize(name)
+        return name
+
+    def _unique_tensor(self, base: str) -> str:
+        taken = set(self.types) | set(self.consts) | set(self.consumers) | set(self.outputs)
+        name, n = base, 1
+        while name in taken:
+            n += 1
+            name = f"{base}_{n}"
+        return name
+
+    def _integer_operands(self, *positions: int) -> None:
+        for i in positions:
+            name = self._in(i)
+            if name is not None and self._dtype(self._act(i)) not in ("uint8", "int8"):
+                raise self._fail(f"input {i} ({name!r}) must be uint8 or int8, not "
+                                 f"{self._dtype(name)}")
+
+    def _conv_node_attrs(self) -> dict[str, Any]:
+        attrs = self._attrs()
+        out: dict[str, Any] = {"group": int(attrs.get("group", 1)),
+                               "auto_pad": attrs.get("auto_pad", "NOTSET") or "NOTSET"}
+        for key in ("strides", "pads", "dilations", "kernel_shape"):
+            if key in attrs:
+                out[key] = tuple(int(v) for v in attrs[key])
+        return out
+
+    def _op_MatMulInteger(self) -> None:
+        self._qop()
+        a, b = self._act(0), self._act(1)
+        self._integer_operands(0, 1, 2, 3)
+        names = (a, b, self._operand(2, a), self._operand(3, b))
+        self._emit(L.MatMulInteger(self._layer_name(), names, (self._out(),)))
+
+    def _op_ConvInteger(self) -> None:
+        self._qop()
+        x, w = self._act(0), self._act(1)
+        self._integer_operands(0, 1, 2, 3)
+        names = (x, w, self._operand(2, x), self._operand(3, w))
+        self._emit(L.ConvInteger(self._layer_name(), names, (self._out(),),
+                                 **self._conv_node_attrs()))
+
+    def _qlinear_fmt(self, zp_i: int, like: str) -> IntFormat:
+        zp = self._in(zp_i)
+        return self._tensor_fmt(zp) if zp is not None else self._tensor_fmt(like)
+
+    def _generic_qlinear_matmul(self) -> None:
+        names = tuple(self._act(i) for i in range(8))
+        self._integer_operands(0, 2, 3, 5, 7)
+        self._emit(L.QLinearMatMul(self._layer_name(), names, (self._out(),),
+                                   fmt=self._qlinear_fmt(7, names[0])))
+
+    def _generic_qlinear_conv(self) -> None:
+        names = tuple(self._act(i) for i in range(8))
+        self._integer_operands(0, 2, 3, 5, 7)
+        if self._in(8) is not None:
+            names += (self._act(8),)
+        self._emit(L.QLinearConv(self._layer_name(), names, (self._out(),),
+                                 fmt=self._qlinear_fmt(7, names[0]), **self._conv_node_attrs()))
+
+    # ---------------------------------------------------------------- small ONNX operators
+
+    def _foldable(self) -> bool:
+        names = [self._resolve(n) for n in self.node.input if n]
+        if self.node.op_type == "Shape":  # a static shape is a constant
+            return all(n in self.consts or (n in self.types and not self.symbolic) for n in names)
+        return all(n in self.consts for n in names)
+
+    def _fold(self) -> None:
+        """Evaluate a node whose inputs are all constants (qsim.nn.onnx_ops) at import."""
+        args = []
+        for i in range(len(self.node.input)):
+            name = self._in(i)
+            if name is None:
+                args.append(None)
+            elif name in self.consts:
+                args.append(self.consts[name])
+            else:  # Shape of a tensor with a static shape
+                t = self.types[name]
+                args.append(np.broadcast_to(np.zeros((), t.dtype), t.shape))
+        try:
+            with np.errstate(all="ignore"):
+                outs = _onnx_ops.evaluate(self.node.op_type, args, self._attrs(), self.opset)
+        except (ValueError, IndexError, TypeError) as exc:
+            raise self._fail(f"cannot evaluate on its constant inputs: {exc}") from None
+        for name, value in zip(self.node.output, outs):
+            if name:
+                self.consts[name] = np.ascontiguousarray(value)
+                if value.dtype.name in ("uint8", "int8", "uint16", "int16", "int32"):
+                    self.const_fmt[name] = IntFormat.parse(value.dtype.name)
+
+    def _onnx_op(self) -> None:
+        """A small operator on activations: an OnnxOp layer the engine runs."""
+        static = _onnx_ops.OPS[self.node.op_type][1]
+        names, slots, constants = [], [], {}
+        for i in range(len(self.node.input)):
+            name = self._in(i)
+            if name is None:
+                continue
+            if i in static:
+                if name not in self.consts:
+                    raise self._fail(f"input {i} ({name!r}) must be a constant (the output shape "
+                                     f"depends on it), but it is computed at run time")
+                constants[i] = self.consts[name]
+                continue
+            names.append(self._act(i))
+            slots.append(i)
+        self._emit(L.OnnxOp(self._layer_name(), tuple(names), tuple(o for o in self.node.output),
+                            op=self.node.op_type, attrs=self._attrs(), slots=tuple(slots),
+                            opset=self.opset, constants=constants))
 
     # ---------------------------------------------------------------- float / QDQ compute ops
 
@@ -690,7 +916,7 @@ class _Importer:
         if name is None or name not in self.qconsts:
             return None
         values, params = self.qconsts[name]
-        if params.block_size is not None or params.fmt.bits > 8:
+        if params.block_size is not None or params.fmt.bits > 8 or params.scale.dtype != np.float32:
             return None
         return values, params
 
@@ -962,8 +1188,9 @@ class _Importer:
 
     def _op_Clip(self) -> None:
         bounds = self._clip_bounds(self.node)
-        if bounds is None:
-            raise self._fail("min and max must be constants (initializers)")
+        if bounds is None:  # bounds computed at run time
+            self._onnx_op()
+            return
         lo, hi = bounds
         self._activation(lambda name, x, p: L.Clip(name, (x,), (self._out(),), lo=lo, hi=hi,
                                                    output_params=p))
@@ -1188,8 +1415,24 @@ class _Importer:
     def _qop(self) -> None:
         self.kinds.add("qoperator")
 
+    def _static_qlinear(self, weight_i: int, rank: int) -> bool:
+        """Whether a QLinearConv/QLinearMatMul has constant float32 parameters and a constant
+        weight of ``rank`` dimensions (the quantized Conv2d/Linear layers); otherwise the
+        operator runs with its operands read at run time."""
+        if not self._constants(1, 2, 3, 4, 5, 6, 7, 8):
+            return False
+        if self.consts[self._in(weight_i)].ndim != rank:
+            return False
+        scales = [self.consts[self._in(i)] for i in (1, 4, 6)]
+        return all(s.dtype == np.float32 for s in scales) and \
+            len(self.types.get(self._in(0), TensorType(())).shape) in ((4,) if rank == 4 else
+                                                                       range(2, 99))
+
     def _op_QLinearConv(self) -> None:
         self._qop()
+        if not self._static_qlinear(3, 4):
+            self._generic_qlinear_conv()
+            return
         x = self._act(0)
         x_p = self._activation_params(1, 2, x, "x_")
         w = self._const(3, "weight")
@@ -1212,9 +1455,9 @@ class _Importer:
 
     def _op_QLinearMatMul(self) -> None:
         self._qop()
-        if not self._is_const(self._in(3)):
-            raise self._fail("a QLinearMatMul of two activations is not supported (B must be an "
-                             "initializer)")
+        if not self._static_qlinear(3, 2):
+            self._generic_qlinear_matmul()
+            return
         a = self._act(0)
         a_p = self._activation_params(1, 2, a, "a_")
         b = self.consts[self._in(3)]
@@ -1271,6 +1514,28 @@ class _Importer:
                                  what="C_")
         self._emit(L.Add(self._layer_name(), (a, b), (self._out(),), input_params=(a_p, b_p),
                          output_params=y_p), y_p)
+
+    def _ort_contrib(self, required: tuple[int, ...], optional: tuple[int, ...], **kw) -> None:
+        self._qop()
+        names, slots = [], []
+        for i in sorted(required + optional):
+            if self._in(i) is None:
+                if i in required:
+                    raise self._fail(f"needs input {i}")
+                continue
+            names.append(self._act(i))
+            slots.append(i)
+        self._emit(L.OrtContribOp(self._layer_name(), tuple(names), (self._out(),),
+                                  op=self.node.op_type, slots=tuple(slots), **kw))
+
+    def _op_QLinearMul(self) -> None:
+        self._ort_contrib((0, 1, 3, 4, 6), (2, 5, 7))
+
+    def _op_QLinearSigmoid(self) -> None:
+        self._ort_contrib((0, 1, 3), (2, 4))
+
+    def _op_QLinearLeakyRelu(self) -> None:
+        self._ort_contrib((0, 1, 3), (2, 4), alpha=float(self._attrs().get("alpha", 0.01)))
 
     def _check_channels_last(self) -> None:
         if int(self._attrs().get("channels_last", 0)):

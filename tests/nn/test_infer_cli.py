@@ -99,13 +99,17 @@ def _garbage(path, data: bytes):
                       "type 'onnx.ModelProto': Wire format was corrupt"),
     ("truncated model", "{root}/truncated.onnx is not a valid ONNX model: Error parsing message with "
                         "type 'onnx.ModelProto': Wire format was corrupt"),
-    ("unsupported op", "unsupported operator 'Sin' in node 'sin' (supported: Add, AveragePool, "
-                       "BatchNormalization, Clip, Concat, Constant, Conv, DequantizeLinear, Dropout, "
-                       "Flatten, Gemm, GlobalAveragePool, Identity, MatMul, MaxPool, QLinearConv, "
-                       "QLinearMatMul, QuantizeLinear, Relu, Reshape, Softmax, Transpose, "
-                       "com.microsoft.QGemm, com.microsoft.QLinearAdd, "
+    ("unsupported op", "unsupported operator 'Sin' in node 'sin' (supported: Abs, Add, "
+                       "AveragePool, BatchNormalization, Cast, Ceil, Clip, Concat, Constant, Conv, "
+                       "ConvInteger, DequantizeLinear, Div, Dropout, DynamicQuantizeLinear, Equal, "
+                       "Flatten, Floor, Gemm, GlobalAveragePool, Greater, GreaterOrEqual, Identity, "
+                       "Less, LessOrEqual, MatMul, MatMulInteger, Max, MaxPool, Min, Mul, Neg, "
+                       "QLinearConv, QLinearMatMul, QuantizeLinear, Reciprocal, ReduceMax, "
+                       "ReduceMin, Relu, Reshape, Round, Shape, Softmax, Sqrt, Squeeze, Sub, "
+                       "Transpose, Unsqueeze, Where, com.microsoft.QGemm, com.microsoft.QLinearAdd, "
                        "com.microsoft.QLinearAveragePool, com.microsoft.QLinearConcat, "
-                       "com.microsoft.QLinearGlobalAveragePool)"),
+                       "com.microsoft.QLinearGlobalAveragePool, com.microsoft.QLinearLeakyRelu, "
+                       "com.microsoft.QLinearMul, com.microsoft.QLinearSigmoid)"),
     ("missing inputs file", "cannot read inputs {root}/nope.npz: No such file or directory"),
     ("garbage inputs", "cannot read inputs {root}/garbage.npz: not an .npz or .npy file (it starts "
                        "with neither signature)"),
