@@ -40,6 +40,10 @@ _CONFIG_FLAGS = {
     "weight_mem_words": ("--weight-words", int, "weight memory depth in words"),
     "acc_mem_words": ("--acc-words", int, "accumulator memory depth in words"),
     "cmd_mem_words": ("--cmd-words", int, "command memory depth in words"),
+    "param_mem_words": ("--param-words", int, "depth of each post-processing parameter memory"),
+    "requant": ("--requant", str, "post-processing unit: none, fixed-point or float32 (a GEMM's "
+                                  "result is then requantized on chip with random per-column "
+                                  "parameters from --seed)"),
 }
 
 
@@ -50,7 +54,8 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", type=Path, metavar="FILE.json",
                    help="configuration as JSON (AcceleratorConfig.to_json); flags override it")
     for field, (flag, kind, text) in _CONFIG_FLAGS.items():
-        g.add_argument(flag, dest=field, type=kind, metavar="N", help=text)
+        g.add_argument(flag, dest=field, type=kind, metavar="N" if kind is not str else "MODE",
+                       help=text)
 
 
 def _add_gemm_options(p: argparse.ArgumentParser, inputs: bool = False) -> None:
@@ -78,8 +83,10 @@ def _read_gemm_inputs(path: Path):
     """Arrays ``A`` and ``B`` of an .npz, checked to be 2-D integer operands of one GEMM."""
     import numpy as np
 
+    from qsim.io import reading_archive
+
     label = f"inputs {path}"
-    try:
+    with reading_archive(label):
         with open(path, "rb") as handle:
             if handle.read(2) != b"PK":
                 raise ConfigError(f"{label}: not an .npz file (write one with "
@@ -93,13 +100,6 @@ def _read_gemm_inputs(path: Path):
                     raise ConfigError(f"{label}: no array {' or '.join(missing)} (it holds {held}; "
                                       f"expected A, M x K, and B, K x N)")
                 a, b = np.asarray(archive["A"]), np.asarray(archive["B"])
-    except ConfigError:
-        raise
-    except OSError as exc:
-        raise ConfigError(f"cannot read {label}: {exc.strerror or exc}") from None
-    except Exception as exc:  # numpy's ValueError (pickled objects), zipfile's BadZipFile ...
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot read {label}: not a valid .npz file ({text})") from None
     for name, array, dims in (("A", a, "M x K"), ("B", b, "K x N")):
         if array.ndim != 2:
             raise ConfigError(f"{label}: {name} must be 2-D ({dims}), not of shape {array.shape}")
@@ -184,6 +184,18 @@ def _print_table(rows: Sequence[tuple[str, Any]]) -> None:
         print(f"{key:<{width}}  {value}")
 
 
+def _gemm_requant(cfg: AcceleratorConfig, product, seed: int):
+    """Random per-column post-processing parameters (from ``seed``) when ``cfg`` has a unit."""
+    import numpy as np
+
+    from qsim.compile import GemmRequant
+    from qsim.config import RequantMode
+
+    if cfg.requant is RequantMode.NONE:
+        return None
+    return GemmRequant.random(cfg, product, np.random.default_rng([seed, 1]))
+
+
 def _cmd_cosim(args: argparse.Namespace) -> int:
     from qsim.compile import plan_gemm
     from qsim.cosim.runner import check_timeout_cycles, compare_plan, run_programs
@@ -200,8 +212,9 @@ def _cmd_cosim(args: argparse.Namespace) -> int:
         check_directory(args.waves, "waveforms")
     cfg, a, b = _gemm_operands(args)
     name = f"gemm{args.m}x{args.k}x{args.n}"
-    plan = plan_gemm(cfg, a, b, name=name, label_single=False)
     expected = reference_gemm(a, b, cfg.acc_bits)
+    requant = _gemm_requant(cfg, expected, args.seed)
+    plan = plan_gemm(cfg, a, b, name=name, label_single=False, requant=requant)
     if args.native:
         from qsim.cosim.native import run_native
 
@@ -256,7 +269,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
         return _estimate_network(args)
     _check_gemm_args(args, "--network NAME")
     cfg = _gemm_config(args)
-    tiling = tile_gemm(cfg, args.m, args.k, args.n)
+    tiling = tile_gemm(cfg, args.m, args.k, args.n, cfg.requant.value != "none")
     t = tiling.estimate()
     data = {"config": cfg.to_dict(), "m": args.m, "k": args.k, "n": args.n,
             "programs": tiling.programs,

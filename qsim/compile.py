@@ -27,10 +27,11 @@ from typing import Iterator
 
 import numpy as np
 
-from qsim.config import AcceleratorConfig
+from qsim.config import AcceleratorConfig, RequantMode
 from qsim.errors import ProgramError
-from qsim.numerics import check_fits, wrap
-from qsim.program import Halt, MatrixLayout, Matmul, Program
+from qsim.numerics import IntFormat, check_fits, wrap
+from qsim.program import (Halt, MatrixLayout, Matmul, Program, Requant, pack_qctl,
+                          requantize_lanes, unpack_qctl)
 from qsim.timing import TimingResult, estimate_gemm
 
 __all__ = ["compile_gemm", "gemm_layouts", "check_gemm_fits", "GemmTiling", "tile_gemm", "GemmPlan",
@@ -59,20 +60,46 @@ def gemm_layouts(config: AcceleratorConfig, m: int, k: int, n: int
     return a, b, out
 
 
-def _gemm_problems(config: AcceleratorConfig, m: int, k: int, n: int) -> list[str]:
-    """Each way an M x K x N GEMM overflows the memories of ``config`` (empty: it fits)."""
+def _lane_runs(n0: int, n1: int, lanes: int) -> list[tuple[int, int]]:
+    """Columns ``n0 .. n1 - 1`` cut where the destination lane tile (of ``lanes``) changes."""
+    runs = []
+    while n0 < n1:
+        end = min(n1, (n0 // lanes + 1) * lanes)
+        runs.append((n0, end))
+        n0 = end
+    return runs
+
+
+def requant_runs(config: AcceleratorConfig, n: int) -> list[tuple[int, int, int]]:
+    """``(n_tile, first column, end column)`` of each REQUANT of an N-column result: each N
+    tile's columns, cut where the activation lane tile changes (R != C arrays)."""
+    c = config.cols
+    return [(nt, n0, n1) for nt in range(-(-n // c))
+            for n0, n1 in _lane_runs(nt * c, min(n, nt * c + c), config.rows)]
+
+
+def _gemm_problems(config: AcceleratorConfig, m: int, k: int, n: int,
+                   requant: bool = False) -> list[str]:
+    """Each way an M x K x N GEMM overflows the memories of ``config`` (empty: it fits).
+
+    With ``requant`` the 8-bit result also needs activation words after A, one parameter
+    word per N tile and its REQUANT commands.
+    """
     a, b, out = gemm_layouts(config, m, k, n)
     k_tiles, n_tiles = a.lane_tiles, out.lane_tiles
     problems = []
+    y_tiles = -(-n // config.rows) if requant else 0
+    commands = n_tiles * k_tiles + 1 + (len(requant_runs(config, n)) if requant else 0)
     needs = (
-        ("act", a.words, config.act_mem_words,
-         f"{k_tiles} K tiles x {m} rows"),
+        ("act", a.words + y_tiles * m, config.act_mem_words,
+         f"{k_tiles} K tiles x {m} rows" + (f" + {y_tiles} result tiles x {m} rows" if requant else "")),
         ("weight", b.words, config.weight_mem_words,
          f"{n_tiles} N tiles x {k_tiles} K tiles x {config.rows} rows"),
         ("acc", out.words, config.acc_mem_words,
          f"{n_tiles} N tiles x {m} rows"),
-        ("cmd", n_tiles * k_tiles + 1, config.cmd_mem_words,
-         f"{n_tiles} x {k_tiles} tiles + HALT"),
+        ("cmd", commands, config.cmd_mem_words,
+         f"{n_tiles} x {k_tiles} tiles + HALT" + (" + REQUANTs" if requant else "")),
+        *((("param", n_tiles, config.param_mem_words, f"{n_tiles} N tiles"),) if requant else ()),
     )
     for memory, need, have, how in needs:
         if need > have:
@@ -90,9 +117,10 @@ def _max_rows(config: AcceleratorConfig) -> int:
     return (1 << config.act_mem_words.bit_length()) - 1
 
 
-def check_gemm_fits(config: AcceleratorConfig, m: int, k: int, n: int) -> None:
+def check_gemm_fits(config: AcceleratorConfig, m: int, k: int, n: int,
+                    requant: bool = False) -> None:
     """Raise :class:`ProgramError` naming each memory that an M x K x N GEMM overflows."""
-    problems = _gemm_problems(config, m, k, n)
+    problems = _gemm_problems(config, m, k, n, requant)
     if problems:
         raise ProgramError(
             f"GEMM {m}x{k}x{n} does not fit the {config.rows}x{config.cols} accelerator: "
@@ -100,8 +128,64 @@ def check_gemm_fits(config: AcceleratorConfig, m: int, k: int, n: int) -> None:
         )
 
 
+@dataclass(frozen=True)
+class GemmRequant:
+    """Per-column post-processing of a GEMM's int32 result on chip (one value per column N).
+
+    ``bias`` (int32), ``scale`` (a Q31 multiplier in ``fixed-point`` mode, a float32 bit
+    pattern in ``float32`` mode) and ``qctl`` (:func:`qsim.program.pack_qctl`) are what the
+    parameter memories hold; the 8-bit result ``Y`` is written into the activation memory.
+    """
+
+    bias: np.ndarray
+    scale: np.ndarray
+    qctl: np.ndarray
+
+    def take(self, columns: slice) -> GemmRequant:
+        return GemmRequant(self.bias[columns], self.scale[columns], self.qctl[columns])
+
+    @property
+    def unsigned(self) -> bool:
+        """The results are uint8 (every clamp lower bound is at least 0)."""
+        return bool(np.all(unpack_qctl(self.qctl)["lo"] >= 0))
+
+    def reference(self, config: AcceleratorConfig, c: np.ndarray) -> np.ndarray:
+        """``Y`` from the exact int32 product ``c`` (M x N): what the accelerator must write."""
+        y = requantize_lanes(config.requant, c, self.bias, self.scale, self.qctl, config.acc_bits)
+        return y & 0xFF if self.unsigned else wrap(y, IntFormat(8, True))
+
+    @classmethod
+    def random(cls, config: AcceleratorConfig, c: np.ndarray, rng: np.random.Generator) -> GemmRequant:
+        """Random per-column parameters that spread ``c``'s columns over the output range.
+
+        Per column: a bias within a tenth of the column's largest magnitude, a scale mapping
+        that magnitude to 40..160 (so some results clamp), a zero point in -10..10 with the
+        int8 range, or in 100..150 with the uint8 range (half the time, per GEMM).
+        """
+        if config.requant is RequantMode.NONE:
+            raise ProgramError("a GEMM requantization needs a configuration with requant "
+                               "fixed-point or float32")
+        n = c.shape[1]
+        top = np.maximum(np.abs(c).max(axis=0), 1).astype(np.float64)
+        bias = np.round(rng.uniform(-0.1, 0.1, n) * top).astype(np.int64)
+        real = rng.uniform(40, 160, n) / (top * 1.1)
+        if rng.random() < 0.5:
+            zp, lo, hi = rng.integers(100, 151, n), 0, 255
+        else:
+            zp, lo, hi = rng.integers(-10, 11, n), -128, 127
+        if config.requant is RequantMode.FLOAT32:
+            scale = real.astype(np.float32).view(np.int32).astype(np.int64)
+            shift = np.zeros(n, np.int64)
+        else:
+            from qsim.quant.requant import quantize_multiplier
+
+            multiplier, exponent = quantize_multiplier(real, single_rounding=True)
+            scale, shift = np.asarray(multiplier, np.int64), 31 - np.asarray(exponent, np.int64)
+        return cls(bias, scale, pack_qctl(shift, zp, lo, hi))
+
+
 def compile_gemm(config: AcceleratorConfig, a: np.ndarray, b: np.ndarray,
-                 name: str = "gemm") -> Program:
+                 name: str = "gemm", requant: GemmRequant | None = None) -> Program:
     """Program computing ``a @ b`` on ``config``; the result is output ``"C"``.
 
     Parameters
@@ -111,6 +195,10 @@ def compile_gemm(config: AcceleratorConfig, a: np.ndarray, b: np.ndarray,
         Activations in ``config.input_format``.
     b : array of shape (K, N)
         Weights in ``config.weight_format``.
+    requant : GemmRequant, optional
+        Post-process the result on chip: REQUANT commands write the 8-bit output ``"Y"``
+        (M x N) into the activation memory after A, in A's layout (word
+        ``base + (n // R) * M + m``, lane ``n % R``), ready to be the next product's input.
     """
     a = np.asarray(a)
     b = np.asarray(b)
@@ -122,11 +210,13 @@ def compile_gemm(config: AcceleratorConfig, a: np.ndarray, b: np.ndarray,
         raise ProgramError(f"GEMM operands must be integer arrays, not {a.dtype} and {b.dtype}")
     m, k = a.shape
     n = b.shape[1]
-    check_gemm_fits(config, m, k, n)
+    check_gemm_fits(config, m, k, n, requant is not None)
     check_fits(a, config.input_format, "A")
     check_fits(b, config.weight_format, "B")
     a_lay, b_lay, c_lay = gemm_layouts(config, m, k, n)
     k_tiles, n_tiles = a_lay.lane_tiles, c_lay.lane_tiles
+    inputs = {"A": (a_lay, a.astype(np.int64)), "B": (b_lay, b.astype(np.int64))}
+    outputs = {"C": c_lay}
     commands = []
     for nt in range(n_tiles):
         for kt in range(k_tiles):
@@ -137,12 +227,25 @@ def compile_gemm(config: AcceleratorConfig, a: np.ndarray, b: np.ndarray,
                 rows=m,
                 accumulate=kt > 0,
             ))
+    if requant is not None:
+        y_lay = MatrixLayout("act", a_lay.end, rows=m, cols=n, lanes=config.rows, tile_stride=m,
+                             unsigned_bits=8 if requant.unsigned else 0)
+        for nt, n0, n1 in requant_runs(config, n):
+            commands.append(Requant(
+                acc_addr=c_lay.base + nt * c_lay.tile_stride,
+                act_addr=y_lay.base + (n0 // config.rows) * y_lay.tile_stride,
+                rows=m, param_addr=nt, lanes=n1 - n0, src_lane=n0 - nt * config.cols,
+                dst_lane=n0 % config.rows))
+        for key in ("bias", "scale", "qctl"):
+            layout = MatrixLayout(key, 0, rows=1, cols=n, lanes=config.cols, tile_stride=1)
+            inputs[key] = (layout, np.asarray(getattr(requant, key), np.int64).reshape(1, n))
+        outputs["Y"] = y_lay
     commands.append(Halt())
     return Program(
         config=config,
         commands=tuple(commands),
-        inputs={"A": (a_lay, a.astype(np.int64)), "B": (b_lay, b.astype(np.int64))},
-        outputs={"C": c_lay},
+        inputs=inputs,
+        outputs=outputs,
         name=name,
         meta={"op": "gemm", "m": m, "k": k, "n": n, "useful_macs": m * k * n},
     )
@@ -204,6 +307,7 @@ class GemmTiling:
     block_m: int
     block_k: int
     block_n: int
+    requant: bool = False
 
     @property
     def counts(self) -> tuple[int, int, int]:
@@ -242,8 +346,8 @@ class GemmTiling:
         unless the GEMM is one Program.
         """
         if self.programs == 1:
-            return estimate_gemm(self.config, self.m, self.k, self.n)
-        parts = [(estimate_gemm(self.config, bm, bk, bn), count)
+            return estimate_gemm(self.config, self.m, self.k, self.n, requant=self.requant)
+        parts = [(estimate_gemm(self.config, bm, bk, bn, requant=self.requant), count)
                  for (bm, bk, bn), count in self.shapes().items()]
         totals: dict[str, int] = {}
         for timing, count in parts:
@@ -261,7 +365,8 @@ class GemmTiling:
                 f"{self.block_m}x{self.block_k}x{self.block_n} (M x K x N)")
 
 
-def tile_gemm(config: AcceleratorConfig, m: int, k: int, n: int) -> GemmTiling:
+def tile_gemm(config: AcceleratorConfig, m: int, k: int, n: int,
+              requant: bool = False) -> GemmTiling:
     """Cut an M x K x N GEMM into the fewest, cheapest Programs that fit ``config``.
 
     A GEMM that fits (:func:`check_gemm_fits`) is one Program, exactly :func:`compile_gemm`'s.
@@ -277,6 +382,10 @@ def tile_gemm(config: AcceleratorConfig, m: int, k: int, n: int) -> GemmTiling:
     The greedy rule used before (the whole reduction first, then as many N tiles and rows
     as fit) could leave one row per Matmul: 3969 Programs for 1000^3 on ``tiny-4x4``, where
     this takes 567, and 15 % more cycles than this for 300^3 on an 8 x 8 with 64-word memories.
+
+    With ``requant`` (the result post-processed on chip, :class:`GemmRequant`) every
+    Program holds the whole reduction, since requantization needs the complete sum; the
+    activation memory also holds the 8-bit result and each N tile needs a parameter word.
     """
     _check_shape(m, k, n)
     r, c = config.rows, config.cols
@@ -285,17 +394,35 @@ def tile_gemm(config: AcceleratorConfig, m: int, k: int, n: int) -> GemmTiling:
             f"the {config.rows}x{config.cols} accelerator cannot hold one weight tile "
             f"({r} words) and one command: weight memory {config.weight_mem_words} words, "
             f"command memory {config.cmd_mem_words} words")
-    if not _gemm_problems(config, m, k, n):
-        return GemmTiling(config, m, k, n, m, k, n)
+    if not _gemm_problems(config, m, k, n, requant):
+        return GemmTiling(config, m, k, n, m, k, n, requant)
     act, weight, acc, cmd = (config.act_mem_words, config.weight_mem_words,
                              config.acc_mem_words, config.cmd_mem_words)
     k_tiles, n_tiles = _ceil_div(k, r), _ceil_div(n, c)
     max_rows = _max_rows(config)
     best: tuple[tuple[int, int, int, int], tuple[int, int, int]] | None = None
-    for kt in _chunk_sizes(k_tiles, min(k_tiles, weight // r, act, cmd - 1)):
-        nt_limit = min(n_tiles, weight // (kt * r), acc, (cmd - 1) // kt)
+    # REQUANTs per N tile: its columns cut where the activation lane tile changes
+    runs = -(-c // r) + 1 if requant else 0
+    if requant:
+        kt_options = [k_tiles]
+        nt_cap = min(config.param_mem_words, (cmd - 1) // (k_tiles + runs))
+        if k_tiles * r > weight or 2 * k_tiles > act or nt_cap < 1:
+            raise ProgramError(
+                f"GEMM {m}x{k}x{n} with requantization on chip needs its whole reduction "
+                f"(K = {k}, {k_tiles} tiles) in one program, which the {r}x{c} accelerator "
+                f"cannot hold: {k_tiles * r} weight words (has {weight}), {2 * k_tiles} act "
+                f"words for one row and its result (has {act}), {k_tiles + runs + 1} commands "
+                f"(has {cmd})")
+    else:
+        kt_options = _chunk_sizes(k_tiles, min(k_tiles, weight // r, act, cmd - 1))
+        nt_cap = n_tiles
+    for kt in kt_options:
+        nt_limit = min(n_tiles, nt_cap, weight // (kt * r), acc, (cmd - 1) // (kt + runs))
         for nt in _chunk_sizes(n_tiles, nt_limit):
-            rows_limit = min(m, act // kt, acc // nt, max_rows)
+            y_tiles = -(-min(n, nt * c) // r) if requant else 0
+            rows_limit = min(m, act // (kt + y_tiles), acc // nt, max_rows)
+            if rows_limit < 1:
+                continue
             mc = _ceil_div(m, _ceil_div(m, rows_limit))
             cost = sum(cm * cn * ck * _program_cost(config, rows, nts * kts)
                        for cm, rows in _chunks(m, mc)
@@ -307,7 +434,7 @@ def tile_gemm(config: AcceleratorConfig, m: int, k: int, n: int) -> GemmTiling:
                 best = (key, (mc, kt, nt))
     assert best is not None  # kt = nt = 1 always fits
     mc, kt, nt = best[1]
-    return GemmTiling(config, m, k, n, mc, min(k, kt * r), min(n, nt * c))
+    return GemmTiling(config, m, k, n, mc, min(k, kt * r), min(n, nt * c), requant)
 
 
 @dataclass
@@ -328,6 +455,16 @@ class GemmPlan:
     blocks: list[tuple[slice, slice, slice]]
     tiling: GemmTiling | None = None
     name: str = "gemm"
+    requant: GemmRequant | None = None
+
+    def assemble_y(self, outputs: list[np.ndarray]) -> np.ndarray:
+        """The post-processed result ``Y`` (m x n) from each program's output ``Y``."""
+        if self.requant is None:
+            raise ProgramError("this plan has no requantization on chip (no output Y)")
+        total = np.zeros((self.m, self.n), dtype=np.int64)
+        for (ms, ns, _), out in zip(self.blocks, outputs):
+            total[ms, ns] = out
+        return total
 
     def assemble(self, outputs: list[np.ndarray]) -> np.ndarray:
         """``C`` (m x n, int64, wrapped to ``acc_bits``) from each program's output ``C``."""
@@ -340,7 +477,7 @@ class GemmPlan:
 
 
 def plan_gemm(config: AcceleratorConfig, a: np.ndarray, b: np.ndarray, name: str = "gemm", *,
-              label_single: bool = True) -> GemmPlan:
+              label_single: bool = True, requant: GemmRequant | None = None) -> GemmPlan:
     """Cut ``a @ b`` into Programs that fit the memories, as :func:`tile_gemm` chooses.
 
     Program names are ``name[m0:m1,n0:n1,k0:k1]`` (the block), or ``name`` alone for a GEMM
@@ -355,7 +492,7 @@ def plan_gemm(config: AcceleratorConfig, a: np.ndarray, b: np.ndarray, name: str
         raise ProgramError(f"GEMM operands must be integer arrays, not {a.dtype} and {b.dtype}")
     m, k = a.shape
     n = b.shape[1]
-    tiling = tile_gemm(config, m, k, n)
+    tiling = tile_gemm(config, m, k, n, requant is not None)
     check_fits(a, config.input_format, "A")
     check_fits(b, config.weight_format, "B")
     programs, blocks = [], []
@@ -363,9 +500,10 @@ def plan_gemm(config: AcceleratorConfig, a: np.ndarray, b: np.ndarray, name: str
         label = f"{name}[{ms.start}:{ms.stop},{ns.start}:{ns.stop},{ks.start}:{ks.stop}]"
         if tiling.programs == 1 and not label_single:
             label = name
-        programs.append(compile_gemm(config, a[ms, ks], b[ks, ns], name=label))
+        part = None if requant is None else requant.take(ns)
+        programs.append(compile_gemm(config, a[ms, ks], b[ks, ns], name=label, requant=part))
         blocks.append((ms, ns, ks))
-    return GemmPlan(config, m, k, n, programs, blocks, tiling, name)
+    return GemmPlan(config, m, k, n, programs, blocks, tiling, name, requant)
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,8 @@ def execute(program: Program) -> ModelResult:
         if not isinstance(cmd, Matmul):
             continue
         x = act[act_addresses(cmd)]
+        if cmd.act_unsigned:
+            x = x & ((1 << cfg.input_format.bits) - 1)
         w = weight[cmd.weight_addr : cmd.weight_addr + cfg.rows]
         product = int_matmul(x, w)
         target = slice(cmd.acc_addr, cmd.acc_addr + cmd.rows)

@@ -15,7 +15,7 @@ its fields from it and the cosim loader encodes with it, so the two cannot drift
 Semantics of ``Matmul(act_addr, weight_addr, acc_addr, rows, accumulate)`` on an R x C array,
 executed in program order::
 
-    X = act[act_addr : act_addr + rows]           # rows x R activations
+    X = act[act_addresses(...)]                   # rows x R activations (uint8 if act_unsigned)
     W = weight[weight_addr : weight_addr + R]     # R x C weights (a resident tile)
     acc[acc_addr : acc_addr + rows] = wrap(X @ W + (acc[...] if accumulate else 0))
 
@@ -66,6 +66,9 @@ __all__ = [
     "act_addresses",
 ]
 
+# Whether the generated RTL reads unsigned activations (Matmul.act_unsigned).
+_UNSIGNED_READS = False
+
 #: Data memories a Program can place matrices in; the last three are the post-processing
 #: unit's parameter memories (one word of ``cols`` lanes per output-channel tile).
 PARAM_MEMORIES = ("bias", "scale", "qctl")
@@ -108,6 +111,10 @@ class Matmul:
         default) is one run of ``rows`` consecutive words. A convolution reads its input in
         place this way (no im2col): one run per output row, ``step`` the stride, ``stride``
         the stride times the padded image width.
+    act_unsigned : bool
+        Read the activation lanes as unsigned (uint8 values, zero-extended into the array's
+        multipliers) instead of two's complement. A uint8 tensor is stored as its bit
+        pattern, so 200 stays 200 without any shift on the host or in the zero points.
     """
 
     act_addr: int
@@ -118,6 +125,7 @@ class Matmul:
     inner: int = 0
     step: int = 1
     stride: int = 0
+    act_unsigned: bool = False
 
     opcode = Opcode.MATMUL
 
@@ -189,7 +197,8 @@ class CommandField:
 class CommandLayout:
     """Bit layout of one command word for a given configuration.
 
-    Fields, from bit 0 upward: ``opcode`` (4 bits), ``accumulate`` (1), ``rows`` (wide
+    Fields, from bit 0 upward: ``opcode`` (4 bits), ``accumulate`` (1), ``act_unsigned`` (1),
+    ``rows`` (wide
     enough for ``act_mem_words``), ``act_addr``, ``weight_addr``, ``acc_addr`` (each the
     address width of its memory), ``inner`` (as ``rows``), ``step`` and ``stride`` (the
     activation address width); with a post-processing unit also ``param_addr``, ``src_lane``,
@@ -204,6 +213,7 @@ class CommandLayout:
         widths = [
             ("opcode", self.OPCODE_BITS),
             ("accumulate", 1),
+            ("act_unsigned", 1),
             ("rows", config.act_mem_words.bit_length()),
             ("act_addr", config.act_addr_bits),
             ("weight_addr", config.weight_addr_bits),
@@ -236,6 +246,7 @@ class CommandLayout:
             values = {
                 "opcode": int(Opcode.MATMUL),
                 "accumulate": int(bool(command.accumulate)),
+                "act_unsigned": int(bool(command.act_unsigned)),
                 "rows": command.rows,
                 "act_addr": command.act_addr,
                 "weight_addr": command.weight_addr,
@@ -290,6 +301,7 @@ class CommandLayout:
             acc_addr=get("acc_addr"),
             rows=get("rows"),
             accumulate=bool(get("accumulate")),
+            act_unsigned=bool(get("act_unsigned")),
             inner=get("inner"),
             step=get("step"),
             stride=get("stride"),
@@ -522,6 +534,8 @@ class Program:
                 spans = (("acc", c.acc_addr, c.rows), *((m, c.param_addr, 1) for m in PARAM_MEMORIES))
             else:
                 spans = (("weight", c.weight_addr, cfg.rows), ("acc", c.acc_addr, c.rows))
+            if isinstance(c, Matmul) and c.act_unsigned and not _UNSIGNED_READS:
+                raise ProgramError(f"command {i}: act_unsigned reads are not in the RTL yet")
             if c.inner > c.rows:
                 raise ProgramError(f"command {i}: inner {c.inner} exceeds rows {c.rows}")
             addresses = act_addresses(c)

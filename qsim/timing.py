@@ -269,8 +269,12 @@ def simulate_timing(program: Program) -> TimingResult:
                               int(useful) if useful is not None else None)
 
 
-def estimate_gemm(config: AcceleratorConfig, m: int, k: int, n: int) -> TimingResult:
+def estimate_gemm(config: AcceleratorConfig, m: int, k: int, n: int,
+                  requant: bool = False) -> TimingResult:
     """Timing of an M x K x N GEMM as :func:`qsim.compile.compile_gemm` lowers it.
+
+    With ``requant`` the result is post-processed on chip (the REQUANT commands of
+    ``compile_gemm(..., requant=...)``); the commands are then timed one by one.
 
     No data is built and the memories are not checked: this sizes designs and sweeps shapes
     in microseconds per GEMM. It equals ``simulate_timing(compile_gemm(...))`` exactly;
@@ -282,6 +286,12 @@ def estimate_gemm(config: AcceleratorConfig, m: int, k: int, n: int) -> TimingRe
     a_lay, _, c_lay = gemm_layouts(config, m, k, n)
     k_tiles, n_tiles = a_lay.lane_tiles, c_lay.lane_tiles
     tiles = k_tiles * n_tiles
+    if requant:
+        from qsim.compile import requant_runs
+
+        commands = [Matmul(0, 0, 0, m, kt > 0) for _ in range(n_tiles) for kt in range(k_tiles)]
+        commands += [Requant(0, 0, m, 0, lanes=n1 - n0) for _, n0, n1 in requant_runs(config, n)]
+        return timing_of_commands(config, commands, m * k * n)
     if tiles <= 48:
         rows = np.full(tiles, m, dtype=np.int64)
         accumulate = np.tile(np.arange(k_tiles) > 0, n_tiles)

@@ -62,7 +62,7 @@ def tile_layout(config: AcceleratorConfig) -> data.StructLayout:
     While streaming, ``act`` and ``acc`` advance and ``rows`` counts the rows left; ``run``
     is the first activation address of the current run and ``left`` the rows left in it.
     """
-    return data.StructLayout({"buf": 1, "accumulate": 1, "acc": config.acc_addr_bits,
+    return data.StructLayout({"buf": 1, "accumulate": 1, "unsigned": 1, "acc": config.acc_addr_bits,
                               **address_layout(config).members})
 
 
@@ -121,6 +121,8 @@ class Controller(wiring.Component):
         Metadata of the row issued this cycle (``valid`` equals ``act_en``).
     issue_buf : Out(1)
         Weight buffer of the row issued this cycle.
+    issue_unsigned : Out(1)
+        The row issued this cycle holds unsigned activations.
     weight_addr, weight_en : Out
         Weight-memory read; ``weight_en`` high loads row ``load_row`` into buffer ``load_buf``.
     load_row : Out(range(rows)), load_buf : Out(1)
@@ -162,6 +164,7 @@ class Controller(wiring.Component):
             "act_en": Out(1),
             "issue": Out(pipeline_meta_layout(config)),
             "issue_buf": Out(1),
+            "issue_unsigned": Out(1),
             "weight_addr": Out(config.weight_addr_bits),
             "weight_en": Out(1),
             "load_row": Out(range(config.rows)),
@@ -249,6 +252,7 @@ class Controller(wiring.Component):
             self.issue.accumulate.eq(cur.accumulate),
             self.issue.addr.eq(cur.acc),
             self.issue_buf.eq(cur.buf),
+            self.issue_unsigned.eq(cur.unsigned),
             self.weight_addr.eq(load_base + load_row),
             self.weight_en.eq(loading),
             self.load_row.eq(load_row),
@@ -307,6 +311,7 @@ class Controller(wiring.Component):
                 m.d.sync += [
                     slot_valid.eq(1), slot.acc.eq(field("acc_addr")),
                     slot.accumulate.eq(field("accumulate")), slot.buf.eq(next_buf),
+                    slot.unsigned.eq(field("act_unsigned")),
                 ]
                 _load_addresses(m, slot, field)
             with m.Elif(consume):

@@ -16,6 +16,16 @@ def run(capsys, *argv):
     return code, out, err
 
 
+def test_estimate_with_requant_counts_the_post_processing(capsys):
+    code, out, _ = run(capsys, "estimate", "--preset", "tiny-4x4", "--requant", "float32",
+                       "--m", "5", "--k", "4", "--n", "4", "--json")
+    data = json.loads(out)
+    assert code == 0  # the hand-checked schedule of tests/test_timing.py
+    assert {k: data[k] for k in ("cycles", "requants", "ppu_outputs", "wait_drain", "wait_ppu")} \
+        == {"cycles": 27, "requants": 1, "ppu_outputs": 20, "wait_drain": 13, "wait_ppu": 9}
+    assert data["config"]["requant"] == "float32"
+
+
 def test_estimate_json(capsys):
     code, out, _ = run(capsys, "estimate", "--m", "256", "--k", "256", "--n", "256", "--json")
     data = json.loads(out)
@@ -39,6 +49,16 @@ def test_estimate_json(capsys):
      "edge-16x16, server-32x32)\n"),
     (("run", "does-not-exist.toml"),
      "qsim: error: cannot read scenario does-not-exist.toml: No such file or directory\n"),
+    (("estimate", "--requant", "int8", "--m", "1", "--k", "1", "--n", "1"),
+     "qsim: error: requant must be one of none, fixed-point, float32, not 'int8'\n"),
+    (("estimate", "--requant", "float32", "--acc-bits", "40", "--m", "1", "--k", "1", "--n", "1"),
+     "qsim: error: acc_bits must be at most 32 with requant float32 (the post-processing unit "
+     "takes int32 accumulators), not 40\n"),
+    (("estimate", "--preset", "tiny-4x4", "--requant", "float32", "--weight-words", "8",
+      "--m", "4", "--k", "40", "--n", "4"),
+     "qsim: error: GEMM 4x40x4 with requantization on chip needs its whole reduction (K = 40, "
+     "10 tiles) in one program, which the 4x4 accelerator cannot hold: 40 weight words (has 8), "
+     "20 act words for one row and its result (has 4096), 13 commands (has 1024)\n"),
 ])
 def test_errors_are_one_line_with_exit_2(capsys, argv, message):
     code, out, err = run(capsys, *argv)

@@ -164,7 +164,7 @@ def test_huge_gemm_estimate_costs_each_block_shape_once(monkeypatch):
 
     calls = []
     real = qsim.compile.estimate_gemm
-    monkeypatch.setattr(qsim.compile, "estimate_gemm", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(qsim.compile, "estimate_gemm", lambda *a, **kw: calls.append(a) or real(*a, **kw))
     tiling = tile_gemm(AcceleratorConfig(), 100_000, 100_000, 100_000)
     t = tiling.estimate()
     assert len(calls) == len(tiling.shapes()) <= 8

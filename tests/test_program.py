@@ -18,18 +18,18 @@ SMALL = AcceleratorConfig(rows=4, cols=4, act_mem_words=64, weight_mem_words=32,
 def test_command_layout_fields_for_default_config():
     layout = CommandLayout(AcceleratorConfig())
     assert {k: (f.offset, f.width) for k, f in layout.fields.items()} == {
-        "opcode": (0, 4), "accumulate": (4, 1), "rows": (5, 15), "act_addr": (20, 14),
-        "weight_addr": (34, 14), "acc_addr": (48, 14), "inner": (62, 15), "step": (77, 14),
-        "stride": (91, 14)}
-    assert (layout.used_bits, layout.width) == (105, 128)
+        "opcode": (0, 4), "accumulate": (4, 1), "act_unsigned": (5, 1), "rows": (6, 15),
+        "act_addr": (21, 14), "weight_addr": (35, 14), "acc_addr": (49, 14), "inner": (63, 15),
+        "step": (78, 14), "stride": (92, 14)}
+    assert (layout.used_bits, layout.width) == (106, 128)
 
 
 def test_encode_decode_round_trip():
     layout = CommandLayout(SMALL)
     cmd = Matmul(act_addr=63, weight_addr=28, acc_addr=15, rows=1, accumulate=True)
     word = layout.encode(cmd)
-    # inner = 0 (bits 27-33), step = 1 (bits 34-39), stride = 0 (bits 40-45)
-    assert word == 1 | 1 << 4 | 1 << 5 | 63 << 12 | 28 << 18 | 15 << 23 | 1 << 34
+    # act_unsigned = 0 (bit 5), inner = 0 (bits 28-34), step = 1 (bits 35-40), stride = 0
+    assert word == 1 | 1 << 4 | 1 << 6 | 63 << 13 | 28 << 19 | 15 << 24 | 1 << 35
     assert layout.decode(word) == cmd
     assert layout.encode(Halt()) == 0 and layout.decode(0) == Halt()
     assert commands_from_words(SMALL, [word, 0, word]) == [cmd, Halt()]

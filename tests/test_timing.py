@@ -96,3 +96,36 @@ def test_large_estimate_counters_match_compiled_program():
     program = compile_gemm(cfg, np.zeros((30, 70), dtype=np.int8), np.zeros((70, 50), dtype=np.int8))
     assert len(program.commands) - 1 == 18 * 13 > 48
     assert simulate_timing(program).counters() == estimate_gemm(cfg, 30, 70, 50).counters()
+
+
+def test_requant_after_a_gemm_cycle_by_cycle():
+    """4 x 4 float32 unit (D = 1 + 3 stages): one 5-row tile, then one REQUANT of 4 lanes."""
+    from qsim.compile import GemmRequant, compile_gemm as compile_
+
+    cfg = AcceleratorConfig(rows=4, cols=4, requant="float32")
+    rq = GemmRequant.random(cfg, np.ones((5, 4), np.int64), np.random.default_rng(0))
+    program = compile_(cfg, np.ones((5, 4), np.int64), np.ones((4, 4), np.int64), requant=rq)
+    t = simulate_timing(program)
+    # MATMUL: T = 1, S = 3, E = 8, last accumulator write 7 + R + C = 15. REQUANT: ready at 2,
+    # taken at 15 (13 cycles waiting for the drain), reads 16..20, last write 20 + D = 24.
+    # HALT: ready at 16, taken at 25 (9 cycles waiting for the unit); last busy cycle 26.
+    assert [(p.take, p.last_write) for p in t.post_schedule] == [(15, 24)]
+    assert t.counters() == {"cycles": 27, "act_reads": 5, "weight_reads": 4, "acc_reads": 5,
+                            "acc_writes": 5, "matmuls": 1, "requants": 1, "act_writes": 5,
+                            "ppu_outputs": 20, "wait_array": 0, "wait_drain": 13, "wait_ppu": 9}
+    assert estimate_gemm(cfg, 5, 4, 4, requant=True).counters() == t.counters()
+
+
+@pytest.mark.parametrize("rows, cols, mode", [(4, 4, "float32"), (3, 5, "fixed-point"), (6, 2, "float32")])
+def test_requant_estimate_equals_compiled_program(rng, rows, cols, mode):
+    from qsim.compile import GemmRequant
+
+    cfg = AcceleratorConfig(rows=rows, cols=cols, requant=mode, act_mem_words=4096,
+                            weight_mem_words=4096, acc_mem_words=4096)
+    for _ in range(10):
+        m, k, n = (int(x) for x in rng.integers(1, 30, 3))
+        a, b = np.ones((m, k), np.int64), np.ones((k, n), np.int64)
+        rq = GemmRequant.random(cfg, a @ b, rng)
+        program = compile_gemm(cfg, a, b, requant=rq)
+        assert simulate_timing(program).counters() == \
+            estimate_gemm(cfg, m, k, n, requant=True).counters(), (m, k, n)

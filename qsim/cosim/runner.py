@@ -333,17 +333,26 @@ def compare_plan(plan: GemmPlan, results: Sequence[RtlResult], expected: np.ndar
     diff = np.argwhere(got != expected)
     first = [f"C[{int(i)}, {int(j)}]: rtl {int(got[i, j])}, reference {int(expected[i, j])}"
              for i, j in diff[:5]]
+    elements = int(expected.size)
+    if plan.requant is not None:  # the 8-bit results too, against the requantized product
+        got_y = plan.assemble_y([r.outputs["Y"] for r in results])
+        want_y = plan.requant.reference(plan.config, expected)
+        diff_y = np.argwhere(got_y != want_y)
+        first += [f"Y[{int(i)}, {int(j)}]: rtl {int(got_y[i, j])}, reference {int(want_y[i, j])}"
+                  for i, j in diff_y[:5]]
+        diff = np.concatenate([diff, diff_y])
+        elements += int(want_y.size)
     first += [f"{rep.name}: {line}" for rep in reports for line in rep.first_mismatches][:5 - len(first)]
     model_cycles = sum(rep.model_cycles for rep in reports)
     cfg = plan.config
     return CosimReport(
-        name=plan.name, elements=int(expected.size),
+        name=plan.name, elements=elements,
         mismatches=len(diff), acc_mismatches=sum(rep.acc_mismatches for rep in reports),
         model_cycles=model_cycles, rtl_cycles=sum(rep.rtl_cycles for rep in reports),
         counter_diffs={f"{rep.name} {k}": v for rep in reports for k, v in rep.counter_diffs.items()},
         wall_s=sum(r.wall_s for r in results), sim_wall_s=sum(r.sim_wall_s for r in results),
         utilization=plan.m * plan.k * plan.n / (cfg.macs_per_cycle * model_cycles) if model_cycles else None,
-        first_mismatches=first,
+        first_mismatches=first[:5], act_mismatches=sum(rep.act_mismatches for rep in reports),
     )
 
 

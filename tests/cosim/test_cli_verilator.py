@@ -68,7 +68,7 @@ def test_rtl_export_with_lint(capsys, tmp_path):
 def test_bench_cosim_small_gemm():
     from qsim.bench import bench_cosim
 
-    r = bench_cosim(m=64, k=16, n=16)
+    r = bench_cosim(m=64, k=16, n=16, rows=8, cols=8)
     assert r["agrees"] and r["mismatches"] == 0
     assert r["cycles"] == r["model_cycles"] == 3 + 4 * 64 + 16
     assert r["cocotb_sim_cycles_per_s"] > 0 and r["native_sim_cycles_per_s"] > 0
@@ -96,3 +96,18 @@ def test_cosim_of_users_operands_larger_than_the_memories(capsys, tmp_path):
     assert code == 0 and tiling.programs == data["programs"] == 18
     assert (data["elements"], data["mismatches"], data["acc_mismatches"], data["agrees"]) == (209, 0, 0, True)
     assert data["rtl_cycles"] == data["model_cycles"] == tiling.estimate().cycles
+
+
+def test_cosim_with_requantization_on_chip(capsys):
+    """A 3 x 5 fixed-point unit, memories small enough that the GEMM is cut into programs:
+    the int32 product and its 8-bit requantization agree with the references."""
+    code = main(["cosim", "--preset", "tiny-4x4", "--rows", "3", "--cols", "5", "--act-words", "64",
+                 "--acc-words", "32", "--weight-words", "64", "--cmd-words", "32",
+                 "--param-words", "4", "--requant", "fixed-point", "--m", "50", "--k", "17",
+                 "--n", "23", "--seed", "3", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert (data["programs"], data["elements"], data["mismatches"], data["act_mismatches"]) \
+        == (20, 2 * 50 * 23, 0, 0)
+    assert data["model_cycles"] == data["rtl_cycles"] == 2730
+    assert data["agrees"] is True
