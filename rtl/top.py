@@ -211,7 +211,19 @@ class Accelerator(wiring.Component):
             "acc_write": wb.wr_en,
             "acc_addr": wb.wr_addr,
             "done": ctrl.done,
+            "requant_take": ctrl.requant_taken,
+            "post_read": ctrl.post_read,
+            "post_addr": ctrl.post_acc_addr,
+            "array_wait": ctrl.wait_array,
+            "drain_wait": ctrl.wait_drain,
+            "ppu_wait": ctrl.wait_ppu,
         })
+        if has_ppu:
+            self.probes.update({
+                "act_write": post_write,
+                "act_waddr": act_wr.addr,
+                **{f"ppu_out[{c}]": ppu.out[c] for c in range(cols)},
+            })
 
         events = {
             "cycles": ctrl.busy,

@@ -29,7 +29,25 @@ def two_tiles() -> str:
     return timing_diagram(compile_gemm(TINY, a, b), PROBES, qualify=QUALIFY)
 
 
-DIAGRAMS = {"two-tiles": two_tiles}
+def requant_after_gemm() -> str:
+    """A (3 x 2) @ B (2 x 2) on a 2 x 2 array with a fixed-point unit, then one REQUANT."""
+    from qsim.compile import GemmRequant
+    from qsim.program import pack_qctl
+
+    cfg = TINY.replace(requant="fixed-point", param_mem_words=2)
+    a = np.array([[1, 2], [3, 4], [5, 6]])
+    b = np.array([[1, 0], [0, 1]])
+    # y = (acc * 2**30 + 2**30) >> 31, i.e. acc / 2 rounded half up, plus zero point 10
+    rq = GemmRequant(np.zeros(2, np.int64), np.full(2, 1 << 30), np.full(2, pack_qctl(31, 10, -128, 127)))
+    return timing_diagram(compile_gemm(cfg, a, b, requant=rq), REQUANT_PROBES, qualify=REQUANT_QUALIFY)
+
+
+REQUANT_PROBES = ["busy", "take", "requant_take", "act_read", "acc_write", "acc_addr",
+                  "drain_wait", "post_read", "post_addr", "ppu_out[0]", "ppu_out[1]",
+                  "act_write", "act_waddr", "ppu_wait", "done"]
+REQUANT_QUALIFY = {"acc_addr": "acc_write", "post_addr": "post_read", "act_waddr": "act_write"}
+
+DIAGRAMS = {"two-tiles": two_tiles, "requant": requant_after_gemm}
 
 if __name__ == "__main__":
     for name, make in DIAGRAMS.items():

@@ -77,7 +77,7 @@ def timing_diagram(program: Program, probes: Sequence[str], labels: dict[str, st
         cells = []
         for c in cycles:
             v = trace[c][probe]
-            if probe.endswith(("read", "write", "busy", "done", "take")):
+            if probe.endswith(("read", "write", "busy", "done", "take", "wait")):
                 cells.append(" ‾‾‾" if v else " ___")
             elif probe in qualify and not trace[c][qualify[probe]]:
                 cells.append("   .")
