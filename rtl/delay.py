@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from amaranth import Module, Signal
+from amaranth import ClockSignal, Instance, Module, ResetSignal, Shape, Signal
 from amaranth.hdl import ShapeLike
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from rtl.checks import reject
 
-__all__ = ["DelayLines"]
+__all__ = ["DelayLines", "DELAY_MODULE", "delay_verilog"]
+
+#: Verilog module name of one delay line in exported Verilog (see :func:`delay_verilog`).
+DELAY_MODULE = "qsim_delay"
 
 
 class DelayLines(wiring.Component):
@@ -20,6 +23,11 @@ class DelayLines(wiring.Component):
     With ``delays = range(rows)`` this is the triangular input skew of a systolic array;
     with ``delays = reversed(range(cols))`` it is the output deskew; a single lane with a long
     delay carries per-row metadata alongside the array. A delay of 0 is a wire.
+
+    Elaborated for a platform that has ``get_delay_lines`` (the export platform,
+    :class:`rtl.export.ExportPlatform`), each lane with a delay is an instance of the
+    ``qsim_delay`` macro of :func:`delay_verilog`; otherwise (Amaranth's simulator) it is a
+    chain of registers. Both are reset to zero by the domain's synchronous reset.
 
     Ports
     -----
@@ -40,7 +48,26 @@ class DelayLines(wiring.Component):
         layout = data.ArrayLayout(shape, len(delays))
         super().__init__({"i": In(layout), "o": Out(layout)})
 
+    def macro_instances(self) -> Module:
+        """The lanes as :data:`DELAY_MODULE` instances (delay 0: a wire)."""
+        m = Module()
+        width = Shape.cast(self.shape).width
+        raw_i, raw_o = self.i.as_value(), self.o.as_value()
+        for lane, delay in enumerate(self.delays):
+            lane_i = raw_i[lane * width:(lane + 1) * width]
+            lane_o = raw_o[lane * width:(lane + 1) * width]
+            if delay == 0:
+                m.d.comb += lane_o.eq(lane_i)
+                continue
+            m.submodules[f"lane{lane}"] = Instance(
+                DELAY_MODULE, p_WIDTH=width, p_DELAY=delay,
+                i_clk=ClockSignal("sync"), i_rst=ResetSignal("sync"), i_i=lane_i, o_o=lane_o)
+        return m
+
     def elaborate(self, platform):
+        hook = getattr(platform, "get_delay_lines", None)
+        if hook is not None:
+            return hook(self)
         m = Module()
         for lane, delay in enumerate(self.delays):
             stage = self.i[lane]
@@ -50,3 +77,38 @@ class DelayLines(wiring.Component):
                 stage = reg
             m.d.comb += self.o[lane].eq(stage)
         return m
+
+
+def delay_verilog() -> str:
+    """Verilog of :data:`DELAY_MODULE`: ``o`` is ``i`` delayed by ``DELAY`` (>= 1) cycles of
+    ``clk``; a synchronous ``rst`` clears every stage, and every stage starts at zero."""
+    return f"""
+// {DELAY_MODULE}: one delay line of DELAY >= 1 registers (see rtl/delay.py).
+module {DELAY_MODULE} #(
+  parameter WIDTH = 1,
+  parameter DELAY = 1
+) (
+  input wire clk,
+  input wire rst,
+  input wire [WIDTH-1:0] i,
+  output wire [WIDTH-1:0] o
+);
+  reg [WIDTH-1:0] stage [0:DELAY-1];
+  integer k;
+  initial begin
+    for (k = 0; k < DELAY; k = k + 1)
+      stage[k] = {{WIDTH{{1'b0}}}};
+  end
+  always @(posedge clk) begin
+    if (rst) begin
+      for (k = 0; k < DELAY; k = k + 1)
+        stage[k] <= {{WIDTH{{1'b0}}}};
+    end else begin
+      stage[0] <= i;
+      for (k = 1; k < DELAY; k = k + 1)
+        stage[k] <= stage[k - 1];
+    end
+  end
+  assign o = stage[DELAY - 1];
+endmodule
+"""
