@@ -612,15 +612,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lint", action="store_true", help="also run verilator --lint-only -Wall")
     p.set_defaults(func=_cmd_rtl)
 
-    p = sub.add_parser("infer", help="integer-only inference of an ONNX model (float or quantized)")
-    p.add_argument("model", type=Path, help="ONNX model")
+    p = sub.add_parser("infer", help="integer-only inference of an ONNX model (float or quantized) "
+                                      "or an int8 TFLite model")
+    p.add_argument("model", type=Path, help="ONNX model, or TFLite model (.tflite)")
     p.add_argument("--inputs", type=Path, required=True, metavar="X.npz",
                    help="inputs keyed by the graph's input names (.npy for a single-input model)")
     p.add_argument("--output", type=Path, required=True, metavar="Y.npz",
                    help="outputs keyed by the graph's output names (written only on success)")
-    p.add_argument("--semantics", default="onnxruntime",
-                   help="requantization semantics: onnxruntime (default), onnx, tflite, "
-                        "tflite-single-rounding, pytorch-fbgemm, fixed-point")
+    p.add_argument("--semantics", default=None,
+                   help="requantization semantics: onnxruntime (default for ONNX), onnx, litert "
+                        "(default for TFLite), litert-reference, litert-optimized, "
+                        "tflite-single-rounding, pytorch-fbgemm, fixed-point (tflite is an alias "
+                        "of litert-reference)")
     p.add_argument("--intermediates", action="store_true",
                    help="also store every intermediate tensor in the output file")
     p.add_argument("--calibration", type=Path, metavar="CAL.npz",

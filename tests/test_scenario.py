@@ -51,8 +51,9 @@ def test_model_only_run_reports_exact_cycles():
     ({"network": [{"model": "digits_cnn", "weight_bits": 3}]},
      "x.toml [[network]] 1: weight_bits must be 8, 4 or 2, not 3"),
     ({"network": [{"model": "digits_cnn", "semantics": "tensorrt"}]},
-     "requantization semantics must be one of onnx, onnxruntime, tflite, tflite-single-rounding, "
-     "pytorch-fbgemm, fixed-point, not 'tensorrt'"),
+     "requantization semantics must be one of onnx, onnxruntime, litert, litert-reference, "
+     "litert-optimized, tflite-single-rounding, pytorch-fbgemm, fixed-point (or tflite, an alias "
+     "of litert-reference), not 'tensorrt'"),
     ({"network": [{"model": "digits_cnn", "layers": 3}]},
      "x.toml [[network]] 1: unknown key(s) layers (allowed: activation_format, batch, calibration, "
      "inputs, isa, model, name, semantics, weight_bits)"),
@@ -87,7 +88,7 @@ def test_network_tables_parse():
     s = parse_scenario({"network": [{"model": "digits_cnn", "weight_bits": 4, "batch": 2},
                                     {"name": "m", "model": "models/x.onnx", "semantics": "tflite"}]}, "x.toml")
     assert [(n.name, n.model, n.weight_bits, n.semantics, n.batch) for n in s.networks] == [
-        ("digits_cnn", "digits_cnn", 4, "onnxruntime", 2), ("m", "models/x.onnx", 8, "tflite", 4)]
+        ("digits_cnn", "digits_cnn", 4, "onnxruntime", 2), ("m", "models/x.onnx", 8, "litert-reference", 4)]  # tflite: an alias
     assert [(n.inputs, n.calibration, n.isa) for n in s.networks] == [(None, None, "exact")] * 2
     assert s.workloads == ()
     s = parse_scenario({"network": [{"model": "m.onnx", "inputs": "x.npz", "calibration": "c.npz",

@@ -57,7 +57,9 @@ from qsim.quant.isa import resolve_isa, u8s8_saturates
 from qsim.quant.kernels import ISA_DEPENDENT, conv_columns, conv_geometry, conv_integer, matmul_integer
 from qsim.quant.ops import dequantize, quantize
 from qsim.quant.params import QuantParams
-from qsim.quant.requant import Semantics, float32_multiplier, requantize, requantize_float32
+from qsim.quant.requant import (LITERT_SEMANTICS, Semantics, float32_multiplier, litert_requantize,
+                                multiply_by_quantized_multiplier, quantize_multiplier, requantize,
+                                requantize_float32)
 
 __all__ = ["run", "check_feeds", "RunResult", "ExactBackend", "AccumulatorBackend", "FLOAT_ONLY"]
 
@@ -182,6 +184,13 @@ def run(graph: Graph, feeds: Mapping[str, np.ndarray], semantics: Semantics | st
         A missing or unexpected input, a wrong shape or dtype, or a layer that cannot run.
     """
     ctx = _Context(Semantics.parse(semantics), backend or ExactBackend(), resolve_isa(isa))
+    if ctx.semantics is Semantics.LITERT_OPTIMIZED:
+        for layer in graph.layers:
+            if isinstance(layer, _NOT_EXACT_OPTIMIZED) and getattr(layer, "quantized", True):
+                raise layer._fail(
+                    "is not modelled exactly under litert-optimized (LiteRT's builtin optimized "
+                    "conv, depthwise, quantize, requantize, dequantize and mean kernels round "
+                    "differently; measured against LiteRT 2.3); use litert or litert-reference")
     values = check_feeds(graph, feeds)
     batch = next((values[name].shape[0] for name, t in graph.inputs.items()
                   if t.shape and t.shape[0] is None), None)
@@ -192,7 +201,8 @@ def run(graph: Graph, feeds: Mapping[str, np.ndarray], semantics: Semantics | st
         fn = _RUNNERS.get(type(layer))
         if fn is None:
             raise layer._fail("has no implementation in the engine")
-        if layer.kind in FLOAT_ONLY and any(values[i].dtype.kind in "iu" for i in layer.inputs):
+        if layer.kind in FLOAT_ONLY and getattr(layer, "output_params", None) is None and \
+                any(values[i].dtype.kind in "iu" for i in layer.inputs):
             raise layer._fail("is float only and cannot take an integer input")
         outs = fn(layer, [values[i] for i in layer.inputs], ctx)
         for name, value in zip(layer.outputs, outs):
@@ -203,6 +213,10 @@ def run(graph: Graph, feeds: Mapping[str, np.ndarray], semantics: Semantics | st
         times[layer.name] = time.perf_counter() - t0
     outputs = {name: values[name] for name in graph.outputs}
     return RunResult(outputs, values if keep else {}, times)
+
+
+# Layers whose litert-optimized kernels qsim does not reproduce exactly (see docs/tflite.md).
+_NOT_EXACT_OPTIMIZED = (L.Conv2d, L.Quantize, L.Rescale, L.Dequantize, L.GlobalAvgPool)
 
 
 def check_feeds(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -259,8 +273,10 @@ def _int_out(values: np.ndarray, fmt: IntFormat) -> np.ndarray:
     return np.asarray(values).astype(fmt.numpy_dtype())
 
 
-def _activation_bounds(layer: Layer, activation: object, out: QuantParams) -> tuple[int, int]:
-    """Integer clamp of a fused activation on the output grid of ``out``."""
+def _activation_bounds(layer: Layer, activation: object, out: QuantParams,
+                       rounding: str = "half_even") -> tuple[int, int]:
+    """Integer clamp of a fused activation on the output grid of ``out`` (the real bounds
+    rounded by ``rounding``: ONNX's half to even, TFLite's ``TfLiteRound`` half away)."""
     fmt = out.fmt
     if activation is None:
         return fmt.min, fmt.max
@@ -270,8 +286,8 @@ def _activation_bounds(layer: Layer, activation: object, out: QuantParams) -> tu
         lo, hi = float(activation[1]), float(activation[2])
     else:
         raise layer._fail(f"unknown activation {activation!r} (use None, 'relu' or ('clip', lo, hi))")
-    qlo = int(quantize(np.float32(lo), out)) if lo is not None and np.isfinite(lo) else fmt.min
-    qhi = int(quantize(np.float32(hi), out)) if hi is not None and np.isfinite(hi) else fmt.max
+    qlo = int(quantize(np.float32(lo), out, rounding)) if lo is not None and np.isfinite(lo) else fmt.min
+    qhi = int(quantize(np.float32(hi), out, rounding)) if hi is not None and np.isfinite(hi) else fmt.max
     return qlo, qhi
 
 
@@ -340,9 +356,11 @@ class _PreparedGemm:
         return self.centered[dtype]
 
 
-def _prepared_gemm(layer: L.Conv2d | L.Linear) -> _PreparedGemm:
-    """The layer's :class:`_PreparedGemm` (cached on the layer: layers are fixed once they run)."""
-    cached = layer.__dict__.get("_engine_prepared")
+def _prepared_gemm(layer: L.Conv2d | L.Linear, ctx: _Context | None = None) -> _PreparedGemm:
+    """The layer's :class:`_PreparedGemm` (cached on the layer per activation rounding: layers
+    are fixed once they run)."""
+    rounding = "half_away" if ctx is not None and ctx.semantics in LITERT_SEMANTICS else "half_even"
+    cached = layer.__dict__.get("_engine_prepared_" + rounding)
     if cached is not None:
         return cached
     x_p = _params(layer, layer.input_params, "input_params")
@@ -362,11 +380,11 @@ def _prepared_gemm(layer: L.Conv2d | L.Linear) -> _PreparedGemm:
             raise layer._fail(f"a quantized layer needs an int32 bias, not dtype {b.dtype}")
         bias = b.astype(np.int64)
     prepared = _PreparedGemm(
-        x_p, w_p, y_p, weight, zw, _activation_bounds(layer, layer.activation, y_p),
+        x_p, w_p, y_p, weight, zw, _activation_bounds(layer, layer.activation, y_p, rounding),
         np.asarray(float32_multiplier(x_p.scale, w_p.scale, y_p.scale), np.float32).reshape(-1, 1)
         * np.ones((outputs, 1), np.float32),
         bias, 0 if bias is None else max(-int(bias.min()), int(bias.max())))
-    layer.__dict__["_engine_prepared"] = prepared
+    layer.__dict__["_engine_prepared_" + rounding] = prepared
     return prepared
 
 
@@ -403,7 +421,7 @@ def _fast_requantize(prep: _PreparedGemm, acc: np.ndarray, bound: int, ctx: _Con
     values, so it is the correctly rounded int32 sum that MLAS converts; the path is taken only
     when that sum provably fits int32 and the bias is exact in the accumulator's float type.
     """
-    if ctx.semantics is not Semantics.ONNXRUNTIME:
+    if ctx.semantics not in (Semantics.ONNXRUNTIME, Semantics.LITERT):
         return None
     limit = 1 << 24 if acc.dtype == np.float32 else 1 << 53
     if prep.bias is not None:
@@ -422,9 +440,24 @@ def _exact_gemm(layer, prep: _PreparedGemm, acc: np.ndarray, ctx: _Context, chan
         shape = [1] * acc.ndim
         shape[channel_axis] = -1
         acc = acc + prep.bias.reshape(shape)
-    y = requantize(acc, np.float32(prep.x_p.scale), prep.w_p.scale, np.float32(prep.y_p.scale),
-                   int(prep.y_p.zero_point), prep.y_p.fmt, ctx.semantics, channel_axis=channel_axis)
+    if ctx.semantics in LITERT_SEMANTICS:
+        y = litert_requantize(acc, np.float32(prep.x_p.scale), prep.w_p.scale, np.float32(prep.y_p.scale),
+                              int(prep.y_p.zero_point), prep.y_p.fmt, ctx.semantics,
+                              op=_litert_op(layer), channel_axis=channel_axis)
+    else:
+        y = requantize(acc, np.float32(prep.x_p.scale), prep.w_p.scale, np.float32(prep.y_p.scale),
+                       int(prep.y_p.zero_point), prep.y_p.fmt, ctx.semantics, channel_axis=channel_axis)
     return _int_out(np.clip(y, *prep.clamp), prep.y_p.fmt)
+
+
+def _litert_op(layer) -> str:
+    """The TFLite kernel a conv or linear layer is: a Linear is ``FULLY_CONNECTED``, a
+    convolution with one input channel per group (more than one group) ``DEPTHWISE_CONV_2D``."""
+    if isinstance(layer, L.Linear):
+        return "FULLY_CONNECTED"
+    if layer.groups > 1 and layer.groups == layer.in_channels:
+        return "DEPTHWISE_CONV_2D"
+    return "CONV_2D"
 
 
 def _saturating(ctx: _Context, x: np.ndarray, prep: _PreparedGemm) -> bool:
@@ -458,7 +491,7 @@ def _conv(layer: L.Conv2d, inputs, ctx):
         if layer.bias is not None:
             y = y + layer.bias.astype(np.float32).reshape(1, -1, 1, 1)
         return [_float_activation(layer, layer.activation, y.astype(np.float32))]
-    prep = _prepared_gemm(layer)
+    prep = _prepared_gemm(layer, ctx)
     x_zp = int(prep.x_p.zero_point)
     geometry = conv_geometry(x.shape[2:], layer.kernel, strides=layer.strides,
                              pads=_onnx_pads(layer.pads), dilations=layer.dilations)
@@ -505,7 +538,7 @@ def _linear(layer: L.Linear, inputs, ctx):
         if layer.bias is not None:
             y = y + layer.bias.astype(np.float32)
         return [_float_activation(layer, layer.activation, y.astype(np.float32)).reshape(*lead, -1)]
-    prep = _prepared_gemm(layer)
+    prep = _prepared_gemm(layer, ctx)
     x_zp = int(prep.x_p.zero_point)
     correction = u8s8_matmul_correction(x2, prep.weight.T) if _saturating(ctx, x2, prep) else None
     if correction is not None:  # the engine's own integers, then its requantization
@@ -555,7 +588,7 @@ def _centered(values: np.ndarray, params: QuantParams) -> np.ndarray:
     return values.astype(np.int64) - int(params.zero_point)
 
 
-_INTEGER_SEMANTICS = (Semantics.TFLITE, Semantics.TFLITE_SINGLE_ROUNDING, Semantics.FIXED_POINT)
+_INTEGER_SEMANTICS = (Semantics.TFLITE_SINGLE_ROUNDING, Semantics.FIXED_POINT)
 
 
 def _add(layer: L.Add, inputs, ctx):
@@ -568,6 +601,10 @@ def _add(layer: L.Add, inputs, ctx):
         raise layer._fail("is quantized but has no input_params")
     pa, pb = layer.input_params
     py = layer.output_params
+    if ctx.semantics in LITERT_SEMANTICS:
+        lo, hi = _activation_bounds(layer, layer.activation, py, "half_away")
+        y = _litert_add(_centered(a, pa), _centered(b, pb), pa, pb, py, ctx.semantics)
+        return [_int_out(np.clip(y, lo, hi), py.fmt)]
     if ctx.semantics is Semantics.ONNXRUNTIME:
         from qsim.quant.ortops import qlinear_add
 
@@ -604,7 +641,8 @@ def _relu_clip(layer, inputs, ctx):
     if x.dtype.kind == "f":
         return [np.clip(x, np.float32(lo), np.float32(hi)).astype(np.float32)]
     params = _params(layer, layer.output_params, "output_params (the tensor's quantization)")
-    qlo, qhi = _activation_bounds(layer, ("clip", lo, hi), params)
+    rounding = "half_away" if ctx.semantics in LITERT_SEMANTICS else "half_even"
+    qlo, qhi = _activation_bounds(layer, ("clip", lo, hi), params, rounding)
     return [np.clip(x, qlo, qhi).astype(x.dtype)]
 
 
@@ -651,6 +689,13 @@ def _avgpool(layer: L.AvgPool, inputs, ctx):
         return [_float_avgpool(layer, x)]
     px = _params(layer, layer.input_params, "input_params")
     py = layer.output_params
+    same = (float(px.scale) == float(py.scale) and int(px.zero_point) == int(py.zero_point))
+    if ctx.semantics in LITERT_SEMANTICS and same:
+        # TFLite averages the stored integers (input and output share their parameters)
+        windows, mask = _windows(layer, x, 0)
+        sums = (windows.astype(np.int64) * mask).sum(axis=(-2, -1))
+        counts = mask.sum(axis=(-2, -1))
+        return [_int_out(saturate(_round_away_div(sums, counts), py.fmt), py.fmt)]
     if ctx.semantics is Semantics.ONNXRUNTIME:
         from qsim.quant.ortops import qlinear_average_pool
 
@@ -659,7 +704,7 @@ def _avgpool(layer: L.AvgPool, inputs, ctx):
                                  pads=layer.pads, ceil_mode=int(layer.ceil_mode),
                                  count_include_pad=int(layer.count_include_pad))
         return [_int_out(y, py.fmt)]
-    if ctx.semantics in _INTEGER_SEMANTICS:
+    if ctx.semantics in _INTEGER_SEMANTICS or ctx.semantics in LITERT_SEMANTICS:
         windows, mask = _windows(layer, x, int(px.zero_point))
         sums = (windows.astype(np.int64) - int(px.zero_point)).sum(axis=(-2, -1))
         counts = np.full(mask.shape[:2], mask.shape[2] * mask.shape[3]) if layer.count_include_pad \
@@ -689,6 +734,20 @@ def _globalavgpool(layer: L.GlobalAvgPool, inputs, ctx):
         return [x.mean(axis=(2, 3), keepdims=True, dtype=np.float32)]
     px = _params(layer, layer.input_params, "input_params")
     py = layer.output_params
+    if ctx.semantics in LITERT_SEMANTICS:
+        count = x.shape[2] * x.shape[3]
+        sums = _centered(x, px).sum(axis=(2, 3), keepdims=True)
+        ratio = np.float32(np.float32(px.scale) / np.float32(py.scale))
+        if ctx.semantics is Semantics.LITERT:
+            # XNNPACK: one float32 scale, ratio / count, round half to even
+            y = requantize_float32(sums, np.float32(ratio / np.float32(count)), int(py.zero_point), py.fmt)
+        else:
+            # TFLite's QuantizedMeanOrSum: the multiplier of s_in / s_out divided by the count
+            qm, shift = quantize_multiplier(np.float64(np.float32(px.scale)) / np.float64(np.float32(py.scale)))
+            qm, shift = int(qm), int(shift)
+            extra = min(int(count).bit_length() - 1, 32, 31 + shift)
+            y = multiply_by_quantized_multiplier(sums, (qm << extra) // count, shift - extra) + int(py.zero_point)
+        return [_int_out(saturate(y, py.fmt), py.fmt)]
     if ctx.semantics is Semantics.ONNXRUNTIME:
         from qsim.quant.ortops import qlinear_global_average_pool
 
@@ -742,6 +801,10 @@ def _transpose(layer: L.Transpose, inputs, ctx):
 
 def _softmax(layer: L.Softmax, inputs, ctx):
     (x,) = inputs
+    if layer.output_params is not None:
+        return [_quantized_softmax(layer, x, ctx)]
+    if layer.beta != 1.0:
+        x = x * np.float32(layer.beta)
     shifted = x - x.max(axis=layer.axis, keepdims=True)
     e = np.exp(shifted, dtype=np.float32)
     return [(e / e.sum(axis=layer.axis, keepdims=True)).astype(np.float32)]
@@ -779,6 +842,13 @@ def _quantize(layer: L.Quantize, inputs, ctx):
     params = layer.params
     # ONNX Runtime's kernel gives a NaN the format's minimum; the ONNX reference leaves it undefined.
     nan = params.fmt.min if ctx.semantics is Semantics.ONNXRUNTIME else None
+    if ctx.semantics is Semantics.LITERT:
+        # XNNPACK: x * f32(1 / scale), round half to even
+        inv = np.float32(1) / np.float32(params.scale)
+        y = np.rint(np.asarray(x, np.float32) * inv).astype(np.int64) + int(params.zero_point)
+        return [_int_out(saturate(y, params.fmt), params.fmt)]
+    if ctx.semantics in LITERT_SEMANTICS:
+        return [_int_out(quantize(x, params, "half_away"), params.fmt)]
     return [_int_out(quantize(x, params, nan=nan), params.fmt)]
 
 
@@ -918,6 +988,107 @@ def _constant(layer: L.Constant, inputs, ctx):
     return [np.asarray(layer.value)]
 
 
+# ------------------------------------------------------------------------- LiteRT (TFLite) kernels
+#
+# The element-wise and pooling kernels of the LiteRT interpreter on int8 tensors; see
+# docs/tflite.md for which kernel each semantics names and how each was measured.
+
+def _mbqm(x: np.ndarray, real: np.ndarray | float) -> np.ndarray:
+    """TFLite ``MultiplyByQuantizedMultiplier(x, QuantizeMultiplier(real))`` (double rounding)."""
+    qm, shift = quantize_multiplier(np.float64(real))
+    return multiply_by_quantized_multiplier(x, qm, shift)
+
+
+def _round_away_div(x: np.ndarray, count) -> np.ndarray:
+    """C's ``x > 0 ? (x + n/2) / n : (x - n/2) / n`` with truncating division."""
+    half = np.asarray(count) // 2
+    num = np.where(x > 0, x + half, x - half)
+    return np.sign(num) * (np.abs(num) // count)
+
+
+def _litert_add(a: np.ndarray, b: np.ndarray, pa: QuantParams, pb: QuantParams, py: QuantParams,
+                semantics: Semantics) -> np.ndarray:
+    """int8 ``ADD`` of zero-point-free inputs ``a``, ``b``: int64 outputs with the zero point,
+    before the activation clamp.
+
+    ``litert-reference``/``litert-optimized``: TFLite's kernel (``left_shift = 20``, each input
+    scaled by ``s_i / (2 max(s_a, s_b))``, the sum by ``2 max / (2**20 s_out)``, each with
+    ``MultiplyByQuantizedMultiplier``). ``litert``: XNNPACK's ``qs8`` add (multipliers
+    ``round(s_i / s_out * 2**shift)`` with 20 significant bits, one rounding half up).
+    """
+    sa, sb, so = (np.float32(p.scale) for p in (pa, pb, py))
+    if semantics is Semantics.LITERT:
+        ra, rb = np.float32(sa / so), np.float32(sb / so)
+        exponent = int(np.frexp(max(ra, rb))[1]) - 1
+        shift = 20 - exponent
+        ma = int(np.rint(np.ldexp(np.float64(ra), shift)))
+        mb = int(np.rint(np.ldexp(np.float64(rb), shift)))
+        acc = a.astype(np.int64) * ma + b.astype(np.int64) * mb
+        return ((acc + (1 << (shift - 1))) >> shift) + int(py.zero_point)
+    twice = 2.0 * max(float(sa), float(sb))
+    xa = _mbqm(np.left_shift(a.astype(np.int64), 20), float(sa) / twice)
+    xb = _mbqm(np.left_shift(b.astype(np.int64), 20), float(sb) / twice)
+    total = np.broadcast_arrays(xa, xb)
+    return _mbqm(total[0] + total[1], twice / (float(1 << 20) * float(so))) + int(py.zero_point)
+
+
+def _mul(layer: L.Mul, inputs, ctx):
+    a, b = inputs
+    if layer.output_params is None:
+        if a.dtype.kind != "f" or b.dtype.kind != "f":
+            raise layer._fail("integer inputs need output_params (and input_params)")
+        return [_float_activation(layer, layer.activation, (a * b).astype(np.float32))]
+    if layer.input_params is None:
+        raise layer._fail("is quantized but has no input_params")
+    pa, pb = layer.input_params
+    py = layer.output_params
+    if ctx.semantics in LITERT_SEMANTICS:
+        product = _centered(a, pa) * _centered(b, pb)
+        if ctx.semantics is Semantics.LITERT:
+            m = np.float32(np.float32(pa.scale) * np.float32(pb.scale)) / np.float32(py.scale)
+            y = requantize_float32(product, m, int(py.zero_point), py.fmt)
+        else:
+            real = np.float64(np.float32(pa.scale)) * np.float64(np.float32(pb.scale)) / np.float64(np.float32(py.scale))
+            y = _mbqm(product, real) + int(py.zero_point)
+        lo, hi = _activation_bounds(layer, layer.activation, py, "half_away")
+    else:
+        y = _float_qdq(py, np.multiply, (a, pa), (b, pb))
+        lo, hi = _activation_bounds(layer, layer.activation, py)
+    return [_int_out(np.clip(y, lo, hi), py.fmt)]
+
+
+def _pad(layer: L.Pad, inputs, ctx):
+    (x,) = inputs
+    return [np.pad(x, layer.pads, constant_values=np.asarray(layer.value).astype(x.dtype))]
+
+
+def _rescale(layer: L.Rescale, inputs, ctx):
+    (x,) = inputs
+    px, py = layer.input_params, layer.output_params
+    if ctx.semantics is Semantics.LITERT:
+        # XNNPACK's qs8 convert: an 8-bit fixed-point multiplier, rounded half up
+        m = int(np.rint(np.float64(np.float32(np.float32(px.scale) / np.float32(py.scale))) * 256))
+        y = ((_centered(x, px) * m + 128) >> 8) + int(py.zero_point)
+        return [_int_out(saturate(y, py.fmt), py.fmt)]
+    if ctx.semantics in LITERT_SEMANTICS:
+        real = np.float64(np.float32(px.scale)) / np.float64(np.float32(py.scale))
+        y = _mbqm(_centered(x, px), real) + int(py.zero_point)
+        return [_int_out(saturate(y, py.fmt), py.fmt)]
+    return [_float_qdq(py, lambda v: v, (x, px))]
+
+
+def _quantized_softmax(layer: L.Softmax, x: np.ndarray, ctx) -> np.ndarray:
+    px, py = layer.input_params, layer.output_params
+    if px is None:
+        raise layer._fail("is quantized but has no input_params")
+    real = dequantize(x, px).astype(np.float64) * float(layer.beta)
+    shifted = real - real.max(axis=layer.axis, keepdims=True)
+    e = np.exp(shifted)
+    probs = (e / e.sum(axis=layer.axis, keepdims=True)).astype(np.float32)
+    rounding = "half_away" if ctx.semantics in LITERT_SEMANTICS else "half_even"
+    return _int_out(quantize(probs, py, rounding), py.fmt)
+
+
 _RUNNERS: dict[type, Callable] = {
     L.Conv2d: _conv, L.Linear: _linear, L.MatMul: _matmul, L.Add: _add, L.Relu: _relu_clip,
     L.Clip: _relu_clip, L.MaxPool: _maxpool, L.AvgPool: _avgpool, L.GlobalAvgPool: _globalavgpool,
@@ -927,5 +1098,5 @@ _RUNNERS: dict[type, Callable] = {
     L.QuantizeLinear: _quantize_linear, L.DequantizeLinear: _dequantize_linear,
     L.DynamicQuantizeLinear: _dynamic_quantize_linear, L.MatMulInteger: _matmul_integer,
     L.ConvInteger: _conv_integer, L.QLinearMatMul: _qlinear_matmul, L.QLinearConv: _qlinear_conv,
-    L.OnnxOp: _onnx_op, L.OrtContribOp: _ort_contrib,
+    L.OnnxOp: _onnx_op, L.OrtContribOp: _ort_contrib, L.Mul: _mul, L.Pad: _pad, L.Rescale: _rescale,
 }

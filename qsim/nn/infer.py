@@ -1,4 +1,4 @@
-"""``qsim infer``: run an ONNX model on inputs from a file with integer-only arithmetic.
+"""``qsim infer``: run an ONNX or TFLite model on inputs from a file with integer-only arithmetic.
 
 This module owns the command behind ``qsim infer MODEL.onnx --inputs X.npz --output Y.npz``:
 reading the inputs (an ``.npz`` keyed by the model's input names, or one ``.npy`` array for a
@@ -30,23 +30,32 @@ __all__ = ["infer", "infer_command", "read_inputs", "write_outputs", "check_batc
 def _graph(model: Any) -> Graph:
     if isinstance(model, Graph):
         return model
+    from qsim.nn.tflite_import import is_tflite, load_tflite
+
+    if is_tflite(model):
+        return load_tflite(model)
     from qsim.nn.onnx_import import load_onnx
 
     return load_onnx(model)
 
 
-def infer(model: Any, feeds: Mapping[str, np.ndarray], semantics: Semantics | str = "onnxruntime",
+def default_semantics(graph: Graph) -> str:
+    """``litert`` (the default LiteRT interpreter) for a TFLite model, else ``onnxruntime``."""
+    return "litert" if graph.meta.get("format") == "tflite" else "onnxruntime"
+
+
+def infer(model: Any, feeds: Mapping[str, np.ndarray], semantics: Semantics | str | None = None,
           *, isa: str = "auto", keep: bool = False) -> dict[str, np.ndarray]:
-    """Run an ONNX model (a path, bytes, an ``onnx.ModelProto`` or an imported Graph).
+    """Run an ONNX or TFLite model (a path, bytes, an ``onnx.ModelProto`` or an imported Graph).
 
     Parameters
     ----------
     model : path, bytes, onnx.ModelProto or Graph
     feeds : mapping of str to array
         One array per model input, batch first, with the model's element type.
-    semantics : Semantics or str
-        Requantization semantics of the quantized layers (``onnxruntime`` reproduces ONNX
-        Runtime bit for bit).
+    semantics : Semantics or str, optional
+        Requantization semantics of the quantized layers; by default ``onnxruntime`` for ONNX
+        models (ONNX Runtime bit for bit) and ``litert`` for TFLite models.
     isa : str
         Instruction path of the engine (:mod:`qsim.quant.isa`): ``auto`` (the running CPU),
         ``avx2``, ``avx512bw``, ``avx-vnni``, ``avx512-vnni``, ``amx-int8`` or ``exact``.
@@ -60,8 +69,8 @@ def infer(model: Any, feeds: Mapping[str, np.ndarray], semantics: Semantics | st
     """
     from qsim.nn.engine import run
 
-    kind = Semantics.parse(semantics)
     graph = _graph(model)
+    kind = Semantics.parse(default_semantics(graph) if semantics is None else semantics)
     result = run(graph, feeds, kind, isa=isa, keep=keep)
     return dict(result.values) if keep else dict(result.outputs)
 
@@ -120,7 +129,7 @@ def check_batch(label: str, feeds: Mapping[str, np.ndarray]) -> None:
 
 
 def infer_command(model: str | os.PathLike, inputs: str | os.PathLike,
-                  output: str | os.PathLike, semantics: str = "onnxruntime",
+                  output: str | os.PathLike, semantics: str | None = None,
                   keep_intermediates: bool = False, calibration: str | os.PathLike | None = None,
                   weight_bits: int = 8, isa: str = "auto") -> int:
     """``qsim infer``: read, run, write; return the exit status (0).
@@ -138,10 +147,12 @@ def infer_command(model: str | os.PathLike, inputs: str | os.PathLike,
     from qsim.nn.engine import run
     from qsim.quant.isa import parse_isa
 
-    kind = Semantics.parse(semantics)
+    if semantics is not None:
+        Semantics.parse(semantics)
     isa = parse_isa(isa)
     check_output(output)
     graph = _graph(model)
+    kind = Semantics.parse(default_semantics(graph) if semantics is None else semantics)
     if calibration is not None:
         from qsim.nn.ptq import quantize_graph
 

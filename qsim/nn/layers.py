@@ -21,7 +21,7 @@ from qsim.numerics import IntFormat
 from qsim.quant.params import QuantParams
 
 __all__ = [
-    "Conv2d", "Linear", "MatMul", "Add", "Relu", "Clip", "MaxPool", "AvgPool", "GlobalAvgPool",
+    "Conv2d", "Linear", "MatMul", "Add", "Mul", "Pad", "Rescale", "Relu", "Clip", "MaxPool", "AvgPool", "GlobalAvgPool",
     "Flatten", "Reshape", "Concat", "Softmax", "BatchNorm", "Transpose", "LayerNorm", "Gelu",
     "Quantize", "Dequantize", "Constant", "QuantizeLinear", "DequantizeLinear",
     "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv",
@@ -219,6 +219,48 @@ class Add(Layer):
 
 
 @dataclass
+class Mul(Add):
+    """Element-wise product with numpy broadcasting (TFLite ``MUL``); quantized with
+    ``input_params`` and ``output_params`` like :class:`Add`."""
+
+    kind: ClassVar[str] = "mul"
+
+
+@dataclass
+class Pad(Layer):
+    """Constant padding: ``pads`` holds ``(before, after)`` per axis; ``value`` fills (for a
+    quantized tensor the stored integer, usually its zero point)."""
+
+    kind: ClassVar[str] = "pad"
+    pads: tuple[tuple[int, int], ...] = ()
+    value: float = 0
+
+    def infer(self, types: Sequence[TensorType]) -> list[TensorType]:
+        self._expect_inputs(types, 1)
+        (x,) = types
+        if len(self.pads) != len(x.shape) or any(min(p) < 0 for p in self.pads):
+            raise self._fail(f"pads {self.pads} do not fit {x}")
+        shape = tuple(None if d is None else d + a + b for d, (a, b) in zip(x.shape, self.pads))
+        return [TensorType(shape, x.dtype, x.fmt)]
+
+
+@dataclass
+class Rescale(Layer):
+    """An integer tensor brought from ``input_params`` to ``output_params`` (TFLite's
+    int8 -> int8 ``QUANTIZE``): ``q_out = zp_out + round((q_in - zp_in) * s_in / s_out)``."""
+
+    kind: ClassVar[str] = "rescale"
+    input_params: QuantParams | None = None
+    output_params: QuantParams | None = None
+
+    def infer(self, types: Sequence[TensorType]) -> list[TensorType]:
+        self._expect_inputs(types, 1)
+        if self.input_params is None or self.output_params is None:
+            raise self._fail("needs input_params and output_params")
+        return [TensorType(types[0].shape, self.output_params.fmt.numpy_dtype().name)]
+
+
+@dataclass
 class Relu(_Elementwise):
     kind: ClassVar[str] = "relu"
 
@@ -347,10 +389,19 @@ class Concat(Layer):
 
 @dataclass
 class Softmax(_Elementwise):
-    """Float softmax (at a network's output)."""
+    """Softmax over ``axis`` of ``beta * x``: float, or quantized with ``input_params`` and
+    ``output_params`` (TFLite's int8 ``SOFTMAX``)."""
 
     kind: ClassVar[str] = "softmax"
     axis: int = -1
+    beta: float = 1.0
+    input_params: QuantParams | None = None
+
+    def infer(self, types: Sequence[TensorType]) -> list[TensorType]:
+        self._expect_inputs(types, 1)
+        if self.output_params is not None:
+            return [TensorType(types[0].shape, self.output_params.fmt.numpy_dtype().name)]
+        return [types[0]]
 
 
 @dataclass
@@ -735,7 +786,7 @@ class OrtContribOp(Layer):
 
 
 #: Every layer type by its ``kind``.
-LAYERS = {cls.kind: cls for cls in (Conv2d, Linear, MatMul, Add, Relu, Clip, MaxPool, AvgPool,
+LAYERS = {cls.kind: cls for cls in (Conv2d, Linear, MatMul, Add, Mul, Pad, Rescale, Relu, Clip, MaxPool, AvgPool,
                                     GlobalAvgPool, Flatten, Reshape, Concat, Softmax, BatchNorm,
                                     Transpose, LayerNorm, Gelu, Quantize, Dequantize, Constant,
                                     QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear,

@@ -41,6 +41,9 @@ __all__ = [
     "FixedPointRequantizer",
     "requantize_float32",
     "float32_multiplier",
+    "litert_requantize",
+    "LITERT_SEMANTICS",
+    "LITERT_GEMM_OPS",
     "MAX_OUT_BITS",
 ]
 
@@ -58,14 +61,24 @@ class Semantics(str, enum.Enum):
 
     ONNX = "onnx"
     ONNXRUNTIME = "onnxruntime"
-    TFLITE = "tflite"
+    LITERT = "litert"
+    LITERT_REFERENCE = "litert-reference"
+    LITERT_OPTIMIZED = "litert-optimized"
     TFLITE_SINGLE_ROUNDING = "tflite-single-rounding"
     PYTORCH_FBGEMM = "pytorch-fbgemm"
     FIXED_POINT = "fixed-point"
+    #: The old name ``tflite``: TFLite's gemmlowp double rounding, which is what the builtin
+    #: reference kernels compute (an alias of ``litert-reference``).
+    TFLITE = "litert-reference"
+
+    @classmethod
+    def _missing_(cls, value):
+        return _ALIASES.get(value)
 
     @classmethod
     def parse(cls, name: str | Semantics) -> Semantics:
-        """Accept a member or its value; reject anything else naming the valid values."""
+        """Accept a member, its value or an alias (``tflite``); reject anything else naming
+        the valid values."""
         if isinstance(name, Semantics):
             return name
         try:
@@ -73,8 +86,15 @@ class Semantics(str, enum.Enum):
         except ValueError:
             names = ", ".join(m.value for m in cls)
             raise ConfigError(
-                f"requantization semantics must be one of {names}, not {name!r}"
+                f"requantization semantics must be one of {names} (or tflite, an alias of "
+                f"litert-reference), not {name!r}"
             ) from None
+
+
+#: Old names still accepted by :meth:`Semantics.parse`.
+_ALIASES = {"tflite": Semantics.LITERT_REFERENCE}
+#: The semantics of the LiteRT (TFLite) interpreter's kernels.
+LITERT_SEMANTICS = (Semantics.LITERT, Semantics.LITERT_REFERENCE, Semantics.LITERT_OPTIMIZED)
 
 
 # --------------------------------------------------------------------------- validation
@@ -428,6 +448,55 @@ def float32_multiplier(in_scale, weight_scale, out_scale) -> np.ndarray:
     return (np.float32(in_scale) * np.asarray(weight_scale, np.float32)) / np.float32(out_scale)
 
 
+#: The TFLite operators :func:`litert_requantize` distinguishes.
+LITERT_GEMM_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+def litert_float_multiplier(in_scale, weight_scale, out_scale) -> np.ndarray:
+    """XNNPACK's requantization scale ``f32(f32(in * w) / out)`` (as ONNX Runtime's)."""
+    return float32_multiplier(in_scale, weight_scale, out_scale)
+
+
+def litert_requantize(acc: np.ndarray, in_scale: float, weight_scale: np.ndarray | float,
+                      out_scale: float, out_zero_point: int, out_fmt: IntFormat | str,
+                      semantics: Semantics | str, *, op: str = "CONV_2D",
+                      channel_axis: int = -1) -> np.ndarray:
+    """Requantize the accumulators of a TFLite ``op`` as the LiteRT kernel named by ``semantics``.
+
+    ``litert`` (XNNPACK) and ``litert-reference`` differ per operator (``CONV_2D``,
+    ``DEPTHWISE_CONV_2D``, ``FULLY_CONNECTED``); the other semantics ignore ``op`` and are
+    :func:`requantize`. Returns int64 values in ``out_fmt`` (before any fused activation).
+
+    ``litert``
+        XNNPACK's ``fp32`` requantization for all three: ``v = f32(f32(acc) * M)``,
+        ``M = f32(f32(in * w) / out)``, round half to even, ``+ zp``.
+    ``litert-reference``
+        ``CONV_2D``, ``DEPTHWISE_CONV_2D``: ``MultiplyByQuantizedMultiplier`` (double
+        rounding, as :func:`requantize`'s ``litert-reference``); ``FULLY_CONNECTED``:
+        ``round_half_away(f64(acc) * f64(qm) * 2**(shift - 31))`` with TFLite's quantized
+        multiplier ``qm, shift`` (:func:`quantize_multiplier`), one rounding.
+    """
+    kind = Semantics.parse(semantics)
+    if op not in LITERT_GEMM_OPS:
+        raise ConfigError(f"op must be one of {', '.join(LITERT_GEMM_OPS)}, not {op!r}")
+    if kind is not Semantics.LITERT_REFERENCE or op != "FULLY_CONNECTED":
+        return requantize(acc, in_scale, weight_scale, out_scale, out_zero_point, out_fmt, kind,
+                          channel_axis=channel_axis)
+    fmt = _out_format(out_fmt)
+    zp = _zero_point(out_zero_point, fmt)
+    values = _int_array(acc, "acc")
+    check_fits(values, INT32, "acc")
+    s_in = _positive_scale(in_scale, "in_scale", vector=False)
+    per_channel = _positive_scale(weight_scale, "weight_scale", vector=True)
+    s_w = _channel_view(per_channel, values.shape, channel_axis, "weight_scale")
+    s_out = _positive_scale(out_scale, "out_scale", vector=False)
+    real = np.float64(s_in) * s_w.astype(np.float64) / np.float64(s_out)
+    qm, shift = quantize_multiplier(real)
+    multiplier = np.ldexp(qm.astype(np.float64), (shift - 31).astype(np.int64))
+    scaled = round_float(values.astype(np.float64) * multiplier, Rounding.HALF_AWAY)
+    return saturate(np.clip(scaled, -2.0 ** 62, 2.0 ** 62).astype(np.int64) + zp, fmt)
+
+
 def _onnx(acc, s_in, s_w, s_out, zp, fmt):
     multiplier = float32_multiplier(s_in, s_w, s_out)
     # The reference multiplies its int32 tensor by a float32 one: numpy promotes both to
@@ -576,5 +645,8 @@ def requantize(acc: np.ndarray, in_scale: float, weight_scale: np.ndarray | floa
         return _onnxruntime(values, s_in, s_w, s_out, zp, fmt)
     if kind is Semantics.PYTORCH_FBGEMM:
         return _pytorch_fbgemm(values, s_in, s_w, s_out, zp, fmt)
+    if kind is Semantics.LITERT:
+        # XNNPACK's requantization (the default interpreter): MLAS's float32 arithmetic
+        return requantize_float32(values, litert_float_multiplier(s_in, s_w, s_out), zp, fmt)
     return _tflite(values, s_in, s_w, s_out, zp, fmt,
                    single_rounding=kind is Semantics.TFLITE_SINGLE_ROUNDING)

@@ -66,8 +66,8 @@ def test_intermediates_and_semantics(files, capsys):
     root = files["root"]
     out = root / "all.npz"
     assert qsim(root / "cnn.onnx", "--inputs", root / "x.npz", "--output", out, "--intermediates",
-                "--semantics", "tflite") == 0
-    assert capsys.readouterr().out.splitlines()[-1] == (f"wrote {out} (qoperator model, tflite "
+                "--semantics", "tflite") == 0  # the old name of litert-reference
+    assert capsys.readouterr().out.splitlines()[-1] == (f"wrote {out} (qoperator model, litert-reference "
                                                         f"semantics, 8 tensors)")
     with np.load(out) as result:
         produced = {o for n in files["model"].graph.node for o in n.output}
@@ -121,8 +121,8 @@ def _garbage(path, data: bytes):
     ("wrong dtype", "input 'x' has dtype int64, expected float32"),
     ("npy for two inputs", "inputs {root}/x.npy holds one array, but the model has 2 inputs (a, b); "
                            "use an .npz keyed by input name"),
-    ("bad semantics", "requantization semantics must be one of onnx, onnxruntime, tflite, "
-                      "tflite-single-rounding, pytorch-fbgemm, fixed-point, not 'exact'"),
+    ("bad semantics", "requantization semantics must be one of onnx, onnxruntime, litert, litert-reference, litert-optimized, "
+                      "tflite-single-rounding, pytorch-fbgemm, fixed-point (or tflite, an alias of litert-reference), not 'exact'"),
     ("missing directory", "cannot write {root}/no/such/dir/y.npz: No such file or directory "
                           "({root}/no/such/dir)"),
     ("zero batch", "inputs {root}/zero.npz: input 'x' has batch size 0 (shape (0, 1, 8, 8)); at least "

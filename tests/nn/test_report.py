@@ -76,8 +76,8 @@ def test_figure_shows_the_report(report):
     ({"networks": ("resnet",)}, "networks must be a non-empty selection of 'mlp', 'cnn', not ('resnet',)"),
     ({"budget_bits": 1}, "budget_bits must be a number from 2 to 8, not 1"),
     ({"calibration_images": 0}, "calibration_images must be an int from 1 to 1348, not 0"),
-    ({"semantics": "tpu"}, "requantization semantics must be one of onnx, onnxruntime, tflite, "
-                           "tflite-single-rounding, pytorch-fbgemm, fixed-point, not 'tpu'"),
+    ({"semantics": "tpu"}, "requantization semantics must be one of onnx, onnxruntime, litert, litert-reference, litert-optimized, "
+                           "tflite-single-rounding, pytorch-fbgemm, fixed-point (or tflite, an alias of litert-reference), not 'tpu'"),
 ])
 def test_errors(options, message):
     with pytest.raises(ConfigError) as exc:
@@ -89,7 +89,7 @@ def test_command_line(tmp_path):
     out = io.StringIO()
     path = tmp_path / "report.png"
     with redirect_stdout(out):
-        assert main(["--networks", "mlp", "--semantics", "tflite", "--figure", str(path)]) == 0
+        assert main(["--networks", "mlp", "--semantics", "litert-reference", "--figure", str(path)]) == 0
     lines = out.getvalue().splitlines()
     assert lines[:6] == TABLE.splitlines()[:6]  # the integer MLP agrees under tflite semantics
     assert f"figure saved to {path}" in lines

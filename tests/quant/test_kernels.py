@@ -432,8 +432,8 @@ def test_qlinear_ops_hand_the_exact_accumulator_to_requantize(rng, semantics):
      "a_zero_point must be a scalar (per tensor), not shape (2,)"),
     (lambda: qlinear_matmul(np.zeros((2, 3), np.uint8), 0.1, 0, np.zeros((3, 2), np.int8),
                             0.1, 0, 0.1, np.uint8(3), semantics="tensorrt"),
-     "requantization semantics must be one of onnx, onnxruntime, tflite, "
-     "tflite-single-rounding, pytorch-fbgemm, fixed-point, not 'tensorrt'"),
+     "requantization semantics must be one of onnx, onnxruntime, litert, litert-reference, litert-optimized, "
+     "tflite-single-rounding, pytorch-fbgemm, fixed-point (or tflite, an alias of litert-reference), not 'tensorrt'"),
     (lambda: qlinear_conv(np.zeros((1, 2, 3, 3), np.int8), 0.1, 0, np.zeros((4, 2, 1, 1), np.int8),
                           0.1, 0, 0.1, np.int8(0), np.zeros(3, np.int32)),
      "bias shape (3,) does not match the 4 output channels of w: expected (4,)"),

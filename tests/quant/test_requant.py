@@ -126,14 +126,15 @@ def oracle(semantics: str, acc: int, s_in: float, s_w: float, s_out: float, zp: 
 def test_semantics_parse():
     assert Semantics.parse("tflite-single-rounding") is Semantics.TFLITE_SINGLE_ROUNDING
     assert Semantics.parse(Semantics.ONNX) is Semantics.ONNX
-    assert [s.value for s in Semantics] == ["onnx", "onnxruntime", "tflite",
-                                            "tflite-single-rounding", "pytorch-fbgemm",
-                                            "fixed-point"]
+    assert [s.value for s in Semantics] == ["onnx", "onnxruntime", "litert", "litert-reference",
+                                            "litert-optimized", "tflite-single-rounding",
+                                            "pytorch-fbgemm", "fixed-point"]
+    assert Semantics.parse("tflite") is Semantics.LITERT_REFERENCE
     with pytest.raises(ConfigError) as err:
         Semantics.parse("ort")
     assert str(err.value) == ("requantization semantics must be one of onnx, onnxruntime, "
-                              "tflite, tflite-single-rounding, pytorch-fbgemm, fixed-point, "
-                              "not 'ort'")
+                              "litert, litert-reference, litert-optimized, tflite-single-rounding, pytorch-fbgemm, fixed-point"
+                              " (or tflite, an alias of litert-reference), not 'ort'")
 
 
 # ------------------------------------------------------------------ QuantizeMultiplier
@@ -323,6 +324,9 @@ def test_mbqm_errors():
 # ------------------------------------------------------------------ requantize vs oracles
 
 SEMANTICS = [s.value for s in Semantics]
+# requantize() under the LiteRT semantics is one of the older definitions: XNNPACK's float32
+# requantization is ONNX Runtime's; the builtin kernels' (for CONV_2D) is gemmlowp's.
+ORACLE = {"litert": "onnxruntime", "litert-reference": "tflite", "litert-optimized": "tflite"}
 FORMATS = [INT8, UINT8, INT16, IntFormat(4, True), IntFormat(4, False)]
 
 
@@ -345,7 +349,7 @@ def requant_cases(draw):
 @given(case=requant_cases())
 def test_requantize_matches_its_definition(semantics, case):
     fmt, s_in, s_w, s_out, zp, acc = case
-    expected = [[oracle(semantics, a, s_in, w, s_out, zp, fmt) for a, w in zip(row, s_w)]
+    expected = [[oracle(ORACLE.get(semantics, semantics), a, s_in, w, s_out, zp, fmt) for a, w in zip(row, s_w)]
                 for row in acc]
     args = (np.array(acc), np.float32(s_in), np.float32(s_w), np.float32(s_out), zp, fmt)
     if any(v is None for row in expected for v in row):
@@ -364,6 +368,9 @@ TIE_MODES = {  # how each semantics breaks an exact tie of acc * M, for M = 1/2 
     # M = 1/2 is qm = 2**30, shift 0: only SRDHM rounds (half up). M = 1/4 has shift -1:
     # SRDHM is exact and RDBPOT rounds (half away).
     "tflite": (Rounding.HALF_UP, Rounding.HALF_AWAY),
+    "litert-reference": (Rounding.HALF_UP, Rounding.HALF_AWAY),
+    "litert-optimized": (Rounding.HALF_UP, Rounding.HALF_AWAY),
+    "litert": (Rounding.HALF_EVEN, Rounding.HALF_EVEN),
     "tflite-single-rounding": (Rounding.HALF_UP, Rounding.HALF_UP),
     "fixed-point": (Rounding.HALF_UP, Rounding.HALF_UP),
 }
@@ -462,9 +469,10 @@ def test_disagreement_rates_are_small_but_nonzero(rng):
     print(f"\nfraction differing from onnx: {rate}")
     assert rate["onnx"] == 0.0
     assert rate["fixed-point"] == rate["tflite-single-rounding"]
-    assert 0 < rate["tflite"] < 0.01
+    assert 0 < rate["litert-reference"] < 0.01
     assert rate["onnxruntime"] < 1e-3
-    assert np.all(np.abs(results["tflite"] - results["onnx"]) <= 1)
+    assert np.array_equal(results["litert"], results["onnxruntime"])
+    assert np.all(np.abs(results["litert-reference"] - results["onnx"]) <= 1)
 
 
 # ------------------------------------------------------------------ FixedPointRequantizer
@@ -560,8 +568,8 @@ def test_fixed_point_from_scales_rejects_huge_multiplier():
     (dict(out_fmt="float8"), "out_fmt: integer format must be a name like 'int8' or 'uint4', "
                              "not 'float8'"),
     (dict(semantics="gemmlowp"), "requantization semantics must be one of onnx, onnxruntime, "
-                                 "tflite, tflite-single-rounding, pytorch-fbgemm, fixed-point, "
-                                 "not 'gemmlowp'"),
+                                 "litert, litert-reference, litert-optimized, tflite-single-rounding, pytorch-fbgemm, fixed-point"
+                                 " (or tflite, an alias of litert-reference), not 'gemmlowp'"),
     (dict(acc=np.ones((2, 3))), "acc must be integers, not dtype float64"),
 ])
 @pytest.mark.parametrize("semantics", ["onnx", "tflite", "fixed-point"])

@@ -1,0 +1,125 @@
+"""TFLite import and the ``litert*`` semantics against outputs recorded from LiteRT 2.3
+(``tests/golden/record_litert.py``; the interpreter itself is not installed for the tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qsim.cli import main
+from qsim.errors import ConfigError
+from qsim.nn.engine import run
+from qsim.nn.infer import infer
+from qsim.nn.tflite_import import load_tflite
+from qsim.quant.requant import Semantics
+from tests.nn import tflite_models as T
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "litert.npz"
+MODES = ("litert", "litert-optimized", "litert-reference")
+# Operators whose litert-optimized kernels qsim does not reproduce exactly (ruy's and the
+# optimized depthwise kernels' rounding, the optimized QUANTIZE/DEQUANTIZE/MEAN).
+from qsim.nn.engine import _NOT_EXACT_OPTIMIZED as _NOT_EXACT  # noqa: E402
+
+
+def _golden():
+    data = np.load(GOLDEN)
+    return {key: data[key] for key in data.files}
+
+
+_DATA = _golden()
+_CASES = sorted({k.split("/")[0] for k in _DATA if not k.startswith("meta/")})
+
+
+def _feeds(name):
+    prefix = f"{name}/in/"
+    return {k[len(prefix):]: v for k, v in _DATA.items() if k.startswith(prefix)}
+
+
+def _expected(name, mode):
+    prefix = f"{name}/{mode}/"
+    return {k[len(prefix):]: v for k, v in _DATA.items() if k.startswith(prefix)}
+
+
+def test_golden_file_records_its_engine():
+    assert str(_DATA["meta/litert"]) == "2.3.0"
+    assert str(_DATA["meta/machine"]) == "x86_64"
+    assert len(_CASES) == 62
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", _CASES)
+def test_equals_litert(name, mode):
+    graph = load_tflite(_DATA[f"{name}/model"].tobytes())
+    if mode == "litert-optimized" and any(isinstance(layer, _NOT_EXACT) for layer in graph.layers):
+        # refused, never approximated: one clear error naming the first such layer
+        with pytest.raises(ConfigError, match=r"is not modelled exactly under litert-optimized"):
+            run(graph, _feeds(name), mode)
+        return
+    expected = _expected(name, mode)
+    ours = run(graph, _feeds(name), mode).outputs
+    assert set(ours) == set(expected)
+    for key, value in expected.items():
+        assert ours[key].dtype == value.dtype and ours[key].shape == value.shape
+        assert np.array_equal(ours[key], value), (name, mode, key, int(np.sum(ours[key] != value)))
+
+
+def test_tflite_is_an_alias_of_litert_reference():
+    assert Semantics.parse("tflite") is Semantics.LITERT_REFERENCE
+    assert Semantics.TFLITE is Semantics.LITERT_REFERENCE
+
+
+def test_layout_and_meta():
+    model, feeds = T.small_cnn(np.random.default_rng(3))
+    graph = load_tflite(model)
+    assert graph.meta["format"] == "tflite"
+    assert graph.inputs["image"].shape == (2, 8, 8, 3)
+    kinds = [layer.kind for layer in graph.layers]
+    assert kinds[0] == "transpose" and "conv2d" in kinds and "linear" in kinds
+    conv = [layer for layer in graph.layers if layer.kind == "conv2d"]
+    assert conv[0].weight.shape == (8, 3, 3, 3) and conv[0].groups == 1
+    assert conv[1].weight.shape == (8, 1, 3, 3) and conv[1].groups == 8
+    assert set(graph.meta["tflite_ops"].values()) >= {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
+    out = infer(model, feeds)  # litert by default
+    assert out["logits"].dtype == np.int8 and out["probs_f"].dtype == np.float32
+
+
+def test_4d_output_is_nhwc():
+    model, feeds = T.conv2d(np.random.default_rng(5), hw=(5, 4), cout=3)
+    out = infer(model, feeds, "litert-reference")
+    assert out["y"].shape == (2, 5, 4, 3)
+
+
+def test_cli(tmp_path, capsys):
+    model, feeds = T.fully_connected(np.random.default_rng(7))
+    (tmp_path / "m.tflite").write_bytes(model)
+    np.savez(tmp_path / "x.npz", **feeds)
+    assert main(["infer", str(tmp_path / "m.tflite"), "--inputs", str(tmp_path / "x.npz"),
+                 "--output", str(tmp_path / "y.npz")]) == 0
+    assert "tflite model, litert semantics" in capsys.readouterr().out
+    with np.load(tmp_path / "y.npz") as result:
+        assert np.array_equal(result["y"], infer(model, feeds, "litert")["y"])
+
+
+def test_errors(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read .*missing.tflite: No such file or directory"):
+        load_tflite(tmp_path / "missing.tflite")
+    (tmp_path / "bad.tflite").write_bytes(b"not a model at all")
+    with pytest.raises(ConfigError, match="is not a valid TFLite model: it lacks the TFL3 file identifier"):
+        load_tflite(tmp_path / "bad.tflite")
+    good, _ = T.fully_connected(np.random.default_rng(1))
+    with pytest.raises(ConfigError, match="is not a valid TFLite model"):
+        load_tflite(good[:60])
+    m = T.ModelBuilder()
+    x = m.tensor("x", [1, 4], "int8", 0.1, 0)
+    y = m.tensor("y", [1, 4], "int8", 0.1, 0)
+    m.op(T.Op.TANH, [x], [y])
+    with pytest.raises(ConfigError, match=r"unsupported TFLite operator TANH \(operator 0, output 'y'\)"):
+        load_tflite(m.build([x], [y]))
+
+
+def test_concat_with_different_scales_is_refused_like_litert():
+    model, _ = T.concat(np.random.default_rng(0), same=False)
+    with pytest.raises(ConfigError, match="CONCATENATION needs equal input and output quantization"):
+        load_tflite(model)
