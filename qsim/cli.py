@@ -56,6 +56,9 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
     for field, (flag, kind, text) in _CONFIG_FLAGS.items():
         g.add_argument(flag, dest=field, type=kind, metavar="N" if kind is not str else "MODE",
                        help=text)
+    g.add_argument("--precision", metavar="{int8,int4}",
+                   help="operand precision of activations and weights: int8, or int4 (two 4-bit "
+                        "products per PE per cycle, operands packed two per byte)")
 
 
 def _add_gemm_options(p: argparse.ArgumentParser, inputs: bool = False) -> None:
@@ -159,6 +162,13 @@ def _config_from(args: argparse.Namespace) -> AcceleratorConfig:
     else:
         cfg = preset(args.preset)
     changes = {f: getattr(args, f) for f in _CONFIG_FLAGS if getattr(args, f, None) is not None}
+    precision = getattr(args, "precision", None)
+    if precision is not None:
+        from qsim.config import PRECISIONS
+
+        if precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        changes["input_format"], changes["weight_format"] = PRECISIONS[precision]
     return cfg.replace(**changes) if changes else cfg
 
 

@@ -17,6 +17,11 @@ Memory layout (all zero padded to whole tiles):
 
 * act memory: word ``kt*M + m`` holds ``A[m, kt*R : kt*R + R]``;
 * weight memory: word ``(nt*KT + kt)*R + r`` holds ``B[kt*R + r, nt*C : nt*C + C]``;
+
+At int4 (``config.products_per_pe == 2``) a K tile is ``2R`` long: act word ``kt*M + m``
+holds ``A[m, kt*2R : kt*2R + 2R]`` as 2R nibbles, and weight word ``(nt*KT + kt)*R + r``
+holds ``B[kt*2R + 2r, c]`` and ``B[kt*2R + 2r + 1, c]`` in nibbles ``2c`` and ``2c + 1``
+(low first) for the N tile's columns ``c``: every PE multiplies two pairs per cycle.
 * acc memory: word ``nt*M + m`` holds ``C[m, nt*C : nt*C + C]``.
 """
 
@@ -50,12 +55,13 @@ def gemm_layouts(config: AcceleratorConfig, m: int, k: int, n: int
                  ) -> tuple[MatrixLayout, MatrixLayout, MatrixLayout]:
     """Layouts of A (act memory), B (weight memory) and C (acc memory) for an M x K x N GEMM."""
     _check_shape(m, k, n)
-    r, c = config.rows, config.cols
-    k_tiles = -(-k // r)
-    a = MatrixLayout("act", 0, rows=m, cols=k, lanes=r, tile_stride=m)
-    # B is stored transposed into words of C weights: its "rows" are K, its lanes N.
-    b = MatrixLayout("weight", 0, rows=k, cols=n, lanes=c, tile_stride=k_tiles * r,
-                     padded_rows=k_tiles * r)
+    r, c, p = config.rows, config.cols, config.products_per_pe
+    k_tiles = -(-k // config.k_tile)
+    a = MatrixLayout("act", 0, rows=m, cols=k, lanes=config.act_lanes, tile_stride=m)
+    # B is stored transposed into words of C weights: its "rows" are K, its lanes N (at int4
+    # pairs of K rows share a word, interleaved per column: see pack_weight_pairs).
+    b = MatrixLayout("weight", 0, rows=-(-k // p), cols=n * p, lanes=config.weight_lanes,
+                     tile_stride=k_tiles * r, padded_rows=k_tiles * r)
     out = MatrixLayout("acc", 0, rows=m, cols=n, lanes=c, tile_stride=m)
     return a, b, out
 
@@ -75,7 +81,19 @@ def requant_runs(config: AcceleratorConfig, n: int) -> list[tuple[int, int, int]
     tile's columns, cut where the activation lane tile changes (R != C arrays)."""
     c = config.cols
     return [(nt, n0, n1) for nt in range(-(-n // c))
-            for n0, n1 in _lane_runs(nt * c, min(n, nt * c + c), config.rows)]
+            for n0, n1 in _lane_runs(nt * c, min(n, nt * c + c), config.act_lanes)]
+
+
+def pack_weight_pairs(config: AcceleratorConfig, b: np.ndarray) -> np.ndarray:
+    """``b`` (K x N) as the weight memory's lanes: itself at int8; at int4 the (K/2 x 2N)
+    matrix whose element ``(i, 2c + j)`` is ``b[2i + j, c]`` (K padded to even with 0)."""
+    p = config.products_per_pe
+    if p == 1:
+        return b
+    k, n = b.shape
+    padded = np.zeros((-(-k // p) * p, n), dtype=np.int64)
+    padded[:k] = b
+    return padded.reshape(-1, p, n).transpose(0, 2, 1).reshape(-1, n * p)
 
 
 def _gemm_problems(config: AcceleratorConfig, m: int, k: int, n: int,
@@ -88,7 +106,7 @@ def _gemm_problems(config: AcceleratorConfig, m: int, k: int, n: int,
     a, b, out = gemm_layouts(config, m, k, n)
     k_tiles, n_tiles = a.lane_tiles, out.lane_tiles
     problems = []
-    y_tiles = -(-n // config.rows) if requant else 0
+    y_tiles = -(-n // config.act_lanes) if requant else 0
     commands = n_tiles * k_tiles + 1 + (len(requant_runs(config, n)) if requant else 0)
     needs = (
         ("act", a.words + y_tiles * m, config.act_mem_words,
@@ -152,7 +170,8 @@ class GemmRequant:
     def reference(self, config: AcceleratorConfig, c: np.ndarray) -> np.ndarray:
         """``Y`` from the exact int32 product ``c`` (M x N): what the accelerator must write."""
         y = requantize_lanes(config.requant, c, self.bias, self.scale, self.qctl, config.acc_bits)
-        return y & 0xFF if self.unsigned else wrap(y, IntFormat(8, True))
+        bits = config.input_format.bits
+        return y & ((1 << bits) - 1) if self.unsigned else wrap(y, IntFormat(bits, True))
 
     @classmethod
     def random(cls, config: AcceleratorConfig, c: np.ndarray, rng: np.random.Generator) -> GemmRequant:
@@ -160,7 +179,8 @@ class GemmRequant:
 
         Per column: a bias within a tenth of the column's largest magnitude, a scale mapping
         that magnitude to 40..160 (so some results clamp), a zero point in -10..10 with the
-        int8 range, or in 100..150 with the uint8 range (half the time, per GEMM).
+        int8 range, or in 100..150 with the uint8 range (half the time, per GEMM); at int4
+        the same divided by 16 (2.5..10, -1..1 or 6..9, the int4 or uint4 range).
         """
         if config.requant is RequantMode.NONE:
             raise ProgramError("a GEMM requantization needs a configuration with requant "
@@ -168,11 +188,12 @@ class GemmRequant:
         n = c.shape[1]
         top = np.maximum(np.abs(c).max(axis=0), 1).astype(np.float64)
         bias = np.round(rng.uniform(-0.1, 0.1, n) * top).astype(np.int64)
-        real = rng.uniform(40, 160, n) / (top * 1.1)
+        small = config.input_format.bits == 4
+        real = rng.uniform(40, 160, n) / (top * 1.1) / (16 if small else 1)
         if rng.random() < 0.5:
-            zp, lo, hi = rng.integers(100, 151, n), 0, 255
+            zp, lo, hi = (rng.integers(6, 10, n), 0, 15) if small else (rng.integers(100, 151, n), 0, 255)
         else:
-            zp, lo, hi = rng.integers(-10, 11, n), -128, 127
+            zp, lo, hi = (rng.integers(-1, 2, n), -8, 7) if small else (rng.integers(-10, 11, n), -128, 127)
         if config.requant is RequantMode.FLOAT32:
             scale = real.astype(np.float32).view(np.int32).astype(np.int64)
             shift = np.zeros(n, np.int64)
@@ -215,7 +236,8 @@ def compile_gemm(config: AcceleratorConfig, a: np.ndarray, b: np.ndarray,
     check_fits(b, config.weight_format, "B")
     a_lay, b_lay, c_lay = gemm_layouts(config, m, k, n)
     k_tiles, n_tiles = a_lay.lane_tiles, c_lay.lane_tiles
-    inputs = {"A": (a_lay, a.astype(np.int64)), "B": (b_lay, b.astype(np.int64))}
+    inputs = {"A": (a_lay, a.astype(np.int64)),
+              "B": (b_lay, pack_weight_pairs(config, b.astype(np.int64)))}
     outputs = {"C": c_lay}
     commands = []
     for nt in range(n_tiles):
@@ -228,14 +250,15 @@ def compile_gemm(config: AcceleratorConfig, a: np.ndarray, b: np.ndarray,
                 accumulate=kt > 0,
             ))
     if requant is not None:
-        y_lay = MatrixLayout("act", a_lay.end, rows=m, cols=n, lanes=config.rows, tile_stride=m,
-                             unsigned_bits=8 if requant.unsigned else 0)
+        bits = config.input_format.bits
+        y_lay = MatrixLayout("act", a_lay.end, rows=m, cols=n, lanes=config.act_lanes,
+                             tile_stride=m, unsigned_bits=bits if requant.unsigned else 0)
         for nt, n0, n1 in requant_runs(config, n):
             commands.append(Requant(
                 acc_addr=c_lay.base + nt * c_lay.tile_stride,
-                act_addr=y_lay.base + (n0 // config.rows) * y_lay.tile_stride,
+                act_addr=y_lay.base + (n0 // config.act_lanes) * y_lay.tile_stride,
                 rows=m, param_addr=nt, lanes=n1 - n0, src_lane=n0 - nt * config.cols,
-                dst_lane=n0 % config.rows))
+                dst_lane=n0 % config.act_lanes))
         for key in ("bias", "scale", "qctl"):
             layout = MatrixLayout(key, 0, rows=1, cols=n, lanes=config.cols, tile_stride=1)
             inputs[key] = (layout, np.asarray(getattr(requant, key), np.int64).reshape(1, n))
@@ -398,11 +421,11 @@ def tile_gemm(config: AcceleratorConfig, m: int, k: int, n: int,
         return GemmTiling(config, m, k, n, m, k, n, requant)
     act, weight, acc, cmd = (config.act_mem_words, config.weight_mem_words,
                              config.acc_mem_words, config.cmd_mem_words)
-    k_tiles, n_tiles = _ceil_div(k, r), _ceil_div(n, c)
+    k_tiles, n_tiles = _ceil_div(k, config.k_tile), _ceil_div(n, c)
     max_rows = _max_rows(config)
     best: tuple[tuple[int, int, int, int], tuple[int, int, int]] | None = None
     # REQUANTs per N tile: its columns cut where the activation lane tile changes
-    runs = -(-c // r) + 1 if requant else 0
+    runs = -(-c // config.act_lanes) + 1 if requant else 0
     if requant:
         kt_options = [k_tiles]
         nt_cap = min(config.param_mem_words, (cmd - 1) // (k_tiles + runs))
@@ -419,7 +442,7 @@ def tile_gemm(config: AcceleratorConfig, m: int, k: int, n: int,
     for kt in kt_options:
         nt_limit = min(n_tiles, nt_cap, weight // (kt * r), acc, (cmd - 1) // (kt + runs))
         for nt in _chunk_sizes(n_tiles, nt_limit):
-            y_tiles = -(-min(n, nt * c) // r) if requant else 0
+            y_tiles = -(-min(n, nt * c) // config.act_lanes) if requant else 0
             rows_limit = min(m, act // (kt + y_tiles), acc // nt, max_rows)
             if rows_limit < 1:
                 continue
@@ -434,7 +457,7 @@ def tile_gemm(config: AcceleratorConfig, m: int, k: int, n: int,
                 best = (key, (mc, kt, nt))
     assert best is not None  # kt = nt = 1 always fits
     mc, kt, nt = best[1]
-    return GemmTiling(config, m, k, n, mc, min(k, kt * r), min(n, nt * c), requant)
+    return GemmTiling(config, m, k, n, mc, min(k, kt * config.k_tile), min(n, nt * c), requant)
 
 
 @dataclass

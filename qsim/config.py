@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from qsim.errors import ConfigError
-from qsim.numerics import INT8, IntFormat
+from qsim.numerics import INT4, INT8, IntFormat
 
-__all__ = ["AcceleratorConfig", "Dataflow", "RequantMode", "PRESETS", "preset", "MIN_DIM", "MAX_DIM"]
+__all__ = ["AcceleratorConfig", "Dataflow", "RequantMode", "PRECISIONS", "PRESETS", "preset",
+           "MIN_DIM", "MAX_DIM"]
 
 MIN_DIM = 2
 MAX_DIM = 64
@@ -55,10 +56,11 @@ class RequantMode(str, enum.Enum):
     FLOAT32 = "float32"
 
 
-# Formats the RTL implements today. The config type already carries the formats so that
-# int4 (two products per PE per cycle) extends it without a new field.
-_SUPPORTED_INPUT_FORMATS = (INT8,)
-_SUPPORTED_WEIGHT_FORMATS = (INT8,)
+# Formats the RTL implements: int8 x int8, and int4 x int4 with two products per PE per cycle
+# (both operands packed two per byte). They are chosen together (``precision``).
+_SUPPORTED_INPUT_FORMATS = (INT8, INT4)
+_SUPPORTED_WEIGHT_FORMATS = (INT8, INT4)
+PRECISIONS = {"int8": (INT8, INT8), "int4": (INT4, INT4)}
 
 
 def _check_int(name: str, value: Any, low: int, high: int, unit: str = "") -> int:
@@ -75,7 +77,7 @@ def _address_bits(words: int) -> int:
 
 @dataclass(frozen=True)
 class AcceleratorConfig:
-    """Parameters of one INT8 systolic-array accelerator.
+    """Parameters of one INT8/INT4 systolic-array accelerator.
 
     Parameters
     ----------
@@ -83,7 +85,9 @@ class AcceleratorConfig:
         Processing elements per column and per row, 2 to 64. In the weight-stationary
         dataflow a tile of ``rows`` reduction steps by ``cols`` output channels is resident.
     input_format, weight_format : IntFormat or str
-        Activation and weight formats (``int8`` today).
+        Activation and weight formats, both ``int8`` or both ``int4``. At int4 every byte
+        of the activation and weight memories holds two values (low nibble first, as ONNX
+        packs them) and every PE multiplies both pairs each cycle: twice the MACs per cycle.
     acc_bits : int
         Width of the partial sums and the accumulator memory; sums wrap modulo
         ``2**acc_bits`` in two's complement, as the hardware does. At least the width of one
@@ -134,6 +138,12 @@ class AcceleratorConfig:
                     f"{field} {fmt.name} is not supported by the RTL yet (supported: {names})"
                 )
             object.__setattr__(self, field, fmt)
+        if self.input_format != self.weight_format:
+            raise ConfigError(
+                f"input_format {self.input_format.name} with weight_format "
+                f"{self.weight_format.name} is not a mode of the array: the precisions are "
+                f"int8 x int8 and int4 x int4 (int4 weights run at int8 precision as int8 values)"
+            )
         product_bits = self.input_format.bits + self.weight_format.bits
         if isinstance(self.acc_bits, bool) or not isinstance(self.acc_bits, int):
             raise ConfigError(f"acc_bits must be an int, not {self.acc_bits!r}")
@@ -182,17 +192,42 @@ class AcceleratorConfig:
         return self.input_format.bits + self.weight_format.bits
 
     @property
+    def precision(self) -> str:
+        """``int8`` or ``int4``: the operand format of both activations and weights."""
+        return self.input_format.name
+
+    @property
+    def products_per_pe(self) -> int:
+        """Products each PE computes per cycle: 1 at int8, 2 at int4 (two 4-bit pairs per byte)."""
+        return 8 // self.input_format.bits
+
+    @property
+    def act_lanes(self) -> int:
+        """Activation-memory elements per word: ``rows`` bytes, each holding ``products_per_pe``."""
+        return self.rows * self.products_per_pe
+
+    @property
+    def weight_lanes(self) -> int:
+        """Weight-memory elements per word: ``cols`` bytes, each holding ``products_per_pe``."""
+        return self.cols * self.products_per_pe
+
+    @property
+    def k_tile(self) -> int:
+        """Reduction elements one weight tile covers: ``rows * products_per_pe``."""
+        return self.rows * self.products_per_pe
+
+    @property
     def macs_per_cycle(self) -> int:
         """Multiply-accumulates the array performs per cycle when fully busy."""
-        return self.rows * self.cols
+        return self.rows * self.cols * self.products_per_pe
 
     @property
     def act_word_bits(self) -> int:
-        return self.rows * self.input_format.bits
+        return self.act_lanes * self.input_format.bits
 
     @property
     def weight_word_bits(self) -> int:
-        return self.cols * self.weight_format.bits
+        return self.weight_lanes * self.weight_format.bits
 
     @property
     def acc_word_bits(self) -> int:

@@ -14,7 +14,7 @@ from qsim.config import AcceleratorConfig, RequantMode
 
 __all__ = [
     "COUNTERS", "COUNTER_BITS", "COUNTER_HELP", "memory_names", "buffer_release_delay",
-    "array_latency", "ppu_stages", "ppu_latency", "PPU_SATURATE",
+    "array_latency", "array_input_bits", "ppu_stages", "ppu_latency", "PPU_SATURATE",
 ]
 
 #: Width of every performance counter.
@@ -75,6 +75,13 @@ def array_latency(config: AcceleratorConfig) -> int:
     ``c`` cycles across, and one write-back stage.
     """
     return config.rows + config.cols
+
+
+def array_input_bits(config: AcceleratorConfig) -> int:
+    """Width of one activation element inside the array: the memory's plus one bit, so that
+    a MATMUL with ``act_unsigned`` feeds uint values zero-extended and others sign-extended
+    into the same signed multipliers (9 x 8 bits at int8, 5 x 4 at int4)."""
+    return config.input_format.bits + 1
 
 
 def ppu_stages(config: AcceleratorConfig) -> int:

@@ -22,7 +22,7 @@ import numpy as np
 from qsim.numerics import int_matmul, wrap
 from qsim.program import Matmul, Program, Requant, act_addresses, requantize_lanes
 
-__all__ = ["ModelResult", "execute", "reference_gemm"]
+__all__ = ["ModelResult", "execute", "reference_gemm", "weight_tile"]
 
 
 @dataclass
@@ -53,7 +53,7 @@ def execute(program: Program) -> ModelResult:
         x = act[act_addresses(cmd)]
         if cmd.act_unsigned:
             x = x & ((1 << cfg.input_format.bits) - 1)
-        w = weight[cmd.weight_addr : cmd.weight_addr + cfg.rows]
+        w = weight_tile(cfg, weight[cmd.weight_addr : cmd.weight_addr + cfg.rows])
         product = int_matmul(x, w)
         target = slice(cmd.acc_addr, cmd.acc_addr + cmd.rows)
         if cmd.accumulate:
@@ -61,6 +61,20 @@ def execute(program: Program) -> ModelResult:
         acc[target] = wrap(product, acc_fmt)
     outputs = {name: lay.unpack(mem[lay.memory]) for name, lay in program.outputs.items()}
     return ModelResult(memories=mem, outputs=outputs)
+
+
+def weight_tile(cfg, words: np.ndarray) -> np.ndarray:
+    """The (k_tile x cols) weight matrix held in ``rows`` weight words.
+
+    At int8 that is the words themselves. At int4 word ``r`` holds, for column ``c``, the
+    weights of reduction rows ``2r`` (lane ``2c``, the low nibble) and ``2r + 1`` (lane
+    ``2c + 1``): PE ``(r, c)`` multiplies activation lanes ``2r`` and ``2r + 1`` by them.
+    """
+    p = cfg.products_per_pe
+    if p == 1:
+        return words
+    rows = words.shape[0]
+    return words.reshape(rows, cfg.cols, p).transpose(0, 2, 1).reshape(rows * p, cfg.cols)
 
 
 def reference_gemm(a: np.ndarray, b: np.ndarray, acc_bits: int) -> np.ndarray:

@@ -66,9 +66,6 @@ __all__ = [
     "act_addresses",
 ]
 
-# Whether the generated RTL reads unsigned activations (Matmul.act_unsigned).
-_UNSIGNED_READS = False
-
 #: Data memories a Program can place matrices in; the last three are the post-processing
 #: unit's parameter memories (one word of ``cols`` lanes per output-channel tile).
 PARAM_MEMORIES = ("bias", "scale", "qctl")
@@ -223,7 +220,7 @@ class CommandLayout:
             ("stride", config.act_addr_bits),
         ]
         if config.requant is not RequantMode.NONE:
-            lane_bits = max(config.rows, config.cols).bit_length()
+            lane_bits = max(config.act_lanes, config.cols).bit_length()
             widths += [("param_addr", config.param_addr_bits), ("src_lane", lane_bits),
                        ("dst_lane", lane_bits), ("lanes", lane_bits)]
         offset = 0
@@ -457,7 +454,7 @@ class Program:
 
     def memory_lanes(self) -> dict[str, int]:
         cfg = self.config
-        lanes = {"act": cfg.rows, "weight": cfg.cols, "acc": cfg.cols}
+        lanes = {"act": cfg.act_lanes, "weight": cfg.weight_lanes, "acc": cfg.cols}
         if cfg.requant is not RequantMode.NONE:
             lanes.update({m: cfg.cols for m in PARAM_MEMORIES})
         return lanes
@@ -526,7 +523,7 @@ class Program:
                 if c.lanes < 1:
                     raise ProgramError(f"command {i}: lanes must be at least 1, not {c.lanes}")
                 for name, start, width, what in (("src_lane", c.src_lane, cfg.cols, "accumulator"),
-                                                 ("dst_lane", c.dst_lane, cfg.rows, "activation")):
+                                                 ("dst_lane", c.dst_lane, cfg.act_lanes, "activation")):
                     if start + c.lanes > width:
                         raise ProgramError(
                             f"command {i}: {name} {start} + lanes {c.lanes} exceeds the "
@@ -534,8 +531,6 @@ class Program:
                 spans = (("acc", c.acc_addr, c.rows), *((m, c.param_addr, 1) for m in PARAM_MEMORIES))
             else:
                 spans = (("weight", c.weight_addr, cfg.rows), ("acc", c.acc_addr, c.rows))
-            if isinstance(c, Matmul) and c.act_unsigned and not _UNSIGNED_READS:
-                raise ProgramError(f"command {i}: act_unsigned reads are not in the RTL yet")
             if c.inner > c.rows:
                 raise ProgramError(f"command {i}: inner {c.inner} exceeds rows {c.rows}")
             addresses = act_addresses(c)
@@ -574,7 +569,8 @@ class Program:
             if bad:
                 raise ProgramError(f"input {name!r}: " + bad[0].describe(name, fmt))
             if lay.memory in ("scale", "qctl"):
-                _check_params(name, lay.memory, np.asarray(matrix, dtype=np.int64), cfg.requant)
+                _check_params(name, lay.memory, np.asarray(matrix, dtype=np.int64), cfg.requant,
+                              cfg.input_format.bits)
         for name, lay in self.outputs.items():
             if lay.memory not in ("acc", "act") or lay.lanes != lanes[lay.memory] \
                     or lay.end > depths[lay.memory]:
@@ -613,7 +609,8 @@ def unpack_qctl(words) -> dict[str, np.ndarray]:
     return out
 
 
-def _check_params(name: str, memory: str, matrix: np.ndarray, mode: RequantMode) -> None:
+def _check_params(name: str, memory: str, matrix: np.ndarray, mode: RequantMode,
+                  bits: int = 8) -> None:
     """Parameter values the post-processing unit accepts (beyond fitting their lanes)."""
     if memory == "scale":
         if mode is RequantMode.FIXED_POINT and np.any(matrix < 0):
@@ -635,13 +632,14 @@ def _check_params(name: str, memory: str, matrix: np.ndarray, mode: RequantMode)
         raise ProgramError(f"input {name!r}: shift {name}{list(i)} = {int(fields['shift'][i])} "
                            f"is above 62")
     lo, hi = fields["lo"], fields["hi"]
-    bad = (lo > hi) | (lo < -128) | ((hi > 127) & (lo < 0))
+    half = 1 << (bits - 1)
+    bad = (lo > hi) | (lo < -half) | (hi > 2 * half - 1) | ((hi > half - 1) & (lo < 0))
     if np.any(bad):
         i = tuple(int(v) for v in np.argwhere(bad)[0])
         raise ProgramError(
             f"input {name!r}: clamp bounds {name}{list(i)} = [{int(lo[i])}, {int(hi[i])}] "
-            f"must satisfy lo <= hi and lie in the int8 range [-128, 127] or the uint8 range "
-            f"[0, 255]")
+            f"must satisfy lo <= hi and lie in the int{bits} range [{-half}, {half - 1}] or the "
+            f"uint{bits} range [0, {2 * half - 1}]")
 
 
 def requantize_lanes(mode: RequantMode | str, values: np.ndarray, bias: np.ndarray,

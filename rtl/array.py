@@ -8,7 +8,8 @@ from amaranth.lib.wiring import In, Out
 
 from qsim.config import AcceleratorConfig
 from rtl.checks import require_config
-from rtl.pe import ProcessingElement
+from qsim.hw import array_input_bits
+from rtl.pe import ProcessingElement, pe_shapes
 
 __all__ = ["SystolicArray", "ARRAY_MODULE", "PE_MODULE", "array_verilog", "pe_verilog"]
 
@@ -29,17 +30,22 @@ class SystolicArray(wiring.Component):
     :class:`rtl.export.ExportPlatform`), the array is that hook's result: an instance of the
     ``qsim_systolic_array`` module of :func:`array_verilog`, one Verilog module whose PEs are
     instances of a single ``qsim_pe`` module (:func:`pe_verilog`). Otherwise (Amaranth's
-    simulator) it is the same grid built from :class:`ProcessingElement` submodules. Yosys
-    proves the two equivalent (tests/rtl/test_blocks.py), and the co-simulation tests check
-    each against the bit-accurate model, cycle for cycle.
+    simulator) it is the same grid built from :class:`ProcessingElement` submodules.
+    tests/cosim/test_macros.py drives both with the same random inputs and compares every
+    output bit of every cycle, and the co-simulation tests check each against the
+    bit-accurate model, cycle for cycle.
+
+    Activation elements are :func:`qsim.hw.array_input_bits` wide (one bit more than the
+    memory's, so unsigned activations enter zero-extended). At int4 each PE takes two
+    activations and two weights (``products_per_pe``) and adds both products.
 
     Ports
     -----
-    a_in : In(ArrayLayout(signed(input_bits), rows))
+    a_in : In(ArrayLayout(pe activation shape, rows))
         Skewed activations, lane ``r`` for row ``r``.
     sel_in : In(rows)
         Weight-buffer selector travelling with each row's activation.
-    w_data : In(ArrayLayout(signed(weight_bits), cols))
+    w_data : In(ArrayLayout(pe weight shape, cols))
         One row of a weight tile, broadcast to every row.
     w_we : In(ArrayLayout(2, rows))
         Per row, write enable of buffer 0 / buffer 1 (takes effect at the next edge).
@@ -50,10 +56,12 @@ class SystolicArray(wiring.Component):
     def __init__(self, config: AcceleratorConfig) -> None:
         self.config = require_config(self, config)
         rows, cols = config.rows, config.cols
+        a_shape, w_shape = pe_shapes(array_input_bits(config), config.weight_format.bits,
+                                     config.products_per_pe)
         super().__init__({
-            "a_in": In(data.ArrayLayout(signed(config.input_format.bits), rows)),
+            "a_in": In(data.ArrayLayout(a_shape, rows)),
             "sel_in": In(rows),
-            "w_data": In(data.ArrayLayout(signed(config.weight_format.bits), cols)),
+            "w_data": In(data.ArrayLayout(w_shape, cols)),
             "w_we": In(data.ArrayLayout(2, rows)),
             "psum_out": Out(data.ArrayLayout(signed(config.acc_bits), cols)),
         })
@@ -77,7 +85,8 @@ class SystolicArray(wiring.Component):
             return hook(self)
         m = Module()
         cfg = self.config
-        grid = [[ProcessingElement(cfg.input_format.bits, cfg.weight_format.bits, cfg.acc_bits)
+        grid = [[ProcessingElement(array_input_bits(cfg), cfg.weight_format.bits, cfg.acc_bits,
+                                   cfg.products_per_pe)
                  for _ in range(cfg.cols)] for _ in range(cfg.rows)]
         for r, row in enumerate(grid):
             for c, pe in enumerate(row):
@@ -102,42 +111,47 @@ def pe_verilog(config: AcceleratorConfig) -> str:
 
     Same ports (plus ``clk`` and ``rst``), registers (``w0``, ``w1``, ``a_out``, ``sel_out``,
     ``psum_out``, all zero initially and after the synchronous reset) and arithmetic as the
-    class: ``psum_out <= psum_in + a_in * (sel_in ? w1 : w0)`` in ``acc_bits`` (the product of
-    two signed operands, sign-extended; the sum wraps). Written by hand rather than converted
-    by Amaranth because Verilator simulates it faster: at 32 x 32 the whole model ran 218 k
-    instead of 136 k cycles/s (plain C++ loop, -O2) and compiled in 75 s instead of 170 s, as
-    Amaranth's conversion computes every register's next value in a separate process. Yosys
-    proves the two equivalent (tests/rtl/test_blocks.py).
+    class: ``psum_out <= psum_in + sum_j a_in[j] * (sel_in ? w1 : w0)[j]`` in ``acc_bits``
+    (products of signed operands, sign-extended; the sum wraps), with one pair at int8 and
+    two at int4. Written by hand rather than converted by Amaranth because Verilator
+    simulates it faster: at 32 x 32 the whole model ran 218 k instead of 136 k cycles/s (plain
+    C++ loop, -O2) and compiled in 75 s instead of 170 s, as Amaranth's conversion computes
+    every register's next value in a separate process. tests/cosim/test_macros.py checks the
+    two against each other, cycle by cycle.
     """
-    ib, wb, ab = config.input_format.bits, config.weight_format.bits, config.acc_bits
+    ib, wb, ab = array_input_bits(config), config.weight_format.bits, config.acc_bits
+    p = config.products_per_pe
+    terms = " + ".join(
+        f"$signed(a_in[{(j + 1) * ib - 1}:{j * ib}]) * $signed(weight[{(j + 1) * wb - 1}:{j * wb}])"
+        for j in range(p))
     return f"""// {PE_MODULE}: one processing element (rtl/pe.py, ProcessingElement).
 module {PE_MODULE} (clk, rst, a_in, sel_in, psum_in, w_data, w_we, a_out, sel_out, psum_out);
   input wire clk;
   input wire rst;
-  input wire [{ib - 1}:0] a_in;
+  input wire [{p * ib - 1}:0] a_in;
   input wire sel_in;
   input wire [{ab - 1}:0] psum_in;
-  input wire [{wb - 1}:0] w_data;
+  input wire [{p * wb - 1}:0] w_data;
   input wire [1:0] w_we;
-  output reg [{ib - 1}:0] a_out;
+  output reg [{p * ib - 1}:0] a_out;
   output reg sel_out;
   output reg [{ab - 1}:0] psum_out;
-  reg [{wb - 1}:0] w0;
-  reg [{wb - 1}:0] w1;
-  wire signed [{wb - 1}:0] weight = sel_in ? w1 : w0;
-  wire signed [{ab - 1}:0] product = $signed(a_in) * weight;
+  reg [{p * wb - 1}:0] w0;
+  reg [{p * wb - 1}:0] w1;
+  wire [{p * wb - 1}:0] weight = sel_in ? w1 : w0;
+  wire signed [{ab - 1}:0] product = {terms};
   initial begin
-    w0 = {wb}'d0;
-    w1 = {wb}'d0;
-    a_out = {ib}'d0;
+    w0 = {p * wb}'d0;
+    w1 = {p * wb}'d0;
+    a_out = {p * ib}'d0;
     sel_out = 1'b0;
     psum_out = {ab}'d0;
   end
   always @(posedge clk) begin
     if (rst) begin
-      w0 <= {wb}'d0;
-      w1 <= {wb}'d0;
-      a_out <= {ib}'d0;
+      w0 <= {p * wb}'d0;
+      w1 <= {p * wb}'d0;
+      a_out <= {p * ib}'d0;
       sel_out <= 1'b0;
       psum_out <= {ab}'d0;
     end else begin
@@ -165,7 +179,9 @@ def array_verilog(config: AcceleratorConfig) -> str:
     generated in milliseconds even for 64 x 64, and every net has a plain name in waveforms.
     """
     rows, cols = config.rows, config.cols
-    ib, wb, ab = config.input_format.bits, config.weight_format.bits, config.acc_bits
+    p = config.products_per_pe
+    # widths of one PE's activation and weight ports (all products)
+    ib, wb, ab = p * array_input_bits(config), p * config.weight_format.bits, config.acc_bits
     lines = [
         f"// {ARRAY_MODULE}: {rows} x {cols} systolic array of {PE_MODULE} (see rtl/array.py).",
         f"module {ARRAY_MODULE} (clk, rst, a_in, sel_in, w_data, w_we, psum_out);",

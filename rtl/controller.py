@@ -52,7 +52,8 @@ def post_meta_layout(config: AcceleratorConfig) -> data.StructLayout:
 
 def lane_layout(config: AcceleratorConfig) -> data.StructLayout:
     """A Requant's lane selection, held for the whole command."""
-    bits = max(config.rows, config.cols).bit_length()
+    fields = CommandLayout(config).fields
+    bits = fields["lanes"].width if "lanes" in fields else 1  # no post-processing unit
     return data.StructLayout({"src": bits, "dst": bits, "count": bits})
 
 

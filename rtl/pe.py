@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from amaranth import Module, Mux, Signal, signed
+from amaranth.lib import data
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from rtl.checks import reject
 
-__all__ = ["ProcessingElement"]
+__all__ = ["ProcessingElement", "pe_shapes"]
 
 
 class ProcessingElement(wiring.Component):
@@ -39,11 +40,12 @@ class ProcessingElement(wiring.Component):
         ``psum_in + a_in * w[sel_in]`` delayed by 1 cycle, wrapped to ``acc_bits``.
     """
 
-    def __init__(self, input_bits: int, weight_bits: int, acc_bits: int) -> None:
+    def __init__(self, input_bits: int, weight_bits: int, acc_bits: int, products: int = 1) -> None:
         for name, value in (("input_bits", input_bits), ("weight_bits", weight_bits),
-                            ("acc_bits", acc_bits)):
-            if not isinstance(value, int) or value < 2:
-                reject(self, TypeError(f"{name} must be an integer of at least 2, not {value!r}"))
+                            ("acc_bits", acc_bits), ("products", products)):
+            low = 1 if name == "products" else 2
+            if not isinstance(value, int) or value < low:
+                reject(self, TypeError(f"{name} must be an integer of at least {low}, not {value!r}"))
         if acc_bits < input_bits + weight_bits:
             reject(self, ValueError(
                 f"acc_bits must be at least input_bits + weight_bits = "
@@ -52,30 +54,45 @@ class ProcessingElement(wiring.Component):
         self.input_bits = input_bits
         self.weight_bits = weight_bits
         self.acc_bits = acc_bits
+        self.products = products
+        a_shape, w_shape = pe_shapes(input_bits, weight_bits, products)
         super().__init__({
-            "a_in": In(signed(input_bits)),
+            "a_in": In(a_shape),
             "sel_in": In(1),
             "psum_in": In(signed(acc_bits)),
-            "w_data": In(signed(weight_bits)),
+            "w_data": In(w_shape),
             "w_we": In(2),
-            "a_out": Out(signed(input_bits)),
+            "a_out": Out(a_shape),
             "sel_out": Out(1),
             "psum_out": Out(signed(acc_bits)),
         })
 
     def elaborate(self, platform):
         m = Module()
-        w0 = Signal(signed(self.weight_bits))
-        w1 = Signal(signed(self.weight_bits))
+        _, w_shape = pe_shapes(self.input_bits, self.weight_bits, self.products)
+        w0 = Signal(w_shape)
+        w1 = Signal(w_shape)
         with m.If(self.w_we[0]):
             m.d.sync += w0.eq(self.w_data)
         with m.If(self.w_we[1]):
             m.d.sync += w1.eq(self.w_data)
-        weight = Mux(self.sel_in, w1, w0)
+        if self.products == 1:
+            pairs = [(self.a_in, Mux(self.sel_in, w1, w0))]
+        else:
+            pairs = [(self.a_in[j], Mux(self.sel_in, w1[j], w0[j])) for j in range(self.products)]
         m.d.sync += [
             self.a_out.eq(self.a_in),
             self.sel_out.eq(self.sel_in),
             # Truncation to acc_bits is the two's-complement wrap of the hardware adder.
-            self.psum_out.eq(self.psum_in + self.a_in * weight),
+            self.psum_out.eq(self.psum_in + sum(a * w for a, w in pairs)),
         ]
         return m
+
+
+def pe_shapes(input_bits: int, weight_bits: int, products: int):
+    """Shapes of a PE's activation and weight ports: one signed value each, or ``products``
+    of them (``ArrayLayout``) when the PE multiplies several pairs per cycle."""
+    if products == 1:
+        return signed(input_bits), signed(weight_bits)
+    return (data.ArrayLayout(signed(input_bits), products),
+            data.ArrayLayout(signed(weight_bits), products))

@@ -8,12 +8,13 @@ from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from qsim.config import AcceleratorConfig, RequantMode
-from qsim.hw import COUNTER_BITS, COUNTERS, memory_names, ppu_latency
+from qsim.hw import COUNTER_BITS, COUNTERS, array_input_bits, memory_names, ppu_latency
 from qsim.program import QCTL_FORMAT, CommandLayout
 from rtl.array import SystolicArray
 from rtl.checks import require_config
 from rtl.controller import Controller, pipeline_meta_layout, post_meta_layout
 from rtl.delay import DelayLines
+from rtl.pe import pe_shapes
 from rtl.ppu import PostProcessor
 from rtl.writeback import WriteBack
 
@@ -56,15 +57,17 @@ class Accelerator(wiring.Component):
         members = {"start": In(1), "busy": Out(1), "done": Out(1), "error": Out(1)}
         members.update({name: Out(COUNTER_BITS) for name in COUNTERS})
         super().__init__(members)
-        rows, cols = config.rows, config.cols
+        cols = config.cols
         #: Internal signals worth watching in a simulation trace, by name; filled in when the
         #: design is elaborated (see :mod:`qsim.cosim.trace`).
         self.probes: dict[str, object] = {}
         #: Contents of each memory, keyed like :data:`MEMORY_NAMES`; simulators load them here.
         self.memories = {
-            "act": MemoryData(shape=data.ArrayLayout(signed(config.input_format.bits), rows),
+            "act": MemoryData(shape=data.ArrayLayout(signed(config.input_format.bits),
+                                                     config.act_lanes),
                               depth=config.act_mem_words, init=[]),
-            "weight": MemoryData(shape=data.ArrayLayout(signed(config.weight_format.bits), cols),
+            "weight": MemoryData(shape=data.ArrayLayout(signed(config.weight_format.bits),
+                                                        config.weight_lanes),
                                  depth=config.weight_mem_words, init=[]),
             "acc": MemoryData(shape=data.ArrayLayout(signed(config.acc_bits), cols),
                               depth=config.acc_mem_words, init=[]),
@@ -93,7 +96,9 @@ class Accelerator(wiring.Component):
         acc_rd = acc_mem.read_port(transparent_for=(acc_wr,))
 
         m.submodules.controller = ctrl = Controller(cfg)
-        m.submodules.act_skew = act_skew = DelayLines(signed(cfg.input_format.bits), range(rows))
+        p = cfg.products_per_pe
+        a_shape, _ = pe_shapes(array_input_bits(cfg), cfg.weight_format.bits, p)
+        m.submodules.act_skew = act_skew = DelayLines(a_shape, range(rows))
         m.submodules.sel_skew = sel_skew = DelayLines(1, range(rows))
         m.submodules.array = array = SystolicArray(cfg)
         m.submodules.deskew = deskew = DelayLines(signed(cfg.acc_bits), reversed(range(cols)))
@@ -117,10 +122,19 @@ class Accelerator(wiring.Component):
         # Activations: one cycle of memory latency, then the triangular skew.
         issue_valid = Signal()
         issue_buf = Signal()
-        m.d.sync += [issue_valid.eq(ctrl.act_en), issue_buf.eq(ctrl.issue_buf)]
+        issue_unsigned = Signal()
+        m.d.sync += [issue_valid.eq(ctrl.act_en), issue_buf.eq(ctrl.issue_buf),
+                     issue_unsigned.eq(ctrl.issue_unsigned)]
+
+        def element(lane):
+            """Activation lane ``lane`` of the word read, zero- or sign-extended by one bit."""
+            raw = act_rd.data[lane]
+            return Mux(issue_valid, Mux(issue_unsigned, raw.as_unsigned(), raw), 0)
+
         for r in range(rows):
             m.d.comb += [
-                act_skew.i[r].eq(Mux(issue_valid, act_rd.data[r], 0)),
+                act_skew.i[r].eq(element(r) if p == 1 else Cat(*(
+                    element(r * p + j).as_signed()[: array_input_bits(cfg)] for j in range(p)))),
                 sel_skew.i[r].eq(issue_buf),
             ]
         m.d.comb += [array.a_in.eq(act_skew.o), array.sel_in.eq(sel_skew.o)]
@@ -131,7 +145,7 @@ class Accelerator(wiring.Component):
         load_buf = Signal()
         m.d.sync += [load_valid.eq(ctrl.weight_en), load_row.eq(ctrl.load_row),
                      load_buf.eq(ctrl.load_buf)]
-        m.d.comb += array.w_data.eq(weight_rd.data)
+        m.d.comb += array.w_data.as_value().eq(weight_rd.data.as_value())  # same lane order
         for r in range(rows):
             hit = load_valid & (load_row == r)
             m.d.comb += array.w_we[r].eq(Cat(hit & ~load_buf, hit & load_buf))
@@ -156,7 +170,7 @@ class Accelerator(wiring.Component):
             acc_rd.en.eq(wb.rd_en | ctrl.post_read),
         ]
         post_write = Signal()
-        lane_writes = Signal(range(rows + 1))
+        lane_writes = Signal(range(cfg.act_lanes + 1))
         if has_ppu:
             m.submodules.ppu = ppu = PostProcessor(cfg)
             params = {key: mems[key].read_port() for key in ("bias", "scale", "qctl")}
@@ -180,7 +194,7 @@ class Accelerator(wiring.Component):
             # the generated case statement is complete.
             src = Array([ppu.out[c] for c in range(cols)]
                         + [Const(0, cfg.input_format.bits)] * ((1 << index_bits) - cols))
-            for r in range(rows):
+            for r in range(cfg.act_lanes):
                 m.d.comb += [
                     act_wr.data[r].eq(src[(r + lanes.src - lanes.dst)[:index_bits]]),
                     act_wr.en[r].eq(meta.valid & (lanes.dst <= r) & (r < lanes.dst + lanes.count)),
@@ -190,7 +204,7 @@ class Accelerator(wiring.Component):
                 post_write.eq(meta.valid),
                 ctrl.post_done.eq(meta.valid & meta.last),
                 # Post-processing outputs: one per enabled lane of each write.
-                lane_writes.eq(sum(act_wr.en[r] for r in range(rows))),
+                lane_writes.eq(sum(act_wr.en[r] for r in range(cfg.act_lanes))),
             ]
 
         self.probes.update({

@@ -26,6 +26,18 @@ def test_estimate_with_requant_counts_the_post_processing(capsys):
     assert data["config"]["requant"] == "float32"
 
 
+def test_int4_doubles_the_macs_per_cycle_in_estimates(capsys):
+    cycles = {}
+    for precision in ("int8", "int4"):
+        code, out, _ = run(capsys, "estimate", "--precision", precision, "--m", "512", "--k", "512",
+                           "--n", "512", "--json")
+        data = json.loads(out)
+        assert code == 0 and data["config"]["input_format"] == data["config"]["weight_format"] == precision
+        cycles[precision] = data["cycles"]
+    # 8 x 8: 8192 K x N tiles of 512 rows at int8, 4096 at int4 (K tiles of 16)
+    assert cycles == {"int8": 2097228, "int4": 1048614}
+
+
 def test_estimate_json(capsys):
     code, out, _ = run(capsys, "estimate", "--m", "256", "--k", "256", "--n", "256", "--json")
     data = json.loads(out)
@@ -49,6 +61,8 @@ def test_estimate_json(capsys):
      "edge-16x16, server-32x32)\n"),
     (("run", "does-not-exist.toml"),
      "qsim: error: cannot read scenario does-not-exist.toml: No such file or directory\n"),
+    (("estimate", "--precision", "int2", "--m", "1", "--k", "1", "--n", "1"),
+     "qsim: error: --precision must be one of int8, int4, not 'int2'\n"),
     (("estimate", "--requant", "int8", "--m", "1", "--k", "1", "--n", "1"),
      "qsim: error: requant must be one of none, fixed-point, float32, not 'int8'\n"),
     (("estimate", "--requant", "float32", "--acc-bits", "40", "--m", "1", "--k", "1", "--n", "1"),

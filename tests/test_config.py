@@ -26,7 +26,10 @@ def test_defaults_and_derived_values():
     ({"rows": 8.0}, "rows must be an int, not 8.0"),
     ({"rows": True}, "rows must be an int, not True"),
     ({"acc_bits": 12}, "acc_bits must be between 16 (the width of one int8 x int8 product) and 64, not 12"),
-    ({"input_format": "int4"}, "input_format int4 is not supported by the RTL yet (supported: int8)"),
+    ({"input_format": "int2"}, "input_format int2 is not supported by the RTL yet (supported: int8, int4)"),
+    ({"input_format": "int4"}, "input_format int4 with weight_format int8 is not a mode of the array: "
+                               "the precisions are int8 x int8 and int4 x int4 (int4 weights run at "
+                               "int8 precision as int8 values)"),
     ({"weight_format": "fp8"}, "weight_format: integer format must be a name like 'int8' or 'uint4', not 'fp8'"),
     ({"dataflow": "row_stationary"}, "dataflow must be one of weight_stationary, not 'row_stationary'"),
     ({"clock_mhz": 0}, "clock_mhz must be greater than 0 and at most 10000, not 0"),

@@ -60,7 +60,7 @@ def run_pysim_images(config: AcceleratorConfig, images: Mapping[str, np.ndarray]
         act = top.memories["act"]
         result["act"] = np.array(
             [[int(v) for v in ctx.get(act[i])] for i in range(act_words)],
-            dtype=np.int64).reshape(act_words, config.rows)
+            dtype=np.int64).reshape(act_words, config.act_lanes)
 
     sim = Simulator(top)
     sim.add_clock(1e-8)

@@ -25,7 +25,8 @@ from rtl.delay import DelayLines
 pytestmark = pytest.mark.verilator
 
 CYCLES = 400
-CFG = AcceleratorConfig(rows=3, cols=4)
+CONFIGS = {"int8": AcceleratorConfig(rows=3, cols=4),
+           "int4": AcceleratorConfig(rows=3, cols=4, input_format="int4", weight_format="int4")}
 
 MAIN_CPP = r"""
 #include <cstdio>
@@ -65,8 +66,8 @@ int main(int argc, char** argv) {
 class _Blocks(wiring.Component):
     """The array and two delay lines, inputs and outputs each concatenated into one port."""
 
-    def __init__(self):
-        self.array = SystolicArray(CFG)
+    def __init__(self, cfg):
+        self.array = SystolicArray(cfg)
         self.skew = DelayLines(signed(8), [0, 1, 3])
         self.meta = DelayLines(5, [2])
         self.parts_in = [self.array.a_in, self.array.sel_in, self.array.w_data, self.array.w_we,
@@ -112,8 +113,8 @@ def _amaranth_only(dut) -> None:
         block._MustUse__silence = True
 
 
-def _amaranth(steps) -> list[int]:
-    dut = _Blocks()
+def _amaranth(steps, cfg) -> list[int]:
+    dut = _Blocks(cfg)
     outputs = []
 
     async def bench(ctx):
@@ -130,7 +131,7 @@ def _amaranth(steps) -> list[int]:
     return outputs
 
 
-def _verilator(steps, tmp_path) -> list[int]:
+def _verilator(steps, tmp_path, cfg) -> list[int]:
     from amaranth.back import verilog
 
     from qsim.cosim.build import MAKE_ARGS
@@ -140,11 +141,11 @@ def _verilator(steps, tmp_path) -> list[int]:
     from rtl.export import ExportPlatform
 
     chain = activate()
-    dut = _Blocks()
+    dut = _Blocks(cfg)
     text = verilog.convert(dut, name="dut", platform=ExportPlatform(), emit_src=False,
                            ports=[dut.i, dut.o, dut.sync.clk, dut.sync.rst])
     assert "qsim_systolic_array" in text and "qsim_delay" in text  # the macros, not the blocks
-    (tmp_path / "dut.v").write_text(text + delay_verilog() + array_verilog(CFG))
+    (tmp_path / "dut.v").write_text(text + delay_verilog() + array_verilog(cfg))
     (tmp_path / "main.cpp").write_text(MAIN_CPP)
     (tmp_path / "stimulus.txt").write_text("".join(f"{rst} {value:x}\n" for rst, value in steps))
     make = [arg for make_arg in MAKE_ARGS for arg in ("-MAKEFLAGS", make_arg)]
@@ -158,14 +159,16 @@ def _verilator(steps, tmp_path) -> list[int]:
     return [int(line, 16) for line in run.stdout.split()]
 
 
-def test_macros_match_the_amaranth_blocks_cycle_by_cycle(rng, tmp_path):
-    probe = _Blocks()
+@pytest.mark.parametrize("precision", sorted(CONFIGS))
+def test_macros_match_the_amaranth_blocks_cycle_by_cycle(rng, tmp_path, precision):
+    cfg = CONFIGS[precision]
+    probe = _Blocks(cfg)
     width = len(probe.i)
     assert width > 64 and len(probe.o) > 64  # both ports are VlWide in the C++ main
     _amaranth_only(probe)
     steps = _stimulus(rng, width)
-    expected = _amaranth(steps)
-    got = _verilator(steps, tmp_path)
+    expected = _amaranth(steps, cfg)
+    got = _verilator(steps, tmp_path, cfg)
     assert len(got) == len(expected) == CYCLES
     diff = [t for t in range(CYCLES) if got[t] != expected[t]]
     assert not diff, f"first differing cycles {diff[:5]}: verilator {got[diff[0]]:x}, amaranth {expected[diff[0]]:x}"

@@ -129,15 +129,17 @@ def test_native_loop_agrees():
     assert report.rtl_cycles == report.model_cycles == 3 + 15 * 50 + 16
 
 
-@pytest.mark.parametrize("rows, cols, requant", [(2, 2, "none"), (3, 7, "none"), (8, 8, "none"),
-                                                 (3, 7, "fixed-point"), (4, 4, "float32")])
-def test_generated_verilog_is_lint_clean(tmp_path, rows, cols, requant):
+@pytest.mark.parametrize("rows, cols, requant, precision", [
+    (2, 2, "none", "int8"), (3, 7, "none", "int8"), (8, 8, "none", "int8"),
+    (3, 7, "fixed-point", "int8"), (4, 4, "float32", "int8"), (5, 3, "float32", "int4")])
+def test_generated_verilog_is_lint_clean(tmp_path, rows, cols, requant, precision):
     from qsim.cosim.toolchain import activate
     from rtl.export import generate_verilog
 
     chain = activate()
     cfg = AcceleratorConfig(rows=rows, cols=cols, act_mem_words=256, weight_mem_words=256,
-                            acc_mem_words=256, cmd_mem_words=64, requant=requant)
+                            acc_mem_words=256, cmd_mem_words=64, requant=requant,
+                            input_format=precision, weight_format=precision)
     top = tmp_path / "qsim_top.v"
     top.write_text(generate_verilog(cfg))
     waivers = __import__("pathlib").Path(__file__).resolve().parents[2] / "rtl" / "verilator.vlt"

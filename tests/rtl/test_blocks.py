@@ -93,3 +93,28 @@ def test_array_column_sums_arrive_skewed():
     # column c's sum leaves at t - r + rows + c with t - r = 0: column 0 at 2, column 1 at 3
     assert out[2][0] == 5 * 1 + 6 * 3
     assert out[3][1] == 5 * 2 + 6 * 4
+
+
+def test_int4_pe_adds_both_products():
+    """Two 5-bit (sign- or zero-extended int4) activations times two int4 weights per cycle."""
+    from amaranth.sim import Simulator
+
+    pe = ProcessingElement(5, 4, 16, products=2)
+    seen = []
+
+    async def bench(ctx):
+        ctx.set(pe.w_data, [-8, 7])
+        ctx.set(pe.w_we, 0b01)
+        await ctx.tick()
+        ctx.set(pe.w_we, 0)
+        for a, psum in (([15, -8], 100), ([-1, 3], -5)):  # 15: a uint4 zero-extended
+            ctx.set(pe.a_in, a)
+            ctx.set(pe.psum_in, psum)
+            await ctx.tick()
+            seen.append(ctx.get(pe.psum_out))
+
+    sim = Simulator(pe)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen == [100 + 15 * -8 + -8 * 7, -5 + -1 * -8 + 3 * 7]

@@ -87,8 +87,9 @@ def test_fixed_point_equals_the_hardware_requantizer(rng):
 
 @pytest.mark.parametrize("rows, cols", [(2, 3), (4, 4), (3, 5), (5, 2)])
 @pytest.mark.parametrize("mode", ["fixed-point", "float32"])
-def test_random_streams_agree(rng, mode, rows, cols):
-    cfg = requant_config(rows, cols, mode)
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_random_streams_agree(rng, mode, rows, cols, precision):
+    cfg = requant_config(rows, cols, mode, precision)
     for _ in range(2):
         program = random_requant_program(rng, cfg)
         rtl = run_pysim(program)
