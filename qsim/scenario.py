@@ -66,7 +66,7 @@ _TABLES = {"scenario", "accelerator", "gemm", "network", "run"}
 _SCENARIO_KEYS = {"name", "description", "seed"}
 _GEMM_KEYS = {"name", "m", "k", "n"}
 _NETWORK_KEYS = {"name", "model", "inputs", "calibration", "weight_bits", "activation_format",
-                 "semantics", "isa", "batch"}
+                 "semantics", "isa", "batch", "on_chip"}
 #: Built-in networks a scenario may name (float graphs quantized by the scenario's PTQ).
 BUILTIN_NETWORKS = ("digits_mlp", "digits_cnn")
 _RUN_KEYS = {"rtl", "timeout_cycles", "time_limit"}
@@ -126,6 +126,7 @@ class NetworkWorkload:
     inputs: str | None = None
     calibration: str | None = None
     isa: str = "exact"
+    on_chip: bool = False
     where: str = field(default="", compare=False)
 
     def load(self, source_dir: Path) -> tuple[Graph, dict[str, np.ndarray]]:
@@ -332,8 +333,11 @@ def parse_scenario(data: dict[str, Any], source: str = "<scenario>") -> Scenario
         batch = entry.get("batch", None if inputs is not None else 4)
         if batch is not None:
             batch = _int(where, "batch", batch)
+        on_chip = entry.get("on_chip", False)
+        if not isinstance(on_chip, bool):
+            raise ConfigError(f"{where}: on_chip must be true or false, not {on_chip!r}")
         networks.append(NetworkWorkload(str(entry.get("name", model)), model, bits, act, semantics, batch,
-                                        inputs, calibration, isa, where=where))
+                                        inputs, calibration, isa, on_chip, where=where))
 
     run = _table(source, data, "run")
     _unknown(f"{source} [run]", set(run), _RUN_KEYS)
@@ -587,6 +591,9 @@ def _run(scenario: Scenario, tasks: list[_Task], progress: Callable[[str], None]
                                               start=len(scenario.workloads) + 1):
         tell(f"model [{i}/{total}] {net.name}")
         t_net = time.perf_counter()
+        if net.on_chip:
+            tasks.append(_on_chip_model(net, graph, feeds, cfg, t_net))
+            continue
         try:
             check = check_network(graph, feeds, cfg, net.semantics, isa=net.isa,
                                   on_gemm=lambda layer, i=i, net=net: tell(
@@ -604,8 +611,13 @@ def _run(scenario: Scenario, tasks: list[_Task], progress: Callable[[str], None]
     from qsim.cosim.runner import compare_plan, run_programs
 
     for task in tasks:  # networks without any product have nothing to simulate
-        if task.kind == "network" and not task.programs:
+        if task.kind == "network" and not task.programs and not isinstance(task.check, _OnChip):
             _finish_network(task, [])
+    for n, task in enumerate(tasks, start=1):  # whole layers on chip: chain after chain
+        if isinstance(task.check, _OnChip):
+            tell(f"RTL [{n}/{total}] {task.name}: {len(task.check.run.chains)} chains on chip, "
+                 f"each fed what the RTL produced")
+            _on_chip_rtl(task, scenario.timeout_cycles)
     order = {id(t): n for n, t in enumerate(tasks, start=1)}
     total_cycles = sum(sum(t.cycles) for t in tasks)
     done_cycles, t_rtl = 0, time.perf_counter()
@@ -641,6 +653,77 @@ def _run(scenario: Scenario, tasks: list[_Task], progress: Callable[[str], None]
                 task.done = True
             else:
                 _finish_network(task, task.results)
+
+
+@dataclass
+class _OnChip:
+    """A network with whole layers on chip (``on_chip = true``): its model run and reference."""
+
+    net: NetworkWorkload
+    graph: Graph
+    feeds: dict
+    config: AcceleratorConfig
+    run: Any
+    reference: dict
+    model_s: float
+
+
+def _on_chip_report(check: _OnChip, run, reports: list | None, wall_s: float):
+    from qsim.nn.accelerate import NetworkCosimReport
+    from qsim.timing import simulate_timing
+
+    outputs = run.outputs
+    mismatches = sum(int(np.count_nonzero(outputs[k] != check.reference[k])) for k in outputs)
+    layer_cycles = {}
+    for chain_run in run.chains:
+        cycles = simulate_timing(chain_run.chain.program).cycles
+        layer_cycles["+".join(chain_run.chain.layers)] = cycles
+    words = diffs = rtl_cycles = rtl_mismatches = None
+    if reports is not None:
+        words = sum(r.elements for r in reports)
+        rtl_mismatches = sum(r.acc_mismatches + r.act_mismatches + r.mismatches for r in reports)
+        rtl_cycles = sum(r.rtl_cycles for r in reports)
+        diffs = sum(bool(r.counter_diffs) for r in reports)
+    return NetworkCosimReport(
+        network=check.net.name, output_elements=sum(int(v.size) for v in outputs.values()),
+        output_mismatches=mismatches, programs=len(run.chains), acc_words=words,
+        rtl_mismatches=rtl_mismatches, model_cycles=sum(layer_cycles.values()),
+        rtl_cycles=rtl_cycles, counter_diffs=diffs, layer_cycles=layer_cycles, wall_s=wall_s,
+        on_chip={"chains": [c.chain.layers for c in run.chains],
+                 "host_layers": dict(run.host_layers)})
+
+
+def _on_chip_model(net: NetworkWorkload, graph: Graph, feeds: dict, cfg: AcceleratorConfig,
+                   t0: float) -> _Task:
+    """The model run of an ``on_chip`` network: chains on the bit-accurate model."""
+    from qsim.nn.engine import run as run_engine
+    from qsim.nn.onchip import run_on_chip
+
+    try:
+        reference = run_engine(graph, feeds, net.semantics, isa=net.isa).outputs
+        result = run_on_chip(graph, feeds, cfg, net.semantics, isa=net.isa)
+    except QsimError as exc:
+        raise ConfigError(f"{net.where or net.name}: {exc}") from None
+    check = _OnChip(net, graph, feeds, cfg, result, reference, time.perf_counter() - t0)
+    task = _Task("network", net.name, [], [], [], check=check, model_s=check.model_s)
+    task.report = _on_chip_report(check, result, None, check.model_s)
+    task.report.network = net.name
+    task.done = True
+    return task
+
+
+def _on_chip_rtl(task: _Task, timeout_cycles: int | None) -> None:
+    """Each chain on the RTL, its input what the RTL and the host layers produced."""
+    from qsim.nn.onchip import cosim_on_chip
+
+    check = task.check
+    t0 = time.perf_counter()
+    cosim = cosim_on_chip(check.graph, check.feeds, check.config, check.net.semantics,
+                          isa=check.net.isa, timeout_cycles=timeout_cycles)
+    task.report = _on_chip_report(check, cosim.run, cosim.reports,
+                                  check.model_s + time.perf_counter() - t0)
+    task.report.network = task.name
+    task.done = True
 
 
 def _finish_network(task: _Task, results: list | None) -> None:

@@ -264,3 +264,25 @@ def test_a_gemm_is_refused_only_when_no_tile_fits():
                         "gemm": [{"m": 1, "k": 1, "n": 1}]}, "x.toml")
     assert str(exc.value) == ("x.toml [[gemm]] 1: the 4x4 accelerator cannot hold one weight tile "
                               "(4 words) and one command: weight memory 2 words, command memory 1024 words")
+
+
+def test_networks_with_whole_layers_on_chip_report_their_chains(tmp_path):
+    from qsim.scenario import run_scenario
+
+    path = tmp_path / "s.toml"
+    path.write_text('[accelerator]\npreset = "default-8x8"\nrequant = "float32"\n'
+                    '[[network]]\nmodel = "digits_mlp"\non_chip = true\nbatch = 2\n'
+                    '[[network]]\nmodel = "digits_cnn"\non_chip = true\nbatch = 2\n'
+                    '[run]\nrtl = false\n')
+    report = run_scenario(load_scenario(path))
+    mlp, cnn = (n.to_dict() for n in report.networks)
+    assert mlp["on_chip"] == {"chains": [["fc1", "fc2", "fc3"]],
+                              "host_layers": {"quantize_image": "quantize layers run on the host",
+                                              "dequantize_logits": "dequantize layers run on the host"}}
+    assert cnn["on_chip"]["chains"] == [["conv1"], ["conv2"], ["fc"]]
+    assert sorted(cnn["on_chip"]["host_layers"]) == ["dequantize_logits", "flatten", "pool1",
+                                                     "pool2", "quantize_image"]
+    assert (mlp["output_mismatches"], cnn["output_mismatches"]) == (0, 0)
+    assert mlp["rtl_cycles"] is None and mlp["agrees"] is None  # the RTL was not run
+    with pytest.raises(ConfigError, match=r"on_chip must be true or false, not 'yes'"):
+        parse_scenario({"network": [{"model": "digits_cnn", "on_chip": "yes"}]}, "x.toml")

@@ -144,6 +144,8 @@ class NetworkCosimReport:
     counter_diffs: int | None  # programs whose RTL counters differ from the timing model
     layer_cycles: dict[str, int] = field(default_factory=dict)
     wall_s: float = 0.0
+    #: With whole layers on chip (qsim.nn.onchip): the chains and the layers left on the host.
+    on_chip: dict | None = None
 
     @property
     def rtl_run(self) -> bool:
@@ -168,6 +170,7 @@ class NetworkCosimReport:
             "model_cycles": self.model_cycles, "rtl_cycles": self.rtl_cycles,
             "counter_diffs": self.counter_diffs, "layer_cycles": self.layer_cycles,
             "agrees": self.agrees, "wall_s": round(self.wall_s, 3),
+            **({"on_chip": self.on_chip} if self.on_chip is not None else {}),
         }
 
 

@@ -334,24 +334,27 @@ def _consumers(graph: Graph) -> dict[str, int]:
     return count
 
 
-def _run_on_host(layer: Layer, values: Mapping[str, np.ndarray], semantics: Semantics) -> None:
+def _run_on_host(layer: Layer, values: Mapping[str, np.ndarray], semantics: Semantics,
+                 isa: str = "exact") -> None:
     from qsim.nn.engine import run
 
     inputs = {name: TensorType(tuple(values[name].shape), str(values[name].dtype))
               for name in dict.fromkeys(layer.inputs)}
     sub = Graph(layer.name, inputs, [layer], list(layer.outputs))
-    result = run(sub, {name: values[name] for name in inputs}, semantics, isa="exact")
+    result = run(sub, {name: values[name] for name in inputs}, semantics, isa=isa)
     values.update(result.outputs)
 
 
 def run_on_chip(graph: Graph, feeds: Mapping[str, np.ndarray], config: AcceleratorConfig,
                 semantics: Semantics | str = "onnxruntime", *,
-                execute: Callable[[Program], np.ndarray] | None = None) -> OnChipRun:
+                execute: Callable[[Program], np.ndarray] | None = None,
+                isa: str = "exact") -> OnChipRun:
     """Run ``graph`` with every layer that can run on chip in chains of Programs.
 
     ``execute(program)`` runs a Program and returns its final activation-memory image; by
     default the bit-accurate model. Pass an RTL runner to run every chain on the RTL, each
-    chain's input being what the RTL (and the host layers after it) produced.
+    chain's input being what the RTL (and the host layers after it) produced. Host layers run
+    on instruction path ``isa`` (the accelerator's own products never depend on it).
     """
     from qsim.nn.engine import check_feeds
 
@@ -388,7 +391,7 @@ def run_on_chip(graph: Graph, feeds: Mapping[str, np.ndarray], config: Accelerat
             continue
         flush()
         result.host_layers[layer.name] = reason
-        _run_on_host(layer, values, sem)
+        _run_on_host(layer, values, sem, isa)
     flush()
     result.outputs = {name: values[name] for name in graph.outputs}
     return result
@@ -415,7 +418,8 @@ class OnChipCosim:
 
 
 def cosim_on_chip(graph: Graph, feeds: Mapping[str, np.ndarray], config: AcceleratorConfig,
-                  semantics: Semantics | str = "onnxruntime", **run_kwargs) -> OnChipCosim:
+                  semantics: Semantics | str = "onnxruntime", *, isa: str = "exact",
+                  **run_kwargs) -> OnChipCosim:
     """:func:`run_on_chip` with every chain on the RTL: each chain's input is what the RTL
     (and the host layers after it) produced, and each chain is compared with the model
     (memories, cycles, counters). ``run_kwargs`` go to :func:`qsim.cosim.runner.run_programs`.
@@ -429,4 +433,5 @@ def cosim_on_chip(graph: Graph, feeds: Mapping[str, np.ndarray], config: Acceler
         reports.append(compare(program, rtl))
         return rtl.memories["act"]
 
-    return OnChipCosim(run_on_chip(graph, feeds, config, semantics, execute=on_rtl), reports)
+    return OnChipCosim(run_on_chip(graph, feeds, config, semantics, execute=on_rtl, isa=isa),
+                       reports)

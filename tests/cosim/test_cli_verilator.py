@@ -111,3 +111,19 @@ def test_cosim_with_requantization_on_chip(capsys):
         == (20, 2 * 50 * 23, 0, 0)
     assert data["model_cycles"] == data["rtl_cycles"] == 2730
     assert data["agrees"] is True
+
+
+def test_scenario_with_whole_layers_on_chip(capsys, tmp_path):
+    """qsim run with on_chip networks: each chain on the RTL, fed what the RTL produced."""
+    path = tmp_path / "s.toml"
+    path.write_text('[accelerator]\npreset = "default-8x8"\nrequant = "float32"\n'
+                    '[[network]]\nmodel = "digits_mlp"\non_chip = true\n'
+                    '[[network]]\nmodel = "digits_cnn"\non_chip = true\n')
+    code = main(["run", str(path), "--json", "--no-progress"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0
+    mlp, cnn = data["networks"]
+    for net in (mlp, cnn):
+        assert (net["output_mismatches"], net["rtl_mismatches"], net["counter_diffs"]) == (0, 0, 0)
+        assert net["rtl_cycles"] == net["model_cycles"] > 0 and net["agrees"] is True
+    assert (mlp["programs"], cnn["programs"]) == (1, 3)  # chains: fc1+fc2+fc3; conv1, conv2, fc
