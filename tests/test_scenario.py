@@ -56,7 +56,7 @@ def test_model_only_run_reports_exact_cycles():
      "of litert-reference), not 'tensorrt'"),
     ({"network": [{"model": "digits_cnn", "layers": 3}]},
      "x.toml [[network]] 1: unknown key(s) layers (allowed: activation_format, batch, calibration, "
-     "inputs, isa, model, name, semantics, weight_bits)"),
+     "inputs, isa, model, name, on_chip, semantics, weight_bits)"),
     ({"gemm": [{"m": 1, "k": 0, "n": 1}]}, "x.toml [[gemm]] 1: k must be an integer of at least 1, not 0"),
     ({"gemm": [{"m": 1, "k": 2}]}, "x.toml [[gemm]] 1: missing n"),
     ({"gemm": [{"m": 1, "k": 2, "n": 3, "dtype": "int8"}]},
