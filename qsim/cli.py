@@ -488,12 +488,14 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from qsim.nn.report import accuracy_report, figure_path, format_report, plot_report, save_figure
+    from qsim.quant.requant import Semantics
 
+    semantics = Semantics.parse(args.semantics).value  # an unknown name: one error, before any work
     if args.figure is not None:
         from qsim.io import check_output
 
         check_output(figure_path(args.figure)[0])  # before the minutes of work, not after
-    report = accuracy_report(args.networks, semantics=args.semantics, budget_bits=args.budget_bits)
+    report = accuracy_report(args.networks, semantics=semantics, budget_bits=args.budget_bits)
     print(format_report(report))
     if args.figure is not None:
         path = save_figure(plot_report(report), args.figure)
@@ -651,7 +653,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="accuracy of the digits networks: float, int8, int4, mixed")
     p.add_argument("--networks", nargs="+", default=["mlp", "cnn"], choices=("mlp", "cnn"))
-    p.add_argument("--semantics", default="onnxruntime", help="requantization semantics")
+    p.add_argument("--semantics", default="onnxruntime",
+                   help="requantization semantics (default onnxruntime): onnx, onnxruntime, litert, "
+                        "litert-reference, litert-optimized, tflite-single-rounding, pytorch-fbgemm, "
+                        "fixed-point (tflite is an alias of litert-reference)")
     p.add_argument("--budget-bits", type=float, default=5.0,
                    help="mixed-precision budget in bits per weight on average (default 5)")
     p.add_argument("--figure", type=Path, metavar="FILE",

@@ -186,10 +186,10 @@ def run(graph: Graph, feeds: Mapping[str, np.ndarray], semantics: Semantics | st
     ctx = _Context(Semantics.parse(semantics), backend or ExactBackend(), resolve_isa(isa))
     if ctx.semantics is Semantics.LITERT_OPTIMIZED:
         for layer in graph.layers:
-            if isinstance(layer, _NOT_EXACT_OPTIMIZED) and getattr(layer, "quantized", True):
+            if not_exact_under_litert_optimized(layer):
                 raise layer._fail(
                     "is not modelled exactly under litert-optimized (LiteRT's builtin optimized "
-                    "conv, depthwise, quantize, requantize, dequantize and mean kernels round "
+                    "depthwise, quantize, requantize, dequantize and mean kernels round "
                     "differently; measured against LiteRT 2.3); use litert or litert-reference")
     values = check_feeds(graph, feeds)
     batch = next((values[name].shape[0] for name, t in graph.inputs.items()
@@ -215,8 +215,19 @@ def run(graph: Graph, feeds: Mapping[str, np.ndarray], semantics: Semantics | st
     return RunResult(outputs, values if keep else {}, times)
 
 
-# Layers whose litert-optimized kernels qsim does not reproduce exactly (see docs/tflite.md).
-_NOT_EXACT_OPTIMIZED = (L.Conv2d, L.Quantize, L.Rescale, L.Dequantize, L.GlobalAvgPool)
+# Layers whose litert-optimized kernels qsim does not reproduce exactly (see docs/tflite.md);
+# a Conv2d only when it is a depthwise convolution (CONV_2D runs ruy, which is modelled).
+_NOT_EXACT_OPTIMIZED = (L.Quantize, L.Rescale, L.Dequantize, L.GlobalAvgPool)
+
+
+def not_exact_under_litert_optimized(layer: Layer) -> bool:
+    """Whether ``run`` refuses ``layer`` under ``litert-optimized``: a quantized depthwise
+    convolution, quantize, requantize, dequantize or mean."""
+    if not getattr(layer, "quantized", True):
+        return False
+    if isinstance(layer, L.Conv2d):
+        return _litert_op(layer) == "DEPTHWISE_CONV_2D"
+    return isinstance(layer, _NOT_EXACT_OPTIMIZED)
 
 
 def check_feeds(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -348,6 +359,7 @@ class _PreparedGemm:
     multiplier: np.ndarray
     bias: np.ndarray | None
     bias_top: int
+    float_bias: np.ndarray | None = None  # PyTorch's float bias (pytorch-fbgemm only)
     centered: dict = field(default_factory=dict)  # float dtype -> (N x K) weight - zw
 
     def centered_weight(self, dtype: np.dtype) -> np.ndarray:
@@ -358,7 +370,16 @@ class _PreparedGemm:
 
 def _prepared_gemm(layer: L.Conv2d | L.Linear, ctx: _Context | None = None) -> _PreparedGemm:
     """The layer's :class:`_PreparedGemm` (cached on the layer per activation rounding: layers
-    are fixed once they run)."""
+    are fixed once they run); a float bias is refused unless ``ctx`` is ``pytorch-fbgemm``."""
+    prep = _build_prepared(layer, ctx)
+    if prep.float_bias is not None and (ctx is None or ctx.semantics is not Semantics.PYTORCH_FBGEMM):
+        where = f"under {ctx.semantics.value}" if ctx is not None else "here"
+        raise layer._fail(f"has a float bias, which only pytorch-fbgemm adds (in float32, while "
+                          f"requantizing); {where} a quantized layer needs an int32 bias")
+    return prep
+
+
+def _build_prepared(layer: L.Conv2d | L.Linear, ctx: _Context | None) -> _PreparedGemm:
     rounding = "half_away" if ctx is not None and ctx.semantics in LITERT_SEMANTICS else "half_even"
     cached = layer.__dict__.get("_engine_prepared_" + rounding)
     if cached is not None:
@@ -373,17 +394,20 @@ def _prepared_gemm(layer: L.Conv2d | L.Linear, ctx: _Context | None = None) -> _
     zw = np.broadcast_to(np.asarray(w_zp, dtype=np.int64).reshape(-1) if np.ndim(w_zp) else
                          np.int64(w_zp), (outputs,)).copy()
     weight = layer.weight.reshape(outputs, -1) if isinstance(layer, L.Conv2d) else layer.weight.T
-    bias = None
+    bias = float_bias = None
     if layer.bias is not None:
         b = np.asarray(layer.bias)
-        if b.dtype.kind not in "iu":
+        if b.dtype.kind == "f":
+            float_bias = b.astype(np.float32)  # fbgemm's: added while requantizing
+        elif b.dtype.kind not in "iu":
             raise layer._fail(f"a quantized layer needs an int32 bias, not dtype {b.dtype}")
-        bias = b.astype(np.int64)
+        else:
+            bias = b.astype(np.int64)
     prepared = _PreparedGemm(
         x_p, w_p, y_p, weight, zw, _activation_bounds(layer, layer.activation, y_p, rounding),
         np.asarray(float32_multiplier(x_p.scale, w_p.scale, y_p.scale), np.float32).reshape(-1, 1)
         * np.ones((outputs, 1), np.float32),
-        bias, 0 if bias is None else max(-int(bias.min()), int(bias.max())))
+        bias, 0 if bias is None else max(-int(bias.min()), int(bias.max())), float_bias)
     layer.__dict__["_engine_prepared_" + rounding] = prepared
     return prepared
 
@@ -446,7 +470,8 @@ def _exact_gemm(layer, prep: _PreparedGemm, acc: np.ndarray, ctx: _Context, chan
                               op=_litert_op(layer), channel_axis=channel_axis)
     else:
         y = requantize(acc, np.float32(prep.x_p.scale), prep.w_p.scale, np.float32(prep.y_p.scale),
-                       int(prep.y_p.zero_point), prep.y_p.fmt, ctx.semantics, channel_axis=channel_axis)
+                       int(prep.y_p.zero_point), prep.y_p.fmt, ctx.semantics, channel_axis=channel_axis,
+                       float_bias=prep.float_bias)
     return _int_out(np.clip(y, *prep.clamp), prep.y_p.fmt)
 
 

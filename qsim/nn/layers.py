@@ -39,7 +39,8 @@ class _GemmParams:
     """Weights, bias, fused activation and quantization parameters of a conv or linear layer.
 
     A layer is quantized when it has ``output_params``; it then holds integer weights in
-    ``weight_params.fmt`` and an int32 bias.
+    ``weight_params.fmt`` and an int32 bias (or PyTorch's float bias, which only the
+    ``pytorch-fbgemm`` semantics accepts: fbgemm adds it in float32 while requantizing).
     """
 
     weight: np.ndarray | None = None

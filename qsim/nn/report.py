@@ -310,11 +310,22 @@ def save_figure(fig: Figure, name: str | os.PathLike) -> Path:
     return path
 
 
+def _semantics(name: str) -> str:
+    """``--semantics``: any name :meth:`Semantics.parse` accepts (aliases too), else one error
+    naming the valid ones."""
+    try:
+        return Semantics.parse(name).value
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: build the report, print its tables, optionally save the figure."""
     parser = argparse.ArgumentParser(prog="python -m qsim.nn.report", description=__doc__.splitlines()[0])
     parser.add_argument("--networks", nargs="+", default=["mlp", "cnn"], choices=list(EXAMPLES))
-    parser.add_argument("--semantics", default="onnxruntime", choices=[s.value for s in Semantics])
+    parser.add_argument("--semantics", default="onnxruntime", type=_semantics,
+                        help="requantization semantics (default onnxruntime; tflite is an alias "
+                             "of litert-reference)")
     parser.add_argument("--budget-bits", type=float, default=5.0,
                         help="mixed-precision budget in bits per weight on average (default 5)")
     parser.add_argument("--figure", metavar="PNG", help="save the figure to this file")

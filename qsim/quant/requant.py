@@ -10,7 +10,7 @@ one bit for bit as a named :class:`Semantics`:
 * ``onnxruntime``: ONNX Runtime's MLAS kernels (all float32);
 * ``tflite``: TFLite's integer-only double rounding (gemmlowp primitives);
 * ``tflite-single-rounding``: TFLite built with ``TFLITE_SINGLE_ROUNDING``;
-* ``pytorch-fbgemm``: PyTorch's fbgemm backend (float32, ``lrintf``);
+* ``pytorch-fbgemm``: PyTorch's fbgemm backend (float32, ``cvtps2dq``; its float bias);
 * ``fixed-point``: qsim's hardware requantizer (Q31 multiplier, one add-half-and-shift),
   :class:`FixedPointRequantizer`.
 
@@ -470,6 +470,11 @@ def litert_requantize(acc: np.ndarray, in_scale: float, weight_scale: np.ndarray
     ``litert``
         XNNPACK's ``fp32`` requantization for all three: ``v = f32(f32(acc) * M)``,
         ``M = f32(f32(in * w) / out)``, round half to even, ``+ zp``.
+    ``litert-optimized``
+        ``CONV_2D``, ``FULLY_CONNECTED`` (ruy): ``SaturatingRoundingDoublingHighMul`` of
+        ``acc << left_shift`` and TFLite's ``qm``, then ``(v + 2**(e-1)) >> e`` (half up; the
+        reference rounds half away); ``DEPTHWISE_CONV_2D``: as ``litert-reference`` (not exact:
+        the engine refuses it).
     ``litert-reference``
         ``CONV_2D``, ``DEPTHWISE_CONV_2D``: ``MultiplyByQuantizedMultiplier`` (double
         rounding, as :func:`requantize`'s ``litert-reference``); ``FULLY_CONNECTED``:
@@ -479,9 +484,22 @@ def litert_requantize(acc: np.ndarray, in_scale: float, weight_scale: np.ndarray
     kind = Semantics.parse(semantics)
     if op not in LITERT_GEMM_OPS:
         raise ConfigError(f"op must be one of {', '.join(LITERT_GEMM_OPS)}, not {op!r}")
+    if kind is Semantics.LITERT_OPTIMIZED and op != "DEPTHWISE_CONV_2D":
+        return _ruy_requantize(acc, in_scale, weight_scale, out_scale, out_zero_point, out_fmt,
+                               channel_axis)
     if kind is not Semantics.LITERT_REFERENCE or op != "FULLY_CONNECTED":
         return requantize(acc, in_scale, weight_scale, out_scale, out_zero_point, out_fmt, kind,
                           channel_axis=channel_axis)
+    fmt, zp, values, qm, shift = _tflite_operands(acc, in_scale, weight_scale, out_scale,
+                                                  out_zero_point, out_fmt, channel_axis)
+    multiplier = np.ldexp(qm.astype(np.float64), (shift - 31).astype(np.int64))
+    scaled = round_float(values.astype(np.float64) * multiplier, Rounding.HALF_AWAY)
+    return saturate(np.clip(scaled, -2.0 ** 62, 2.0 ** 62).astype(np.int64) + zp, fmt)
+
+
+def _tflite_operands(acc, in_scale, weight_scale, out_scale, out_zero_point, out_fmt, channel_axis):
+    """Checked output format, zero point, int32 accumulators and TFLite's ``QuantizeMultiplier``
+    of ``double(in) * double(w[c]) / double(out)`` (per channel along ``channel_axis``)."""
     fmt = _out_format(out_fmt)
     zp = _zero_point(out_zero_point, fmt)
     values = _int_array(acc, "acc")
@@ -490,11 +508,23 @@ def litert_requantize(acc: np.ndarray, in_scale: float, weight_scale: np.ndarray
     per_channel = _positive_scale(weight_scale, "weight_scale", vector=True)
     s_w = _channel_view(per_channel, values.shape, channel_axis, "weight_scale")
     s_out = _positive_scale(out_scale, "out_scale", vector=False)
-    real = np.float64(s_in) * s_w.astype(np.float64) / np.float64(s_out)
-    qm, shift = quantize_multiplier(real)
-    multiplier = np.ldexp(qm.astype(np.float64), (shift - 31).astype(np.int64))
-    scaled = round_float(values.astype(np.float64) * multiplier, Rounding.HALF_AWAY)
-    return saturate(np.clip(scaled, -2.0 ** 62, 2.0 ** 62).astype(np.int64) + zp, fmt)
+    qm, shift = quantize_multiplier(np.float64(s_in) * s_w.astype(np.float64) / np.float64(s_out))
+    return fmt, zp, values, qm, shift
+
+
+def _ruy_requantize(acc, in_scale, weight_scale, out_scale, out_zero_point, out_fmt, channel_axis):
+    """ruy's requantization (LiteRT's optimized ``CONV_2D`` and ``FULLY_CONNECTED`` on x86):
+    TFLite's multiplier, ``x << left_shift``, ``SaturatingRoundingDoublingHighMul`` and then a
+    rounding right shift that rounds half *up* (``(v + 2**(e-1)) >> e``), where the reference
+    ``RoundingDivideByPOT`` rounds half away from zero: they differ on negative ties."""
+    fmt, zp, values, qm, shift = _tflite_operands(acc, in_scale, weight_scale, out_scale,
+                                                  out_zero_point, out_fmt, channel_axis)
+    shifted = values << np.maximum(shift, 0)
+    check_fits(shifted, INT32, "x * 2**left_shift")
+    high = saturating_rounding_doubling_high_mul(shifted, qm)
+    right = np.maximum(-shift, 0)
+    half = np.where(right > 0, np.int64(1) << np.maximum(right - 1, 0), 0)
+    return saturate(((high + half) >> right) + zp, fmt)
 
 
 def _onnx(acc, s_in, s_w, s_out, zp, fmt):
@@ -543,12 +573,41 @@ def _onnxruntime(acc, s_in, s_w, s_out, zp, fmt):
     return requantize_float32(acc, float32_multiplier(s_in, s_w, s_out), zp, fmt)
 
 
-def _pytorch_fbgemm(acc, s_in, s_w, s_out, zp, fmt):
-    multiplier = float32_multiplier(s_in, s_w, s_out)
-    scaled = acc.astype(np.float32) * multiplier
-    # lrintf (round to nearest even) first, then + zero point and clamp.
-    rounded = np.clip(np.rint(scaled.astype(np.float64)), -2.0 ** 62, 2.0 ** 62).astype(np.int64)
-    return saturate(rounded + zp, fmt)
+def _pytorch_fbgemm(acc, s_in, s_w, s_out, zp, fmt, float_bias=None, per_tensor=True):
+    """fbgemm's ``requantizeOutputProcessingAvx2`` (and its depthwise and groupwise twins).
+
+    ``x = f32(acc)``; a float bias adds ``fma(bias, f32(1 / ats), x)`` with per-tensor weights
+    and ``f32(x + f32(bias / ats[c]))`` with per-channel ones (``ats = f32(s_in * s_w)``); then
+    ``cvtps2dq(f32(x * M))``: rne, and a value outside int32 (or NaN) becomes ``-2**31``; then
+    ``+ zp`` and the clamp."""
+    from qsim.quant.ortops import cvtps_epi32, fma_f32  # ortops imports this module
+
+    act_times_w = np.float32(s_in) * np.asarray(s_w, np.float32)
+    multiplier = act_times_w / np.float32(s_out)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        x = acc.astype(np.float32)
+        if float_bias is not None:
+            if per_tensor:
+                x = fma_f32(float_bias, np.float32(1.0) / act_times_w, x)
+            else:
+                x = (x + (float_bias / act_times_w).astype(np.float32)).astype(np.float32)
+        scaled = (x * multiplier).astype(np.float32)
+    return saturate(cvtps_epi32(scaled) + zp, fmt)
+
+
+def _float_bias(values, shape, channel_axis, kind) -> np.ndarray:
+    """PyTorch's float bias as a float32 array broadcasting against ``acc`` (``shape``)."""
+    if kind is not Semantics.PYTORCH_FBGEMM:
+        raise ConfigError(f"float_bias is PyTorch's float bias (fbgemm adds it in float32 while "
+                          f"requantizing); it needs semantics pytorch-fbgemm, not {kind.value}: "
+                          f"give an int32 bias in acc instead")
+    bias = np.asarray(values)
+    if bias.dtype == np.bool_ or bias.dtype.kind not in "fiu":
+        raise ConfigError(f"float_bias must be real numbers, not dtype {bias.dtype}")
+    if bias.ndim > 1:
+        raise ConfigError(f"float_bias must be a scalar or 1-D (one per output channel), "
+                          f"not shape {bias.shape}")
+    return _channel_view(bias.astype(np.float32), shape, channel_axis, "float_bias")
 
 
 def _tflite(acc, s_in, s_w, s_out, zp, fmt, single_rounding):
@@ -560,7 +619,8 @@ def _tflite(acc, s_in, s_w, s_out, zp, fmt, single_rounding):
 
 def requantize(acc: np.ndarray, in_scale: float, weight_scale: np.ndarray | float,
                out_scale: float, out_zero_point: int, out_fmt: IntFormat | str,
-               semantics: Semantics | str = "onnx", *, channel_axis: int = -1) -> np.ndarray:
+               semantics: Semantics | str = "onnx", *, channel_axis: int = -1,
+               float_bias: np.ndarray | float | None = None) -> np.ndarray:
     """Requantize accumulators to ``out_fmt`` exactly as the named engine does.
 
     Parameters
@@ -582,6 +642,11 @@ def requantize(acc: np.ndarray, in_scale: float, weight_scale: np.ndarray | floa
         Which engine to reproduce; see the table below.
     channel_axis : int
         Axis of ``acc`` that per-channel scales index (default: the last).
+    float_bias : float or 1-D array, optional
+        ``pytorch-fbgemm`` only: PyTorch's float bias (one value per output channel along
+        ``channel_axis``, or one for all), which fbgemm adds in float32 while requantizing
+        instead of an int32 bias in ``acc`` (``quantized::linear`` and ``quantized::conv2d``
+        always pass theirs so).
 
     Returns
     -------
@@ -617,17 +682,21 @@ def requantize(acc: np.ndarray, in_scale: float, weight_scale: np.ndarray | floa
         The same with ``TFLITE_SINGLE_ROUNDING``: ``(acc * qm + 2**(n-1)) >> n``,
         ``n = 31 - shift``.
     ``pytorch-fbgemm``
-        fbgemm ``requantizeOutputProcessing`` as described in qsim's NUMERICS notes (torch
-        is not installed here, so this is not checked against PyTorch itself):
-        ``C = f32(f32(in * w) / out)``, ``lrintf(f32(acc) * C) + zp``, clamp. With the bias
-        already in ``acc`` this equals ``onnxruntime`` on every int32 accumulator
-        (PyTorch's float-bias variant, which adds ``bias / (in * w)`` in float32, is not
-        modelled).
+        fbgemm's ``requantizeOutputProcessingAvx2`` (torch 2.13, measured against it:
+        ``tests/golden/record_fbgemm.py``): ``C = f32(f32(in * w) / out)``,
+        ``v = cvtps2dq(f32(f32(acc) * C))`` (rne; a product outside int32, ``|v| >= 2**31``,
+        gives ``-2**31``, so such an output is ``qmin``, not ``qmax``), ``+ zp``, clamp. With
+        ``float_bias`` ``b``: ``f32(acc)`` becomes ``fma(b, f32(1 / ats), f32(acc))`` with
+        per-tensor weights (a scalar ``weight_scale``) and ``f32(f32(acc) + f32(b / ats[c]))``
+        with per-channel ones, ``ats = f32(in * w)``. With an int32 bias in ``acc`` and
+        products inside int32 this equals ``onnxruntime``.
     ``fixed-point``
         :class:`FixedPointRequantizer` (round half up); identical to
         ``tflite-single-rounding`` on int32 accumulators.
     """
     kind = Semantics.parse(semantics)
+    if float_bias is not None and kind is not Semantics.PYTORCH_FBGEMM:
+        _float_bias(float_bias, (), channel_axis, kind)  # raises
     fmt = _out_format(out_fmt)
     zp = _zero_point(out_zero_point, fmt)
     values = _int_array(acc, "acc")
@@ -644,7 +713,10 @@ def requantize(acc: np.ndarray, in_scale: float, weight_scale: np.ndarray | floa
     if kind is Semantics.ONNXRUNTIME:
         return _onnxruntime(values, s_in, s_w, s_out, zp, fmt)
     if kind is Semantics.PYTORCH_FBGEMM:
-        return _pytorch_fbgemm(values, s_in, s_w, s_out, zp, fmt)
+        bias = None if float_bias is None else _float_bias(float_bias, values.shape, channel_axis, kind)
+        # fbgemm's per-tensor kernels multiply the bias by a reciprocal (fused into an FMA),
+        # its per-channel kernels divide it by each channel's scale
+        return _pytorch_fbgemm(values, s_in, s_w, s_out, zp, fmt, bias, per_channel.size == 1)
     if kind is Semantics.LITERT:
         # XNNPACK's requantization (the default interpreter): MLAS's float32 arithmetic
         return requantize_float32(values, litert_float_multiplier(s_in, s_w, s_out), zp, fmt)

@@ -89,8 +89,27 @@ def test_command_line(tmp_path):
     out = io.StringIO()
     path = tmp_path / "report.png"
     with redirect_stdout(out):
-        assert main(["--networks", "mlp", "--semantics", "litert-reference", "--figure", str(path)]) == 0
+        # tflite, the alias of litert-reference, is accepted as everywhere else
+        assert main(["--networks", "mlp", "--semantics", "tflite", "--figure", str(path)]) == 0
     lines = out.getvalue().splitlines()
     assert lines[:6] == TABLE.splitlines()[:6]  # the integer MLP agrees under tflite semantics
     assert f"figure saved to {path}" in lines
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+UNKNOWN = ("requantization semantics must be one of onnx, onnxruntime, litert, litert-reference, "
+           "litert-optimized, tflite-single-rounding, pytorch-fbgemm, fixed-point (or tflite, an "
+           "alias of litert-reference), not 'tpu'")
+
+
+def test_unknown_semantics_is_one_error(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["--semantics", "tpu"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"python -m qsim.nn.report: error: argument --semantics: {UNKNOWN}")
+    from qsim.cli import main as qsim_main
+
+    # qsim report: the same message, before any work (the figure's directory is not checked)
+    assert qsim_main(["report", "--semantics", "tpu", "--figure", str(tmp_path / "no" / "x.png")]) != 0
+    assert capsys.readouterr().err.splitlines() == [f"qsim: error: {UNKNOWN}"]

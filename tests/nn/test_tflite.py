@@ -18,9 +18,9 @@ from tests.nn import tflite_models as T
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "litert.npz"
 MODES = ("litert", "litert-optimized", "litert-reference")
-# Operators whose litert-optimized kernels qsim does not reproduce exactly (ruy's and the
+# Operators whose litert-optimized kernels qsim does not reproduce exactly (the
 # optimized depthwise kernels' rounding, the optimized QUANTIZE/DEQUANTIZE/MEAN).
-from qsim.nn.engine import _NOT_EXACT_OPTIMIZED as _NOT_EXACT  # noqa: E402
+from qsim.nn.engine import not_exact_under_litert_optimized  # noqa: E402
 
 
 def _golden():
@@ -45,14 +45,14 @@ def _expected(name, mode):
 def test_golden_file_records_its_engine():
     assert str(_DATA["meta/litert"]) == "2.3.0"
     assert str(_DATA["meta/machine"]) == "x86_64"
-    assert len(_CASES) == 62
+    assert len(_CASES) == 64
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", _CASES)
 def test_equals_litert(name, mode):
     graph = load_tflite(_DATA[f"{name}/model"].tobytes())
-    if mode == "litert-optimized" and any(isinstance(layer, _NOT_EXACT) for layer in graph.layers):
+    if mode == "litert-optimized" and any(not_exact_under_litert_optimized(layer) for layer in graph.layers):
         # refused, never approximated: one clear error naming the first such layer
         with pytest.raises(ConfigError, match=r"is not modelled exactly under litert-optimized"):
             run(graph, _feeds(name), mode)
@@ -123,3 +123,14 @@ def test_concat_with_different_scales_is_refused_like_litert():
     model, _ = T.concat(np.random.default_rng(0), same=False)
     with pytest.raises(ConfigError, match="CONCATENATION needs equal input and output quantization"):
         load_tflite(model)
+
+
+def test_ruy_ties_tell_litert_optimized_from_the_reference():
+    """conv_ties and fc_ties_pc (multiplier 2**-7): ruy rounds negative ties half up, the
+    reference kernels half away; qsim's litert-optimized follows ruy on every value."""
+    for name, differ in (("conv_ties", 10), ("fc_ties_pc", 13)):
+        graph = load_tflite(_DATA[f"{name}/model"].tobytes())
+        expected = _expected(name, "litert-optimized")["y"]
+        reference = run(graph, _feeds(name), "litert-reference").outputs["y"]
+        assert int(np.sum(reference != expected)) == differ
+        assert np.array_equal(run(graph, _feeds(name), "litert-optimized").outputs["y"], expected)

@@ -185,11 +185,14 @@ def _weights(rng, shape):
 
 
 def fully_connected(rng, batch=3, n_in=24, n_out=10, act="none", per_channel=False, bias=True,
-                    out_scale=None):
+                    out_scale=None, scales=None):
+    """``scales = (s_in, s_w, s_out)`` fixes the scales (powers of two give exact ties)."""
     m = ModelBuilder()
     s_in, zp_in = _scale(rng, -6, -3), int(rng.integers(-20, 20))
     s_w = [_scale(rng, -8, -5) for _ in range(n_out)] if per_channel else _scale(rng, -8, -5)
     s_out = out_scale or _scale(rng, -4, -1)
+    if scales is not None:
+        s_in, s_w, s_out = scales[0], ([scales[1]] * n_out if per_channel else scales[1]), scales[2]
     x = m.tensor("x", [batch, n_in], "int8", s_in, zp_in)
     w = m.tensor("w", [n_out, n_in], "int8", s_w, 0, axis=0, data=_weights(rng, (n_out, n_in)))
     ins = [x, w]
@@ -203,11 +206,14 @@ def fully_connected(rng, batch=3, n_in=24, n_out=10, act="none", per_channel=Fal
 
 
 def conv2d(rng, batch=2, hw=(7, 6), cin=5, cout=6, kernel=(3, 3), stride=(1, 1), padding="same",
-           dilation=(1, 1), act="none"):
+           dilation=(1, 1), act="none", scales=None):
+    """``scales = (s_in, s_w, s_out)`` fixes the scales (powers of two give exact ties)."""
     m = ModelBuilder()
     s_in, zp_in = _scale(rng, -6, -3), int(rng.integers(-20, 20))
     s_w = [_scale(rng, -8, -5) for _ in range(cout)]
     s_out = _scale(rng, -3, -1)
+    if scales is not None:
+        s_in, s_w, s_out = scales[0], [scales[1]] * cout, scales[2]
     x = m.tensor("x", [batch, *hw, cin], "int8", s_in, zp_in)
     w = m.tensor("w", [cout, *kernel, cin], "int8", s_w, 0, axis=0, data=_weights(rng, (cout, *kernel, cin)))
     bs = (np.float32(s_in) * np.asarray(s_w, np.float32)).tolist()
@@ -296,6 +302,13 @@ def golden_cases(seed=2024):
     cases["mul_ties"] = binary(rng, Op.MUL, shape_a=(4, 8, 8, 4), scales=(0.5, 0.25, 8.0))
     cases["fc_ties"] = fully_connected(rng, batch=64, n_in=16, n_out=8, out_scale=1.0)
     cases["small_cnn"] = small_cnn(rng)
+    # exact ties of the conv and FC multipliers (M = 2**-7; one input channel, so the
+    # accumulators sweep every residue): ruy (litert-optimized) rounds the negative ones half
+    # up, the reference kernels half away from zero
+    cases["conv_ties"] = conv2d(rng, batch=4, hw=(8, 8), cin=1, cout=4, kernel=(1, 1),
+                                scales=(2.0 ** -4, 2.0 ** -6, 2.0 ** -3))
+    cases["fc_ties_pc"] = fully_connected(rng, batch=128, n_in=1, n_out=8, per_channel=True,
+                                          scales=(2.0 ** -5, 2.0 ** -6, 2.0 ** -4))
     return cases
 
 
