@@ -25,7 +25,8 @@ def test_default_scenario_contents():
     assert [(w.name, w.m, w.k, w.n) for w in s.workloads] == [
         ("square", 128, 128, 128), ("primes", 37, 101, 29), ("single-row", 1, 64, 64),
         ("tall", 512, 72, 24)]
-    assert [(n.name, n.model, n.weight_bits, n.batch) for n in s.networks] == [("digits-cnn", "digits_cnn", 8, 8)]
+    assert [(n.name, n.model, n.weight_bits, n.batch, n.on_chip) for n in s.networks] == [
+        ("digits-cnn", "digits_cnn", 8, 8, False), ("digits-cnn-on-chip", "digits_cnn", 8, 8, True)]
 
 
 def test_model_only_run_reports_exact_cycles():

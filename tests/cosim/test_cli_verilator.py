@@ -49,10 +49,13 @@ def test_default_scenario_end_to_end(capsys):
     assert code == 0 and data["agrees"] is True
     assert [w["mismatches"] for w in data["workloads"]] == [0, 0, 0, 0]
     assert [w["rtl_cycles"] for w in data["workloads"]] == [w["model_cycles"] for w in data["workloads"]]
-    (net,) = data["networks"]
+    net, on_chip = data["networks"]
     assert (net["network"], net["output_mismatches"], net["rtl_mismatches"], net["agrees"]) == \
         ("digits-cnn", 0, 0, True)
     assert net["rtl_cycles"] == net["model_cycles"] > 0
+    assert (on_chip["network"], on_chip["output_mismatches"], on_chip["rtl_mismatches"],
+            on_chip["agrees"]) == ("digits-cnn-on-chip", 0, 0, True)
+    assert on_chip["on_chip"]["chains"] == [["conv1"], ["conv2"], ["fc"]]
 
 
 def test_rtl_export_with_lint(capsys, tmp_path):
