@@ -23,9 +23,10 @@ from qsim.config import AcceleratorConfig
 __all__ = ["bench_cosim", "bench_utilization", "gemm_config", "machine", "COSIM_GEMMS"]
 
 
-def gemm_config(rows: int, cols: int, m: int, k: int, n: int) -> AcceleratorConfig:
-    """An accelerator whose memories hold an M x K x N GEMM (depths rounded up to 2**x)."""
-    base = AcceleratorConfig(rows=rows, cols=cols)
+def gemm_config(rows: int, cols: int, m: int, k: int, n: int, **changes) -> AcceleratorConfig:
+    """An accelerator (``changes`` applied: precision, dataflow, ...) whose memories hold an
+    M x K x N GEMM in one program (depths rounded up to 2**x)."""
+    base = AcceleratorConfig(rows=rows, cols=cols, **changes)
     a, b, c = gemm_layouts(base, m, k, n)
 
     def fit(words: int, default: int) -> int:
@@ -118,27 +119,28 @@ def bench_cosim(m: int | None = None, k: int | None = None, n: int | None = None
 
 
 def bench_utilization(arrays: tuple[tuple[int, int], ...] = ((4, 4), (8, 8), (3, 5), (16, 16)),
-                      precisions: tuple[str, ...] = ("int8", "int4"), seed: int = 2) -> dict[str, Any]:
+                      precisions: tuple[str, ...] = ("int8", "int4"),
+                      dataflows: tuple[str, ...] = ("ws", "os"), seed: int = 2) -> dict[str, Any]:
     """Sustained utilization measured on the RTL, and INT4's MACs per cycle over INT8's.
 
     Per array, the GEMM is ``S x S x S`` with ``S = 8 x max(rows, cols) x 2``: every dimension
     at least 8 times the array's (the reduction 8 times the int4 K tile ``2R`` too), the same
-    GEMM at both precisions. Utilization is useful MACs / (MACs per cycle x RTL cycles); the
-    int4/int8 ratio is that of the measured cycles (same MACs). Targets: utilization >= 95 %
-    everywhere, int4 >= 1.9 x int8 on every array.
+    GEMM at both precisions and in both dataflows. Utilization is useful MACs / (MACs per
+    cycle x RTL cycles); the int4/int8 ratio is that of the measured cycles (same MACs).
+    Targets: utilization >= 95 % everywhere, int4 >= 1.9 x int8 on every array and dataflow.
     """
     from qsim.cosim.runner import compare, run_programs
     from qsim.config import PRECISIONS
 
     rows_out = []
     ratios = {}
-    for rows, cols in arrays:
+    for (rows, cols), dataflow in ((a, d) for a in arrays for d in dataflows):
         size = 16 * max(rows, cols)
         cycles = {}
         for precision in precisions:
             fmt = PRECISIONS[precision][0]
-            cfg = gemm_config(rows, cols, size, size, size).replace(
-                input_format=fmt, weight_format=fmt)
+            cfg = gemm_config(rows, cols, size, size, size, input_format=fmt, weight_format=fmt,
+                              dataflow=dataflow)
             rng = np.random.default_rng(seed)
             a = rng.integers(fmt.min, fmt.max + 1, (size, size))
             b = rng.integers(fmt.min, fmt.max + 1, (size, size))
@@ -147,6 +149,7 @@ def bench_utilization(arrays: tuple[tuple[int, int], ...] = ((4, 4), (8, 8), (3,
             cycles[precision] = report.rtl_cycles
             rows_out.append({
                 "array": f"{rows}x{cols}",
+                "dataflow": cfg.dataflow.short,
                 "precision": precision,
                 "gemm": [size] * 3,
                 "rtl_cycles": report.rtl_cycles,
@@ -156,7 +159,7 @@ def bench_utilization(arrays: tuple[tuple[int, int], ...] = ((4, 4), (8, 8), (3,
                 "utilization": round(size ** 3 / (cfg.macs_per_cycle * report.rtl_cycles), 6),
             })
         if "int8" in cycles and "int4" in cycles:
-            ratios[f"{rows}x{cols}"] = round(cycles["int8"] / cycles["int4"], 4)
+            ratios[f"{rows}x{cols} {cfg.dataflow.short}"] = round(cycles["int8"] / cycles["int4"], 4)
     meets = (all(r["utilization"] >= 0.95 and r["agrees"] for r in rows_out)
              and all(v >= 1.9 for v in ratios.values()))
     return {"benchmark": "utilization", "results": rows_out,

@@ -56,6 +56,9 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
     for field, (flag, kind, text) in _CONFIG_FLAGS.items():
         g.add_argument(flag, dest=field, type=kind, metavar="N" if kind is not str else "MODE",
                        help=text)
+    g.add_argument("--dataflow", metavar="{ws,os}",
+                   help="ws: weight-stationary (default), os: output-stationary (each PE keeps "
+                        "one output; activations and weights stream through)")
     g.add_argument("--precision", metavar="{int8,int4}",
                    help="operand precision of activations and weights: int8, or int4 (two 4-bit "
                         "products per PE per cycle, operands packed two per byte)")
@@ -162,6 +165,12 @@ def _config_from(args: argparse.Namespace) -> AcceleratorConfig:
     else:
         cfg = preset(args.preset)
     changes = {f: getattr(args, f) for f in _CONFIG_FLAGS if getattr(args, f, None) is not None}
+    dataflow = getattr(args, "dataflow", None)
+    if dataflow is not None:
+        if dataflow not in ("ws", "os"):
+            raise ConfigError(f"--dataflow must be ws (weight-stationary) or os "
+                              f"(output-stationary), not {dataflow!r}")
+        changes["dataflow"] = dataflow
     precision = getattr(args, "precision", None)
     if precision is not None:
         from qsim.config import PRECISIONS
@@ -183,9 +192,24 @@ def _gemm_config(args: argparse.Namespace) -> AcceleratorConfig:
     cfg = _config_from(args)
     if args.fit:
         fitted = gemm_config(cfg.rows, cfg.cols, args.m, args.k, args.n)
+        if cfg.dataflow.short != "ws":
+            fitted = _fit_memories(cfg, args.m, args.k, args.n)
         cfg = cfg.replace(**{f: max(getattr(cfg, f), getattr(fitted, f)) for f in
                              ("act_mem_words", "weight_mem_words", "acc_mem_words", "cmd_mem_words")})
     return cfg
+
+
+def _fit_memories(cfg: AcceleratorConfig, m: int, k: int, n: int) -> AcceleratorConfig:
+    """``cfg`` with memories (powers of two, never smaller) that hold the GEMM in one program."""
+    from qsim.compile import gemm_layouts
+
+    a, b, c = gemm_layouts(cfg, m, k, n)
+
+    def fit(words: int) -> int:
+        return 1 << max(1, (words - 1).bit_length())
+
+    return cfg.replace(act_mem_words=fit(a.words), weight_mem_words=fit(b.words),
+                       acc_mem_words=fit(c.words), cmd_mem_words=fit(a.lane_tiles * c.lane_tiles + 1))
 
 
 def _print_table(rows: Sequence[tuple[str, Any]]) -> None:
@@ -568,7 +592,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                 ])
             else:
                 for row in r["results"]:
-                    _print_table([(f"{row['array']} {row['precision']} {'x'.join(map(str, row['gemm']))}",
+                    _print_table([(f"{row['array']} {row['dataflow']} {row['precision']} "
+                                    f"{'x'.join(map(str, row['gemm']))}",
                                    f"{row['rtl_cycles']:,} RTL cycles (model {row['model_cycles']:,}), "
                                    f"utilization {row['utilization']:.2%}")])
                 ratios = ", ".join(f"{a} {v:.2f}x" for a, v in r["int4_over_int8_macs_per_cycle"].items())

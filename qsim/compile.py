@@ -23,6 +23,15 @@ holds ``A[m, kt*2R : kt*2R + 2R]`` as 2R nibbles, and weight word ``(nt*KT + kt)
 holds ``B[kt*2R + 2r, c]`` and ``B[kt*2R + 2r + 1, c]`` in nibbles ``2c`` and ``2c + 1``
 (low first) for the N tile's columns ``c``: every PE multiplies two pairs per cycle.
 * acc memory: word ``nt*M + m`` holds ``C[m, nt*C : nt*C + C]``.
+
+On an output-stationary configuration (``config.dataflow``) M is cut into tiles of R rows and
+N into tiles of C, and every (N tile, M tile) pair is one Matmul that streams the whole
+reduction (``KW = ceil(K / products_per_pe)`` words) and writes R accumulator words:
+
+* act memory: word ``mt*KW + j`` holds ``A[mt*R + r, j*p + i]`` in lane ``r*p + i`` (A
+  transposed, packed like the weights);
+* weight memory: word ``nt*KW + j`` holds ``B[j*p + i, nt*C + c]`` in lane ``c*p + i``;
+* acc memory: word ``nt*MT*R + m`` holds ``C[m, nt*C : nt*C + C]`` (MT = ceil(M / R)).
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from typing import Iterator
 
 import numpy as np
 
-from qsim.config import AcceleratorConfig, RequantMode
+from qsim.config import AcceleratorConfig, Dataflow, RequantMode
 from qsim.errors import ProgramError
 from qsim.numerics import IntFormat, check_fits, wrap
 from qsim.program import (Halt, MatrixLayout, Matmul, Program, Requant, pack_qctl,
@@ -56,6 +65,17 @@ def gemm_layouts(config: AcceleratorConfig, m: int, k: int, n: int
     """Layouts of A (act memory), B (weight memory) and C (acc memory) for an M x K x N GEMM."""
     _check_shape(m, k, n)
     r, c, p = config.rows, config.cols, config.products_per_pe
+    if config.dataflow is Dataflow.OUTPUT_STATIONARY:
+        # A transposed: word mt*KW + j holds A[mt*R + r, j*p + i] in lane r*p + i (the matrix
+        # stored is pack_weight_pairs(A^T), KW x M*p); B as in the weight-stationary case with
+        # one word per reduction step; C in R-row tiles, tile (mt, nt) at word nt*MT*R + mt*R.
+        kw, mt = -(-k // p), -(-m // r)
+        a = MatrixLayout("act", 0, rows=kw, cols=m * p, lanes=config.act_lanes, tile_stride=kw)
+        b = MatrixLayout("weight", 0, rows=kw, cols=n * p, lanes=config.weight_lanes,
+                         tile_stride=kw)
+        out = MatrixLayout("acc", 0, rows=m, cols=n, lanes=c, tile_stride=mt * r,
+                           padded_rows=mt * r)
+        return a, b, out
     k_tiles = -(-k // config.k_tile)
     a = MatrixLayout("act", 0, rows=m, cols=k, lanes=config.act_lanes, tile_stride=m)
     # B is stored transposed into words of C weights: its "rows" are K, its lanes N (at int4
@@ -108,15 +128,23 @@ def _gemm_problems(config: AcceleratorConfig, m: int, k: int, n: int,
     problems = []
     y_tiles = -(-n // config.act_lanes) if requant else 0
     commands = n_tiles * k_tiles + 1 + (len(requant_runs(config, n)) if requant else 0)
+    y_how = f" + {y_tiles} result tiles x {m} rows" if requant else ""
+    if config.dataflow is Dataflow.OUTPUT_STATIONARY:
+        m_tiles, kw = a.lane_tiles, a.rows  # act lane tiles are M tiles
+        how = (f"{m_tiles} M tiles x {kw} steps" + y_how,
+               f"{n_tiles} N tiles x {kw} steps",
+               f"{n_tiles} N tiles x {m_tiles} M tiles x {config.rows} rows",
+               f"{n_tiles} x {m_tiles} tiles + HALT")
+    else:
+        how = (f"{k_tiles} K tiles x {m} rows" + y_how,
+               f"{n_tiles} N tiles x {k_tiles} K tiles x {config.rows} rows",
+               f"{n_tiles} N tiles x {m} rows",
+               f"{n_tiles} x {k_tiles} tiles + HALT")
     needs = (
-        ("act", a.words + y_tiles * m, config.act_mem_words,
-         f"{k_tiles} K tiles x {m} rows" + (f" + {y_tiles} result tiles x {m} rows" if requant else "")),
-        ("weight", b.words, config.weight_mem_words,
-         f"{n_tiles} N tiles x {k_tiles} K tiles x {config.rows} rows"),
-        ("acc", out.words, config.acc_mem_words,
-         f"{n_tiles} N tiles x {m} rows"),
-        ("cmd", commands, config.cmd_mem_words,
-         f"{n_tiles} x {k_tiles} tiles + HALT" + (" + REQUANTs" if requant else "")),
+        ("act", a.words + y_tiles * m, config.act_mem_words, how[0]),
+        ("weight", b.words, config.weight_mem_words, how[1]),
+        ("acc", out.words, config.acc_mem_words, how[2]),
+        ("cmd", commands, config.cmd_mem_words, how[3] + (" + REQUANTs" if requant else "")),
         *((("param", n_tiles, config.param_mem_words, f"{n_tiles} N tiles"),) if requant else ()),
     )
     for memory, need, have, how in needs:
@@ -125,7 +153,10 @@ def _gemm_problems(config: AcceleratorConfig, m: int, k: int, n: int,
                 f"the {memory} memory needs {need} words ({how}) but has {have} "
                 f"({need - have} too many)"
             )
-    if m > _max_rows(config):
+    if config.dataflow is Dataflow.OUTPUT_STATIONARY:
+        if a.rows > _max_rows(config):
+            problems.append(f"K = {k} exceeds the largest rows field")
+    elif m > _max_rows(config):
         problems.append(f"M = {m} exceeds the largest rows field")
     return problems
 
@@ -236,11 +267,22 @@ def compile_gemm(config: AcceleratorConfig, a: np.ndarray, b: np.ndarray,
     check_fits(b, config.weight_format, "B")
     a_lay, b_lay, c_lay = gemm_layouts(config, m, k, n)
     k_tiles, n_tiles = a_lay.lane_tiles, c_lay.lane_tiles
-    inputs = {"A": (a_lay, a.astype(np.int64)),
+    os_ = config.dataflow is Dataflow.OUTPUT_STATIONARY
+    stored_a = pack_weight_pairs(config, a.T.astype(np.int64)) if os_ else a.astype(np.int64)
+    inputs = {"A": (a_lay, stored_a),
               "B": (b_lay, pack_weight_pairs(config, b.astype(np.int64)))}
     outputs = {"C": c_lay}
     commands = []
     for nt in range(n_tiles):
+        if os_:  # one tile of R output rows per M tile, the whole reduction streamed
+            for mt in range(a_lay.lane_tiles):
+                commands.append(Matmul(
+                    act_addr=a_lay.base + mt * a_lay.tile_stride,
+                    weight_addr=b_lay.base + nt * b_lay.tile_stride,
+                    acc_addr=c_lay.base + nt * c_lay.tile_stride + mt * config.rows,
+                    rows=a_lay.rows,
+                ))
+            continue
         for kt in range(k_tiles):
             commands.append(Matmul(
                 act_addr=a_lay.base + kt * a_lay.tile_stride,
@@ -251,6 +293,7 @@ def compile_gemm(config: AcceleratorConfig, a: np.ndarray, b: np.ndarray,
             ))
     if requant is not None:
         bits = config.input_format.bits
+        # one act word per output row (the weight-stationary A layout) in both dataflows
         y_lay = MatrixLayout("act", a_lay.end, rows=m, cols=n, lanes=config.act_lanes,
                              tile_stride=m, unsigned_bits=bits if requant.unsigned else 0)
         for nt, n0, n1 in requant_runs(config, n):
@@ -419,6 +462,8 @@ def tile_gemm(config: AcceleratorConfig, m: int, k: int, n: int,
             f"command memory {config.cmd_mem_words} words")
     if not _gemm_problems(config, m, k, n, requant):
         return GemmTiling(config, m, k, n, m, k, n, requant)
+    if config.dataflow is Dataflow.OUTPUT_STATIONARY:
+        return _tile_gemm_os(config, m, k, n, requant)
     act, weight, acc, cmd = (config.act_mem_words, config.weight_mem_words,
                              config.acc_mem_words, config.cmd_mem_words)
     k_tiles, n_tiles = _ceil_div(k, config.k_tile), _ceil_div(n, c)
@@ -458,6 +503,57 @@ def tile_gemm(config: AcceleratorConfig, m: int, k: int, n: int,
     assert best is not None  # kt = nt = 1 always fits
     mc, kt, nt = best[1]
     return GemmTiling(config, m, k, n, mc, min(k, kt * config.k_tile), min(n, nt * c), requant)
+
+
+def _tile_gemm_os(config: AcceleratorConfig, m: int, k: int, n: int, requant: bool) -> GemmTiling:
+    """:func:`tile_gemm` for the output-stationary dataflow.
+
+    A Program may hold ``kw`` reduction words (of ``products_per_pe`` steps), ``mt`` M tiles
+    of R rows and ``nt`` N tiles when ``mt*kw (+ result words) <= act_mem_words``,
+    ``nt*kw <= weight_mem_words``, ``nt*mt*R <= acc_mem_words`` and ``nt*mt + 1 (+ REQUANTs)
+    <= cmd_mem_words``; each tile costs ``max(kw, R)`` cycles (:mod:`qsim.timing`) and each
+    Program ``R + C`` more to fill and drain, and the cheapest tiling wins.
+    """
+    r, c, p = config.rows, config.cols, config.products_per_pe
+    act, weight, acc, cmd = (config.act_mem_words, config.weight_mem_words,
+                             config.acc_mem_words, config.cmd_mem_words)
+    k_words, m_tiles, n_tiles = _ceil_div(k, p), _ceil_div(m, r), _ceil_div(n, c)
+    runs = -(-c // config.act_lanes) + 1 if requant else 0
+    if requant:
+        kw_options = [k_words]
+    else:
+        kw_options = _chunk_sizes(k_words, max(1, min(k_words, act, weight, _max_rows(config))))
+    best = None
+    for kw in kw_options:
+        if kw > min(act, weight, _max_rows(config)):
+            continue
+        nt_limit = min(n_tiles, weight // kw, acc // r, (cmd - 1) // (1 + runs))
+        if requant:
+            nt_limit = min(nt_limit, config.param_mem_words)
+        if nt_limit < 1:
+            continue
+        for nt in _chunk_sizes(n_tiles, nt_limit):
+            y_words = _ceil_div(min(n, nt * c), config.act_lanes) * r if requant else 0
+            mt_limit = min(m_tiles, act // (kw + y_words), acc // (nt * r),
+                           (cmd - 1) // (nt * (1 + runs)))
+            if mt_limit < 1:
+                continue
+            mt = _ceil_div(m_tiles, _ceil_div(m_tiles, mt_limit))
+            cost = sum(cm * cn * ck * (3 + 2 * r + c + mts * nts * max(kws, r))
+                       for cm, mts in _chunks(m_tiles, mt)
+                       for cn, nts in _chunks(n_tiles, nt)
+                       for ck, kws in _chunks(k_words, kw))
+            programs = _ceil_div(m_tiles, mt) * _ceil_div(n_tiles, nt) * _ceil_div(k_words, kw)
+            key = (cost, programs, -kw, -nt)
+            if best is None or key < best[0]:
+                best = (key, (mt, kw, nt))
+    if best is None:
+        raise ProgramError(
+            f"GEMM {m}x{k}x{n} cannot be cut into programs that fit the {r}x{c} "
+            f"output-stationary accelerator" + (" with its whole reduction in each program "
+                                                 "(requantization on chip)" if requant else ""))
+    mt, kw, nt = best[1]
+    return GemmTiling(config, m, k, n, min(m, mt * r), min(k, kw * p), min(n, nt * c), requant)
 
 
 @dataclass

@@ -34,11 +34,27 @@ SCHEMA_VERSION = 1
 class Dataflow(str, enum.Enum):
     """How operands move through the array.
 
-    ``weight_stationary``: each PE holds one weight; activations flow left to right along
-    rows and partial sums flow top to bottom along columns.
+    ``weight_stationary`` (``ws``): each PE holds one weight; activations flow left to right
+    along rows and partial sums flow top to bottom along columns.
+    ``output_stationary`` (``os``): each PE holds one output element; activations flow left
+    to right along rows, weights top to bottom along columns, one reduction step per cycle,
+    and finished tiles are shifted out of the top of the array (see docs/microarchitecture.md).
+    The short names ``ws`` and ``os`` are accepted wherever a dataflow is parsed.
     """
 
     WEIGHT_STATIONARY = "weight_stationary"
+    OUTPUT_STATIONARY = "output_stationary"
+
+    @classmethod
+    def _missing_(cls, value):
+        if isinstance(value, str):
+            return {"ws": cls.WEIGHT_STATIONARY, "os": cls.OUTPUT_STATIONARY}.get(value.lower())
+        return None
+
+    @property
+    def short(self) -> str:
+        """``ws`` or ``os``."""
+        return {"weight_stationary": "ws", "output_stationary": "os"}[self.value]
 
 
 class RequantMode(str, enum.Enum):
@@ -83,7 +99,9 @@ class AcceleratorConfig:
     ----------
     rows, cols : int
         Processing elements per column and per row, 2 to 64. In the weight-stationary
-        dataflow a tile of ``rows`` reduction steps by ``cols`` output channels is resident.
+        dataflow a tile of ``rows`` reduction steps by ``cols`` output channels is resident;
+        in the output-stationary one a tile of ``rows`` output rows by ``cols`` output
+        channels accumulates in the PEs while the reduction streams through.
     input_format, weight_format : IntFormat or str
         Activation and weight formats, both ``int8`` or both ``int4``. At int4 every byte
         of the activation and weight memories holds two values (low nibble first, as ONNX
@@ -93,7 +111,7 @@ class AcceleratorConfig:
         ``2**acc_bits`` in two's complement, as the hardware does. At least the width of one
         product (16 for int8 × int8), at most 64.
     dataflow : Dataflow or str
-        ``weight_stationary`` today.
+        ``weight_stationary`` (default) or ``output_stationary`` (``ws`` / ``os``).
     clock_mhz : float
         Clock frequency used to turn cycles into seconds and throughput.
     act_mem_words, weight_mem_words, acc_mem_words, cmd_mem_words : int
@@ -156,7 +174,7 @@ class AcceleratorConfig:
         try:
             object.__setattr__(self, "dataflow", Dataflow(self.dataflow))
         except ValueError:
-            names = ", ".join(d.value for d in Dataflow)
+            names = ", ".join(f"{d.value} ({d.short})" for d in Dataflow)
             raise ConfigError(f"dataflow must be one of {names}, not {self.dataflow!r}") from None
         if isinstance(self.clock_mhz, bool) or not isinstance(self.clock_mhz, (int, float)):
             raise ConfigError(f"clock_mhz must be a number, not {self.clock_mhz!r}")

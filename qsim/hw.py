@@ -10,11 +10,12 @@ cycle-exact co-simulation tests catch any part that does not follow.
 
 from __future__ import annotations
 
-from qsim.config import AcceleratorConfig, RequantMode
+from qsim.config import AcceleratorConfig, Dataflow, RequantMode
 
 __all__ = [
     "COUNTERS", "COUNTER_BITS", "COUNTER_HELP", "memory_names", "buffer_release_delay",
     "array_latency", "array_input_bits", "ppu_stages", "ppu_latency", "PPU_SATURATE",
+    "is_output_stationary", "os_tile_spacing", "os_write_latency", "write_meta_delay",
 ]
 
 #: Width of every performance counter.
@@ -25,7 +26,8 @@ COUNTER_BITS = 48
 COUNTER_HELP = {
     "cycles": "busy cycles",
     "act_reads": "activation-memory words read (one per streamed row)",
-    "weight_reads": "weight-memory words read (one per weight-tile row)",
+    "weight_reads": "weight-memory words read (one per weight-tile row; output-stationary: one "
+                    "per streamed step)",
     "acc_reads": "accumulator words read (accumulating rows and post-processing reads)",
     "acc_writes": "accumulator words written",
     "matmuls": "MATMUL commands executed",
@@ -33,7 +35,7 @@ COUNTER_HELP = {
     "act_writes": "activation-memory words written by the post-processing unit",
     "ppu_outputs": "elements requantized and written by the post-processing unit",
     "wait_array": "cycles a fetched MATMUL or HALT waits for the weight loader, the stream "
-                  "slot or a weight buffer",
+                  "slot or a weight buffer (output-stationary: the stream slot)",
     "wait_drain": "cycles a fetched REQUANT waits for earlier MATMULs to finish writing",
     "wait_ppu": "cycles a fetched command waits for the post-processing unit to finish",
 }
@@ -75,6 +77,49 @@ def array_latency(config: AcceleratorConfig) -> int:
     ``c`` cycles across, and one write-back stage.
     """
     return config.rows + config.cols
+
+
+def is_output_stationary(config: AcceleratorConfig) -> bool:
+    return config.dataflow is Dataflow.OUTPUT_STATIONARY
+
+
+def os_tile_spacing(config: AcceleratorConfig) -> int:
+    """Output-stationary: the least number of cycles between the last issues of two
+    consecutive MATMULs, ``R``.
+
+    A finished tile is copied from its PE accumulators into the column drain registers in one
+    cycle per column, and the drain registers need ``R`` cycles to shift its ``R`` rows out
+    of the top of the array; it is also the number of accumulator words a tile writes, one
+    per cycle. The streamer holds a tile back (``wait`` between tiles) until its last issue
+    keeps this distance.
+    """
+    return config.rows
+
+
+def os_write_latency(config: AcceleratorConfig) -> int:
+    """Output-stationary: cycles from a MATMUL's last activation/weight issue to the
+    accumulator write of its first output row (row ``j`` is written ``j`` cycles later):
+    ``R + C + 1``.
+
+    One cycle of memory latency, ``R - 1`` cycles of skew to the bottom row, ``c`` across to
+    column ``c``, one register to the column's drain load, one to the top drain register,
+    ``C - 1 - c`` of deskew; the write-back's write stage is that cycle.
+    """
+    return config.rows + config.cols + 1
+
+
+def write_meta_delay(config: AcceleratorConfig) -> int:
+    """Depth of the metadata pipeline from the controller to the write-back's read stage.
+
+    Weight-stationary: a row issued at ``s`` is written at ``s + array_latency``, its
+    metadata enters at ``s`` and the write stage follows the read stage by one cycle:
+    ``array_latency - 1``. Output-stationary: the controller's drain engine emits a tile's
+    first row one cycle after the last issue, so ``os_write_latency - 2``. Both are
+    ``R + C - 1``.
+    """
+    if is_output_stationary(config):
+        return os_write_latency(config) - 2
+    return array_latency(config) - 1
 
 
 def array_input_bits(config: AcceleratorConfig) -> int:

@@ -9,6 +9,10 @@ hardware's two's-complement adders wrap. No Python loop runs per MAC or per row.
 Wrapping after the whole sum equals wrapping after every addition (addition modulo 2**n is
 a ring homomorphism), so the order of summation inside the array does not matter.
 
+On an output-stationary configuration a ``Matmul`` is the product of its ``rows`` activation
+words (A transposed) and ``rows`` weight words into ``R`` accumulator words
+(:mod:`qsim.program`).
+
 A ``Requant`` applies :func:`qsim.program.requantize_lanes` to its accumulator lanes and
 stores the low ``input_format.bits`` bits of each result in its activation lanes.
 """
@@ -19,10 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qsim.config import Dataflow
 from qsim.numerics import int_matmul, wrap
 from qsim.program import Matmul, Program, Requant, act_addresses, requantize_lanes
 
-__all__ = ["ModelResult", "execute", "reference_gemm", "weight_tile"]
+__all__ = ["ModelResult", "execute", "reference_gemm", "weight_tile", "os_tile"]
 
 
 @dataclass
@@ -53,9 +58,15 @@ def execute(program: Program) -> ModelResult:
         x = act[act_addresses(cmd)]
         if cmd.act_unsigned:
             x = x & ((1 << cfg.input_format.bits) - 1)
-        w = weight_tile(cfg, weight[cmd.weight_addr : cmd.weight_addr + cfg.rows])
-        product = int_matmul(x, w)
-        target = slice(cmd.acc_addr, cmd.acc_addr + cmd.rows)
+        if cfg.dataflow is Dataflow.OUTPUT_STATIONARY:
+            # x: one reduction step (p of them at int4) of R rows per word, i.e. A transposed
+            w = os_tile(weight[cmd.weight_addr : cmd.weight_addr + cmd.rows], cfg.cols)
+            product = int_matmul(os_tile(x, cfg.rows).T, w)
+            target = slice(cmd.acc_addr, cmd.acc_addr + cfg.rows)
+        else:
+            w = weight_tile(cfg, weight[cmd.weight_addr : cmd.weight_addr + cfg.rows])
+            product = int_matmul(x, w)
+            target = slice(cmd.acc_addr, cmd.acc_addr + cmd.rows)
         if cmd.accumulate:
             product = product + acc[target]
         acc[target] = wrap(product, acc_fmt)
@@ -75,6 +86,21 @@ def weight_tile(cfg, words: np.ndarray) -> np.ndarray:
         return words
     rows = words.shape[0]
     return words.reshape(rows, cfg.cols, p).transpose(0, 2, 1).reshape(rows * p, cfg.cols)
+
+
+def os_tile(words: np.ndarray, lanes: int) -> np.ndarray:
+    """Output-stationary operand words as a (steps x lanes) matrix.
+
+    Word ``j`` of ``n`` words holds ``p = words.shape[1] // lanes`` reduction steps for each
+    of ``lanes`` rows (activations, ``lanes = R``) or columns (weights, ``lanes = C``):
+    element ``(j*p + i, l)`` of the result is lane ``l*p + i`` of word ``j`` (at int4 the low
+    nibble is the even step). At int8 (``p = 1``) that is the words themselves.
+    """
+    n, width = words.shape
+    p = width // lanes
+    if p == 1:
+        return words
+    return words.reshape(n, lanes, p).transpose(0, 2, 1).reshape(n * p, lanes)
 
 
 def reference_gemm(a: np.ndarray, b: np.ndarray, acc_bits: int) -> np.ndarray:

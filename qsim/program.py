@@ -19,7 +19,16 @@ executed in program order::
     W = weight[weight_addr : weight_addr + R]     # R x C weights (a resident tile)
     acc[acc_addr : acc_addr + rows] = wrap(X @ W + (acc[...] if accumulate else 0))
 
-where ``wrap`` is two's-complement wrap-around to ``acc_bits``.
+where ``wrap`` is two's-complement wrap-around to ``acc_bits``. That is the
+weight-stationary meaning. On an output-stationary configuration the same fields describe an
+output tile instead (``p = products_per_pe``)::
+
+    X = act[act_addresses(...)]                   # rows words of R x p activations: A^T
+    W = weight[weight_addr : weight_addr + rows]  # rows words of p x C weights: B
+    acc[acc_addr : acc_addr + R] = wrap(X^T @ W + (acc[...] if accumulate else 0))   # R x C
+
+(word ``j`` of X holds ``A[r, j*p + i]`` in lane ``r*p + i``, word ``j`` of W ``B[j*p + i, c]``
+in lane ``c*p + i``: :func:`qsim.model.os_tile`).
 
 Semantics of ``Requant(acc_addr, act_addr, rows, param_addr, src_lane, dst_lane, lanes)``
 (only on a configuration with a post-processing unit), with ``s = src_lane``,
@@ -43,7 +52,7 @@ from typing import Iterator, Mapping, Sequence, Union
 
 import numpy as np
 
-from qsim.config import AcceleratorConfig, RequantMode
+from qsim.config import AcceleratorConfig, Dataflow, RequantMode
 from qsim.errors import ProgramError
 from qsim.numerics import INT32, IntFormat, Rounding, find_overflows, round_shift, wrap
 
@@ -64,6 +73,7 @@ __all__ = [
     "unpack_qctl",
     "requantize_lanes",
     "act_addresses",
+    "matmul_spans",
 ]
 
 #: Data memories a Program can place matrices in; the last three are the post-processing
@@ -89,6 +99,12 @@ class Opcode(enum.IntEnum):
 @dataclass(frozen=True)
 class Matmul:
     """Stream ``rows`` activation words through the resident weight tile into the accumulators.
+
+    That is the weight-stationary meaning. On an output-stationary configuration a Matmul
+    streams ``rows`` activation words (one reduction step each, ``R`` activations of
+    ``A`` transposed, read as ``act_addresses`` says) and ``rows`` consecutive weight words
+    from ``weight_addr`` (``C`` weights each) through the array, and writes (or adds to) the
+    ``R`` accumulator words ``acc_addr ..`` of the R x C output tile.
 
     Parameters
     ----------
@@ -426,7 +442,6 @@ class Program:
 
     def footprint(self) -> dict[str, int]:
         """Per memory, one past the highest word the program reads or writes."""
-        rows = self.config.rows
         top = {m: 0 for m in self.memory_depths()}
         top["cmd"] = len(self.commands)
         for lay, _ in self.inputs.values():
@@ -435,8 +450,8 @@ class Program:
             top[lay.memory] = max(top[lay.memory], lay.end)
         for c in self.matmuls:
             top["act"] = max(top["act"], int(act_addresses(c).max()) + 1)
-            top["weight"] = max(top["weight"], c.weight_addr + rows)
-            top["acc"] = max(top["acc"], c.acc_addr + c.rows)
+            for memory, start, count in matmul_spans(self.config, c):
+                top[memory] = max(top[memory], start + count)
         for c in self.requants:
             top["act"] = max(top["act"], int(act_addresses(c).max()) + 1)
             top["acc"] = max(top["acc"], c.acc_addr + c.rows)
@@ -530,7 +545,7 @@ class Program:
                             f"{width} lanes of an {what} word")
                 spans = (("acc", c.acc_addr, c.rows), *((m, c.param_addr, 1) for m in PARAM_MEMORIES))
             else:
-                spans = (("weight", c.weight_addr, cfg.rows), ("acc", c.acc_addr, c.rows))
+                spans = matmul_spans(cfg, c)
             if c.inner > c.rows:
                 raise ProgramError(f"command {i}: inner {c.inner} exceeds rows {c.rows}")
             addresses = act_addresses(c)
@@ -575,6 +590,18 @@ class Program:
             if lay.memory not in ("acc", "act") or lay.lanes != lanes[lay.memory] \
                     or lay.end > depths[lay.memory]:
                 raise ProgramError(f"output {name!r} does not fit the {lay.memory} memory: {lay}")
+
+
+def matmul_spans(config: AcceleratorConfig, command: Matmul) -> tuple[tuple[str, int, int], ...]:
+    """``(memory, first word, words)`` of the weight and accumulator words a Matmul uses.
+
+    Weight-stationary: the ``R`` words of the weight tile and ``rows`` accumulator words.
+    Output-stationary: ``rows`` weight words (one per reduction step, streamed with the
+    activations) and the ``R`` accumulator words of the output tile.
+    """
+    if config.dataflow is Dataflow.OUTPUT_STATIONARY:
+        return (("weight", command.weight_addr, command.rows), ("acc", command.acc_addr, config.rows))
+    return (("weight", command.weight_addr, config.rows), ("acc", command.acc_addr, command.rows))
 
 
 def pack_qctl(shift, zero_point, lo, hi) -> np.ndarray:

@@ -32,6 +32,14 @@ A command at the head of the queue that is not taken waits; its wait ``T_j - rea
 counted as ``wait_ppu`` after a Requant, ``wait_drain`` for a Requant after Matmuls and
 ``wait_array`` otherwise, as the RTL's counters count it.
 
+Output-stationary configurations (``config.dataflow``) have no weight loader: a Matmul of
+``rows`` reduction steps is taken when the stream slot is free, ``T_i = max(ready,
+S_{i-1} - 1)``, and streamed one activation and one weight word per cycle from
+``S_i = max(T_i + 2, E_{i-1} + max(0, G - rows_i))``, where ``G = qsim.hw.os_tile_spacing``
+(``R``) keeps consecutive last issues ``G`` apart (drain registers and the accumulator pair);
+its ``R`` output rows are written from ``E_i - 1 + qsim.hw.os_write_latency`` on, one per cycle,
+so its last write is ``E_i + 2R + C - 1``. HALT is taken as soon as it is ready.
+
 This is the only timing model in qsim; estimates, energy and design-space sweeps use it, and
 the cycle-exact co-simulation tests compare it with the RTL's own counters.
 """
@@ -43,7 +51,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from qsim.config import AcceleratorConfig
-from qsim.hw import COUNTERS, array_latency, buffer_release_delay, ppu_latency
+from qsim.hw import (COUNTERS, array_latency, buffer_release_delay, is_output_stationary,
+                     os_tile_spacing, os_write_latency, ppu_latency)
 from qsim.program import Halt, Matmul, Program, Requant
 
 __all__ = ["TimingResult", "TileSchedule", "PostSchedule", "timing_of", "simulate_timing",
@@ -117,10 +126,24 @@ class _Run:
     waits: dict[str, int]
 
 
+def _last_write(config: AcceleratorConfig, tile: TileSchedule) -> int:
+    """Cycle of a Matmul's last accumulator write."""
+    if is_output_stationary(config):
+        return tile.end - 1 + os_write_latency(config) + os_tile_spacing(config) - 1
+    return tile.end - 1 + array_latency(config)
+
+
+def _halt_take(config: AcceleratorConfig, last_take: int) -> int:
+    """When HALT is taken after a Matmul taken at ``last_take``: once the weight loader is
+    free (weight-stationary), at once (output-stationary, no loader)."""
+    return last_take + (1 if is_output_stationary(config) else config.rows)
+
+
 def _run(config: AcceleratorConfig, commands) -> _Run:
     """The recurrence of the module docstring over ``commands`` (Matmul/Requant, no Halt)."""
     r = config.rows
-    latency = array_latency(config)
+    os_ = is_output_stationary(config)
+    spacing = os_tile_spacing(config)
     release = buffer_release_delay(config)
     post_latency = ppu_latency(config)
     schedule: list[TileSchedule] = []
@@ -139,7 +162,7 @@ def _run(config: AcceleratorConfig, commands) -> _Run:
     for cmd in commands:
         ready = prev_take + 1
         if isinstance(cmd, Requant):
-            take = max(ready, seg[-1].end - 1 + latency) if seg else max(ready, post_free)
+            take = max(ready, _last_write(config, seg[-1])) if seg else max(ready, post_free)
             wait(take, ready, "wait_drain")
             last_write = take + cmd.rows + post_latency
             post.append(PostSchedule(take, last_write))
@@ -150,6 +173,12 @@ def _run(config: AcceleratorConfig, commands) -> _Run:
         if not seg:
             take = max(ready, post_free)
             start = take + 2
+        elif os_:
+            # the slot is free once the streamer takes the previous tile; a tile starts when
+            # the previous one has issued its last row and its own last issue is at least
+            # `spacing` cycles after the previous tile's
+            take = max(ready, seg[-1].start - 1)
+            start = max(take + 2, seg[-1].end, seg[-1].end + spacing - cmd.rows)
         else:
             take = max(seg[-1].take + r, seg[-1].start - 1)
             if len(seg) > 1:
@@ -162,7 +191,7 @@ def _run(config: AcceleratorConfig, commands) -> _Run:
         prev_take, prev_kind = take, "matmul"
     ready = prev_take + 1
     if prev_kind == "matmul":
-        halt_take = prev_take + r
+        halt_take = _halt_take(config, prev_take)
     elif prev_kind == "requant":
         halt_take = max(ready, post_free)
     else:
@@ -170,7 +199,7 @@ def _run(config: AcceleratorConfig, commands) -> _Run:
     wait(halt_take, ready, "wait_array")
     last_busy = halt_take + 1
     if seg:
-        last_busy = max(last_busy, seg[-1].end - 1 + latency)
+        last_busy = max(last_busy, _last_write(config, seg[-1]))
     return _Run(schedule, post, last_busy + 1, waits)
 
 
@@ -222,7 +251,8 @@ def _uniform(config: AcceleratorConfig, m: int, tiles: int) -> tuple[int, int]:
     base = prefix - period + r
     end = ends[base] + q * step
     take = takes[base] + q * step
-    return max(end - 1 + array_latency(config), take + config.rows + 1) + 1, take
+    return max(_last_write(config, TileSchedule(take, end - m, end)),
+               _halt_take(config, take) + 1) + 1, take
 
 
 def timing_of(config: AcceleratorConfig, rows: np.ndarray, accumulate: np.ndarray,
@@ -244,13 +274,17 @@ def timing_of_commands(config: AcceleratorConfig, commands, useful_macs: int | N
     requants = [c for c in commands if isinstance(c, Requant)]
     streamed = sum(c.rows for c in matmuls)
     post_rows = sum(c.rows for c in requants)
+    if is_output_stationary(config):  # a weight word per step, R accumulator words per tile
+        weight_reads, written = streamed, [config.rows] * len(matmuls)
+    else:  # R weight words per tile, an accumulator word per streamed row
+        weight_reads, written = len(matmuls) * config.rows, [c.rows for c in matmuls]
     return TimingResult(
         config=config,
         cycles=run.cycles,
         act_reads=streamed,
-        weight_reads=len(matmuls) * config.rows,
-        acc_reads=sum(c.rows for c in matmuls if c.accumulate) + post_rows,
-        acc_writes=streamed,
+        weight_reads=weight_reads,
+        acc_reads=sum(w for c, w in zip(matmuls, written) if c.accumulate) + post_rows,
+        acc_writes=sum(written),
         matmuls=len(matmuls),
         useful_macs=useful_macs,
         schedule=run.schedule,
@@ -286,22 +320,32 @@ def estimate_gemm(config: AcceleratorConfig, m: int, k: int, n: int,
     a_lay, _, c_lay = gemm_layouts(config, m, k, n)
     k_tiles, n_tiles = a_lay.lane_tiles, c_lay.lane_tiles
     tiles = k_tiles * n_tiles
+    os_ = is_output_stationary(config)
+    # weight-stationary: a Matmul per (N tile, K tile) streaming M rows, K tiles accumulating;
+    # output-stationary: a Matmul per (N tile, M tile) (act lane tiles are M tiles) streaming
+    # the KW reduction words, never accumulating
+    rows = a_lay.rows if os_ else m
     if requant:
         from qsim.compile import requant_runs
 
-        commands = [Matmul(0, 0, 0, m, kt > 0) for _ in range(n_tiles) for kt in range(k_tiles)]
+        commands = [Matmul(0, 0, 0, rows, kt > 0 and not os_)
+                    for _ in range(n_tiles) for kt in range(k_tiles)]
         commands += [Requant(0, 0, m, 0, lanes=n1 - n0) for _, n0, n1 in requant_runs(config, n)]
         return timing_of_commands(config, commands, m * k * n)
     if tiles <= 48:
-        rows = np.full(tiles, m, dtype=np.int64)
-        accumulate = np.tile(np.arange(k_tiles) > 0, n_tiles)
-        return timing_of(config, rows, accumulate, m * k * n)
-    cycles, last_take = _uniform(config, m, tiles)
+        accumulate = np.tile(np.arange(k_tiles) > 0, n_tiles) & (not os_)
+        return timing_of(config, np.full(tiles, rows, dtype=np.int64), accumulate, m * k * n)
+    cycles, last_take = _uniform(config, rows, tiles)
     # Each Matmul after the first is ready the cycle after the previous take, so the waits
-    # add up to the last take minus the tiles; HALT then waits R - 1 cycles for the loader.
+    # add up to the last take minus the tiles; HALT then waits for the loader (R - 1 cycles,
+    # weight-stationary) or not at all (output-stationary).
+    halt_wait = _halt_take(config, last_take) - last_take - 1
+    if os_:
+        counts = dict(weight_reads=tiles * rows, acc_reads=0, acc_writes=tiles * config.rows)
+    else:
+        counts = dict(weight_reads=tiles * config.rows, acc_reads=(k_tiles - 1) * n_tiles * m,
+                      acc_writes=tiles * m)
     return TimingResult(
-        config=config, cycles=cycles, act_reads=tiles * m,
-        weight_reads=tiles * config.rows, acc_reads=(k_tiles - 1) * n_tiles * m,
-        acc_writes=tiles * m, matmuls=tiles, useful_macs=m * k * n,
-        wait_array=last_take - tiles + config.rows - 1,
+        config=config, cycles=cycles, act_reads=tiles * rows, matmuls=tiles,
+        useful_macs=m * k * n, wait_array=last_take - tiles + halt_wait, **counts,
     )

@@ -9,13 +9,32 @@ from amaranth.lib.wiring import In, Out
 from qsim.config import AcceleratorConfig
 from rtl.checks import require_config
 from qsim.hw import array_input_bits
-from rtl.pe import ProcessingElement, pe_shapes
+from qsim.config import Dataflow
+from rtl.pe import OutputStationaryPE, ProcessingElement, pe_shapes
 
-__all__ = ["SystolicArray", "ARRAY_MODULE", "PE_MODULE", "array_verilog", "pe_verilog"]
+__all__ = ["SystolicArray", "OutputStationaryArray", "ARRAY_MODULE", "PE_MODULE", "OS_ARRAY_MODULE",
+           "OS_PE_MODULE", "array_verilog", "pe_verilog", "os_array_verilog", "os_pe_verilog",
+           "make_array"]
 
 #: Verilog module names of the array and of its processing element in exported Verilog.
 ARRAY_MODULE = "qsim_systolic_array"
 PE_MODULE = "qsim_pe"
+#: The same for the output-stationary array.
+OS_ARRAY_MODULE = "qsim_os_array"
+OS_PE_MODULE = "qsim_os_pe"
+
+
+def _operand_ports(config: AcceleratorConfig):
+    """The activation and selector ports every array has, and the shape of one PE's weights."""
+    a_shape, w_shape = pe_shapes(array_input_bits(config), config.weight_format.bits,
+                                 config.products_per_pe)
+    return {"a_in": In(data.ArrayLayout(a_shape, config.rows)), "sel_in": In(config.rows)}, w_shape
+
+
+def _macro(module: str, array, **ports) -> Instance:
+    """An instance of an array macro on ``array``'s clock, reset, activations and selectors."""
+    return Instance(module, i_clk=ClockSignal("sync"), i_rst=ResetSignal("sync"),
+                    i_a_in=array.a_in.as_value(), i_sel_in=array.sel_in, **ports)
 
 
 class SystolicArray(wiring.Component):
@@ -55,25 +74,18 @@ class SystolicArray(wiring.Component):
 
     def __init__(self, config: AcceleratorConfig) -> None:
         self.config = require_config(self, config)
-        rows, cols = config.rows, config.cols
-        a_shape, w_shape = pe_shapes(array_input_bits(config), config.weight_format.bits,
-                                     config.products_per_pe)
+        ports, w_shape = _operand_ports(config)
         super().__init__({
-            "a_in": In(data.ArrayLayout(a_shape, rows)),
-            "sel_in": In(rows),
-            "w_data": In(data.ArrayLayout(w_shape, cols)),
-            "w_we": In(data.ArrayLayout(2, rows)),
-            "psum_out": Out(data.ArrayLayout(signed(config.acc_bits), cols)),
+            **ports,
+            "w_data": In(data.ArrayLayout(w_shape, config.cols)),
+            "w_we": In(data.ArrayLayout(2, config.rows)),
+            "psum_out": Out(data.ArrayLayout(signed(config.acc_bits), config.cols)),
         })
 
     def macro_instance(self) -> Instance:
         """An instance of :data:`ARRAY_MODULE` (see :func:`array_verilog`) on this array's ports."""
-        return Instance(
-            ARRAY_MODULE,
-            i_clk=ClockSignal("sync"),
-            i_rst=ResetSignal("sync"),
-            i_a_in=self.a_in.as_value(),
-            i_sel_in=self.sel_in,
+        return _macro(
+            ARRAY_MODULE, self,
             i_w_data=self.w_data.as_value(),
             i_w_we=self.w_we.as_value(),
             o_psum_out=self.psum_out.as_value(),
@@ -169,6 +181,21 @@ endmodule
 
 
 def array_verilog(config: AcceleratorConfig) -> str:
+    """Verilog of the array macro of ``config``'s dataflow (:func:`ws_array_verilog` or
+    :func:`os_array_verilog`)."""
+    if config.dataflow is Dataflow.OUTPUT_STATIONARY:
+        return os_array_verilog(config)
+    return ws_array_verilog(config)
+
+
+def make_array(config: AcceleratorConfig):
+    """The array component of ``config``'s dataflow."""
+    if config.dataflow is Dataflow.OUTPUT_STATIONARY:
+        return OutputStationaryArray(config)
+    return SystolicArray(config)
+
+
+def ws_array_verilog(config: AcceleratorConfig) -> str:
     """Verilog of :data:`ARRAY_MODULE` and :data:`PE_MODULE` for ``config``.
 
     The array module wires ``rows x cols`` instances of the one PE module exactly as
@@ -216,3 +243,189 @@ def array_verilog(config: AcceleratorConfig) -> str:
                 f".a_out(a_{r}_{c + 1}), .sel_out(sel_{r}_{c + 1}), .psum_out(psum_{r + 1}_{c}));")
     lines.append("endmodule")
     return pe_verilog(config) + "\n" + "\n".join(lines) + "\n"
+
+
+class OutputStationaryArray(wiring.Component):
+    """Output-stationary systolic array of ``config.rows`` x ``config.cols`` PEs.
+
+    PE ``(r, c)`` accumulates output ``(r, c)`` of the tile: row ``r`` receives activation
+    lane ``r`` at its left edge (moving right), column ``c`` weight lane ``c`` at its top
+    (moving down), both skewed so that reduction step ``k`` reaches PE ``(r, c)`` ``r + c``
+    cycles after it entered at PE ``(0, 0)``. The accumulator selector travels with the
+    activations; the ``last`` flag of a tile's last step enters the bottom row (with row
+    ``R - 1``'s activation) and travels right along it. One cycle after it leaves PE
+    ``(R - 1, c)`` the whole column ``c`` copies that tile's accumulators into its drain
+    registers (``load``), which then shift up one row per cycle: row ``j`` of column ``c``
+    leaves the top (``d_out``) ``1 + j`` cycles after the load.
+
+    Elaborated for a platform with ``get_systolic_array`` (the export platform) it is an
+    instance of :data:`OS_ARRAY_MODULE` (:func:`os_array_verilog`); otherwise a grid of
+    :class:`rtl.pe.OutputStationaryPE`. tests/cosim/test_macros.py checks the two agree.
+
+    Ports
+    -----
+    a_in : In(ArrayLayout(pe activation shape, rows))
+        Skewed activations, lane ``r`` for row ``r``.
+    sel_in : In(rows)
+        Accumulator selector travelling with each row's activation.
+    last_in : In(1)
+        Last reduction step of a tile, aligned with row ``R - 1``'s activation.
+    w_in : In(ArrayLayout(pe weight shape, cols))
+        Skewed weights, lane ``c`` for column ``c``.
+    d_out : Out(ArrayLayout(signed(acc_bits), cols))
+        Top drain register of each column (skewed by column).
+    """
+
+    def __init__(self, config: AcceleratorConfig) -> None:
+        self.config = require_config(self, config)
+        ports, w_shape = _operand_ports(config)
+        super().__init__({
+            **ports,
+            "last_in": In(1),
+            "w_in": In(data.ArrayLayout(w_shape, config.cols)),
+            "d_out": Out(data.ArrayLayout(signed(config.acc_bits), config.cols)),
+        })
+
+    def macro_instance(self) -> Instance:
+        """An instance of :data:`OS_ARRAY_MODULE` (see :func:`os_array_verilog`)."""
+        return _macro(
+            OS_ARRAY_MODULE, self,
+            i_last_in=self.last_in,
+            i_w_in=self.w_in.as_value(),
+            o_d_out=self.d_out.as_value(),
+        )
+
+    def elaborate(self, platform):
+        hook = getattr(platform, "get_systolic_array", None)
+        if hook is not None:
+            return hook(self)
+        m = Module()
+        cfg = self.config
+        rows, cols = cfg.rows, cfg.cols
+        grid = [[OutputStationaryPE(array_input_bits(cfg), cfg.weight_format.bits, cfg.acc_bits,
+                                    cfg.products_per_pe)
+                 for _ in range(cols)] for _ in range(rows)]
+        for r, row in enumerate(grid):
+            for c, pe in enumerate(row):
+                m.submodules[f"pe_{r}_{c}"] = pe
+                bottom = grid[rows - 1][c]
+                m.d.comb += [pe.load.eq(bottom.last_out), pe.load_sel.eq(bottom.sel_out)]
+                if c == 0:
+                    m.d.comb += [pe.a_in.eq(self.a_in[r]), pe.sel_in.eq(self.sel_in[r]),
+                                 pe.last_in.eq(self.last_in if r == rows - 1 else 0)]
+                else:
+                    left = row[c - 1]
+                    m.d.comb += [pe.a_in.eq(left.a_out), pe.sel_in.eq(left.sel_out),
+                                 pe.last_in.eq(left.last_out)]
+                m.d.comb += pe.w_in.eq(self.w_in[c] if r == 0 else grid[r - 1][c].w_out)
+                m.d.comb += pe.d_in.eq(grid[r + 1][c].d_out if r < rows - 1 else 0)
+                if r == 0:
+                    m.d.comb += self.d_out[c].eq(pe.d_out)
+        return m
+
+
+def os_pe_verilog(config: AcceleratorConfig) -> str:
+    """Verilog of :data:`OS_PE_MODULE`: :class:`rtl.pe.OutputStationaryPE`, written out (same
+    ports plus ``clk``/``rst``, same registers, all zero initially and after reset)."""
+    ib, wb, ab = array_input_bits(config), config.weight_format.bits, config.acc_bits
+    p = config.products_per_pe
+    terms = " + ".join(
+        f"$signed(a_in[{(j + 1) * ib - 1}:{j * ib}]) * $signed(w_in[{(j + 1) * wb - 1}:{j * wb}])"
+        for j in range(p))
+    regs = [("a_out", p * ib), ("sel_out", 1), ("last_out", 1), ("w_out", p * wb), ("d_out", ab),
+            ("x0", ab), ("x1", ab)]
+    init = "\n".join(f"    {name} = {width}'d0;" for name, width in regs)
+    reset = "\n".join(f"      {name} <= {width}'d0;" for name, width in regs)
+    return f"""// {OS_PE_MODULE}: one output-stationary processing element (rtl/pe.py, OutputStationaryPE).
+module {OS_PE_MODULE} (clk, rst, a_in, sel_in, last_in, w_in, d_in, load, load_sel,
+  a_out, sel_out, last_out, w_out, d_out);
+  input wire clk;
+  input wire rst;
+  input wire [{p * ib - 1}:0] a_in;
+  input wire sel_in;
+  input wire last_in;
+  input wire [{p * wb - 1}:0] w_in;
+  input wire [{ab - 1}:0] d_in;
+  input wire load;
+  input wire load_sel;
+  output reg [{p * ib - 1}:0] a_out;
+  output reg sel_out;
+  output reg last_out;
+  output reg [{p * wb - 1}:0] w_out;
+  output reg [{ab - 1}:0] d_out;
+  reg [{ab - 1}:0] x0;
+  reg [{ab - 1}:0] x1;
+  wire signed [{ab - 1}:0] product = {terms};
+  initial begin
+{init}
+  end
+  always @(posedge clk) begin
+    if (rst) begin
+{reset}
+    end else begin
+      if (load && !load_sel)
+        x0 <= {ab}'d0;
+      else if (!sel_in)
+        x0 <= x0 + product;
+      if (load && load_sel)
+        x1 <= {ab}'d0;
+      else if (sel_in)
+        x1 <= x1 + product;
+      d_out <= load ? (load_sel ? x1 : x0) : d_in;
+      a_out <= a_in;
+      sel_out <= sel_in;
+      last_out <= last_in;
+      w_out <= w_in;
+    end
+  end
+endmodule
+"""
+
+
+def os_array_verilog(config: AcceleratorConfig) -> str:
+    """Verilog of :data:`OS_ARRAY_MODULE` and :data:`OS_PE_MODULE` for ``config``, wired net
+    by net exactly as :meth:`OutputStationaryArray.elaborate` wires its PEs."""
+    rows, cols = config.rows, config.cols
+    p = config.products_per_pe
+    ib, wb, ab = p * array_input_bits(config), p * config.weight_format.bits, config.acc_bits
+    lines = [
+        f"// {OS_ARRAY_MODULE}: {rows} x {cols} output-stationary array of {OS_PE_MODULE} "
+        "(see rtl/array.py).",
+        f"module {OS_ARRAY_MODULE} (clk, rst, a_in, sel_in, last_in, w_in, d_out);",
+        "  input wire clk;",
+        "  input wire rst;",
+        f"  input wire [{rows * ib - 1}:0] a_in;",
+        f"  input wire [{rows - 1}:0] sel_in;",
+        "  input wire last_in;",
+        f"  input wire [{cols * wb - 1}:0] w_in;",
+        f"  output wire [{cols * ab - 1}:0] d_out;",
+        "  // a_R_C, sel_R_C, last_R_C: entering PE (R, C) from the left; w_R_C: from above;",
+        "  // d_R_C: drain register of PE (R, C); load_C, lsel_C: column C's drain load.",
+    ]
+    for r in range(rows):
+        lines.append(f"  wire [{ib - 1}:0] " + ", ".join(f"a_{r}_{c}" for c in range(cols + 1)) + ";")
+        lines.append("  wire " + ", ".join(f"sel_{r}_{c}" for c in range(cols + 1)) + ";")
+        lines.append("  wire " + ", ".join(f"last_{r}_{c}" for c in range(cols + 1)) + ";")
+        lines.append(f"  wire [{ab - 1}:0] " + ", ".join(f"d_{r}_{c}" for c in range(cols)) + ";")
+    for r in range(rows + 1):
+        lines.append(f"  wire [{wb - 1}:0] " + ", ".join(f"w_{r}_{c}" for c in range(cols)) + ";")
+    lines.append(f"  wire [{ab - 1}:0] zero = {ab}'d0;")
+    for r in range(rows):
+        lines.append(f"  assign a_{r}_0 = a_in[{(r + 1) * ib - 1}:{r * ib}];")
+        lines.append(f"  assign sel_{r}_0 = sel_in[{r}];")
+        lines.append(f"  assign last_{r}_0 = " + ("last_in;" if r == rows - 1 else "1'b0;"))
+    for c in range(cols):
+        lines.append(f"  assign w_0_{c} = w_in[{(c + 1) * wb - 1}:{c * wb}];")
+        lines.append(f"  assign d_out[{(c + 1) * ab - 1}:{c * ab}] = d_0_{c};")
+    for r in range(rows):
+        for c in range(cols):
+            d_in = f"d_{r + 1}_{c}" if r < rows - 1 else "zero"
+            load, lsel = f"last_{rows - 1}_{c + 1}", f"sel_{rows - 1}_{c + 1}"
+            lines.append(
+                f"  {OS_PE_MODULE} pe_{r}_{c} (.clk(clk), .rst(rst), .a_in(a_{r}_{c}), "
+                f".sel_in(sel_{r}_{c}), .last_in(last_{r}_{c}), .w_in(w_{r}_{c}), .d_in({d_in}), "
+                f".load({load}), .load_sel({lsel}), .a_out(a_{r}_{c + 1}), "
+                f".sel_out(sel_{r}_{c + 1}), .last_out(last_{r}_{c + 1}), .w_out(w_{r + 1}_{c}), "
+                f".d_out(d_{r}_{c}));")
+    lines.append("endmodule")
+    return os_pe_verilog(config) + "\n" + "\n".join(lines) + "\n"

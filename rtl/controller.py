@@ -16,6 +16,12 @@ Three small engines work concurrently, handing commands forward through one-entr
   accumulator word per cycle, each tagged with its activation address; it stays busy until
   the last result is written, and no command is taken while it is busy.
 
+On an output-stationary configuration there is no weight loading: the loader only passes a
+``Matmul`` into the stream slot, the streamer reads a weight word with every activation word,
+takes the next tile only when its last issue will be ``qsim.hw.os_tile_spacing`` cycles after
+the previous one's, and a **drain engine** emits the write-back metadata of a finished tile's
+``R`` accumulator words, one per cycle, from the cycle after its last issue.
+
 The timing rules these engines obey are written out in :mod:`qsim.timing`, which implements
 them; the cosim tests prove the RTL follows them. Every delay they use is defined in
 :mod:`qsim.hw`.
@@ -23,12 +29,12 @@ them; the cosim tests prove the RTL follows them. Every delay they use is define
 
 from __future__ import annotations
 
-from amaranth import Const, Module, Signal
+from amaranth import Const, Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from qsim.config import AcceleratorConfig, RequantMode
-from qsim.hw import COUNTER_BITS, buffer_release_delay
+from qsim.hw import COUNTER_BITS, buffer_release_delay, is_output_stationary, os_tile_spacing
 from qsim.program import CommandLayout, Opcode
 from rtl.checks import require_config
 
@@ -63,8 +69,9 @@ def tile_layout(config: AcceleratorConfig) -> data.StructLayout:
     While streaming, ``act`` and ``acc`` advance and ``rows`` counts the rows left; ``run``
     is the first activation address of the current run and ``left`` the rows left in it.
     """
+    extra = {"w": config.weight_addr_bits} if is_output_stationary(config) else {}
     return data.StructLayout({"buf": 1, "accumulate": 1, "unsigned": 1, "acc": config.acc_addr_bits,
-                              **address_layout(config).members})
+                              **extra, **address_layout(config).members})
 
 
 def address_layout(config: AcceleratorConfig) -> data.StructLayout:
@@ -124,8 +131,13 @@ class Controller(wiring.Component):
         Weight buffer of the row issued this cycle.
     issue_unsigned : Out(1)
         The row issued this cycle holds unsigned activations.
+    issue_last : Out(1)
+        Output-stationary: the row issued this cycle is its tile's last reduction step.
     weight_addr, weight_en : Out
-        Weight-memory read; ``weight_en`` high loads row ``load_row`` into buffer ``load_buf``.
+        Weight-memory read; ``weight_en`` high loads row ``load_row`` into buffer ``load_buf``
+        (weight-stationary), or is the weight word of the step issued this cycle
+        (output-stationary, where ``issue`` is the controller's drain engine: one accumulator
+        word per cycle for ``R`` cycles after a tile's last step).
     load_row : Out(range(rows)), load_buf : Out(1)
     write_valid : In(1)
         The write-back stage writes an accumulator word this cycle (for draining).
@@ -166,6 +178,7 @@ class Controller(wiring.Component):
             "issue": Out(pipeline_meta_layout(config)),
             "issue_buf": Out(1),
             "issue_unsigned": Out(1),
+            "issue_last": Out(1),
             "weight_addr": Out(config.weight_addr_bits),
             "weight_en": Out(1),
             "load_row": Out(range(config.rows)),
@@ -230,32 +243,51 @@ class Controller(wiring.Component):
         is_halt = opcode == int(Opcode.HALT)
         is_requant = (opcode == int(Opcode.REQUANT)) if has_ppu else Const(0, 1)
 
+        os_ = is_output_stationary(cfg)
+        spacing = os_tile_spacing(cfg)
+        # output-stationary: the drain engine (R accumulator words per tile) and the cycles
+        # the next tile's last issue must still wait for (os_tile_spacing)
+        drain_left = Signal(range(cfg.rows + 1))
+        drain = Signal(pipeline_meta_layout(cfg))
+        hold = Signal(range(spacing + 1))
+
         last_row = active & (cur.rows == 1)
         consume = slot_valid & (~active | last_row)
+        if os_:
+            consume = consume & (slot.rows >= Mux(last_row, spacing, hold))
         loader_free = ~loading | (load_row == cfg.rows - 1)
         slot_free = ~slot_valid | consume
         buffer_free = ~buf_busy.bit_select(next_buf, 1)
         drained = ~loading & ~slot_valid & ~active & (inflight == self.write_valid)
+        if os_:
+            drained = drained & (drain_left == 0)
         can_take = busy & fq_valid & ~halted & loader_free & ~post_busy
-        take_matmul = can_take & is_matmul & slot_free & buffer_free
+        take_matmul = can_take & is_matmul & slot_free
+        if not os_:
+            take_matmul = take_matmul & buffer_free
         take_requant = can_take & is_requant & drained
         take_stop = can_take & ~is_matmul & ~is_requant
         take = take_matmul | take_requant | take_stop
         waiting = busy & fq_valid & ~halted & ~take
 
+        if os_:  # the drain engine's rows, and a weight word with every activation word
+            issue = [self.issue.eq(drain), self.issue.valid.eq(drain_left != 0),
+                     self.issue_last.eq(last_row)]
+            weights = [self.weight_addr.eq(cur.w), self.weight_en.eq(active)]
+        else:
+            issue = [self.issue.valid.eq(active), self.issue.accumulate.eq(cur.accumulate),
+                     self.issue.addr.eq(cur.acc)]
+            weights = [self.weight_addr.eq(load_base + load_row), self.weight_en.eq(loading)]
         m.d.comb += [
             self.launch.eq(~busy & self.start),
             self.cmd_addr.eq(pc),
             self.cmd_en.eq(busy & ~halted & ~take_stop & (~fq_valid | take)),
             self.act_addr.eq(cur.act),
             self.act_en.eq(active),
-            self.issue.valid.eq(active),
-            self.issue.accumulate.eq(cur.accumulate),
-            self.issue.addr.eq(cur.acc),
+            *issue,
             self.issue_buf.eq(cur.buf),
             self.issue_unsigned.eq(cur.unsigned),
-            self.weight_addr.eq(load_base + load_row),
-            self.weight_en.eq(loading),
+            *weights,
             self.load_row.eq(load_row),
             self.load_buf.eq(load_buf),
             self.matmul_taken.eq(take_matmul),
@@ -277,6 +309,8 @@ class Controller(wiring.Component):
 
         finish = (busy & halted & ~active & ~slot_valid & (inflight == self.write_valid)
                   & ~post_busy)
+        if os_:
+            finish = finish & (drain_left == 0)
 
         with m.If(self.launch):
             m.d.sync += [
@@ -285,6 +319,8 @@ class Controller(wiring.Component):
                 loading.eq(0), next_buf.eq(0), slot_valid.eq(0), active.eq(0),
                 buf_busy.eq(0), inflight.eq(0), post_busy.eq(0), post_reading.eq(0),
             ]
+            if os_:
+                m.d.sync += [drain_left.eq(0), hold.eq(0)]
             m.d.sync += [count.eq(0) for count in buf_count]
         with m.Elif(busy):
             # fetch
@@ -295,17 +331,21 @@ class Controller(wiring.Component):
             with m.If(take_stop):
                 m.d.sync += [halted.eq(1), self.error.eq(~is_halt)]
 
-            # loader
-            with m.If(take_matmul):
-                m.d.sync += [
-                    loading.eq(1), load_row.eq(0), load_base.eq(field("weight_addr")),
-                    load_buf.eq(next_buf), next_buf.eq(~next_buf),
-                ]
-            with m.Elif(loading):
-                with m.If(load_row == cfg.rows - 1):
-                    m.d.sync += loading.eq(0)
-                with m.Else():
-                    m.d.sync += load_row.eq(load_row + 1)
+            # loader (output-stationary: only the accumulator buffer alternates)
+            if os_:
+                with m.If(take_matmul):
+                    m.d.sync += next_buf.eq(~next_buf)
+            else:
+                with m.If(take_matmul):
+                    m.d.sync += [
+                        loading.eq(1), load_row.eq(0), load_base.eq(field("weight_addr")),
+                        load_buf.eq(next_buf), next_buf.eq(~next_buf),
+                    ]
+                with m.Elif(loading):
+                    with m.If(load_row == cfg.rows - 1):
+                        m.d.sync += loading.eq(0)
+                    with m.Else():
+                        m.d.sync += load_row.eq(load_row + 1)
 
             # slot
             with m.If(take_matmul):
@@ -314,6 +354,8 @@ class Controller(wiring.Component):
                     slot.accumulate.eq(field("accumulate")), slot.buf.eq(next_buf),
                     slot.unsigned.eq(field("act_unsigned")),
                 ]
+                if os_:
+                    m.d.sync += slot.w.eq(field("weight_addr"))
                 _load_addresses(m, slot, field)
             with m.Elif(consume):
                 m.d.sync += slot_valid.eq(0)
@@ -324,8 +366,23 @@ class Controller(wiring.Component):
             with m.Elif(last_row):
                 m.d.sync += active.eq(0)
             with m.Elif(active):
-                m.d.sync += cur.acc.eq(cur.acc + 1)
+                if os_:
+                    m.d.sync += cur.w.eq(cur.w + 1)
+                else:
+                    m.d.sync += cur.acc.eq(cur.acc + 1)
                 _advance_addresses(m, cur)
+
+            if os_:
+                # drain engine: the R accumulator words of a tile, one per cycle, from the
+                # cycle after its last issue; the next tile's last issue is `spacing` later
+                with m.If(last_row):
+                    m.d.sync += [drain_left.eq(cfg.rows), drain.addr.eq(cur.acc),
+                                 drain.accumulate.eq(cur.accumulate), hold.eq(spacing - 1)]
+                with m.Else():
+                    with m.If(drain_left != 0):
+                        m.d.sync += [drain_left.eq(drain_left - 1), drain.addr.eq(drain.addr + 1)]
+                    with m.If(hold != 0):
+                        m.d.sync += hold.eq(hold - 1)
 
             # weight buffers: busy from the take until `release` cycles after the last issue
             for b in range(2):
@@ -343,7 +400,7 @@ class Controller(wiring.Component):
                         with m.If(buf_count[b] == 1):
                             m.d.sync += buf_busy[b].eq(0)
 
-            m.d.sync += inflight.eq(inflight + active - self.write_valid)
+            m.d.sync += inflight.eq(inflight + (self.issue.valid if os_ else active) - self.write_valid)
 
             if has_ppu:
                 with m.If(take_requant):

@@ -9,7 +9,7 @@ from amaranth.lib.wiring import In, Out
 
 from rtl.checks import reject
 
-__all__ = ["ProcessingElement", "pe_shapes"]
+__all__ = ["ProcessingElement", "OutputStationaryPE", "pe_shapes"]
 
 
 class ProcessingElement(wiring.Component):
@@ -41,16 +41,7 @@ class ProcessingElement(wiring.Component):
     """
 
     def __init__(self, input_bits: int, weight_bits: int, acc_bits: int, products: int = 1) -> None:
-        for name, value in (("input_bits", input_bits), ("weight_bits", weight_bits),
-                            ("acc_bits", acc_bits), ("products", products)):
-            low = 1 if name == "products" else 2
-            if not isinstance(value, int) or value < low:
-                reject(self, TypeError(f"{name} must be an integer of at least {low}, not {value!r}"))
-        if acc_bits < input_bits + weight_bits:
-            reject(self, ValueError(
-                f"acc_bits must be at least input_bits + weight_bits = "
-                f"{input_bits + weight_bits}, not {acc_bits}"
-            ))
+        check_pe_widths(self, input_bits, weight_bits, acc_bits, products)
         self.input_bits = input_bits
         self.weight_bits = weight_bits
         self.acc_bits = acc_bits
@@ -89,6 +80,22 @@ class ProcessingElement(wiring.Component):
         return m
 
 
+def check_pe_widths(component, input_bits: int, weight_bits: int, acc_bits: int,
+                    products: int) -> None:
+    """Reject ``component`` unless the widths are ints of at least 2 (``products`` at least 1)
+    and the accumulator holds one product."""
+    for name, value in (("input_bits", input_bits), ("weight_bits", weight_bits),
+                        ("acc_bits", acc_bits), ("products", products)):
+        low = 1 if name == "products" else 2
+        if not isinstance(value, int) or value < low:
+            reject(component, TypeError(f"{name} must be an integer of at least {low}, not {value!r}"))
+    if acc_bits < input_bits + weight_bits:
+        reject(component, ValueError(
+            f"acc_bits must be at least input_bits + weight_bits = "
+            f"{input_bits + weight_bits}, not {acc_bits}"
+        ))
+
+
 def pe_shapes(input_bits: int, weight_bits: int, products: int):
     """Shapes of a PE's activation and weight ports: one signed value each, or ``products``
     of them (``ArrayLayout``) when the PE multiplies several pairs per cycle."""
@@ -96,3 +103,78 @@ def pe_shapes(input_bits: int, weight_bits: int, products: int):
         return signed(input_bits), signed(weight_bits)
     return (data.ArrayLayout(signed(input_bits), products),
             data.ArrayLayout(signed(weight_bits), products))
+
+
+class OutputStationaryPE(wiring.Component):
+    """Multiply-accumulate cell of the output-stationary array: the output stays, operands move.
+
+    Each cycle the PE multiplies the activation arriving from the left by the weight arriving
+    from above and adds the product to accumulator ``x[sel_in]``; both operands, the
+    selector and the ``last`` flag are registered for the neighbours (right and below). Two
+    accumulators let one tile's results wait for the drain while the next tile accumulates.
+
+    The drain register ``d`` shifts up the column (``d <= d_in``, from the PE below) except
+    in a cycle with ``load`` set, when it takes accumulator ``x[load_sel]`` and that
+    accumulator is cleared (the load has priority over a MAC into it, which only happens
+    with a zero product). The array sets ``load`` for a whole column at once, one cycle after
+    the last reduction step of a tile has reached the column's bottom PE.
+
+    Ports
+    -----
+    a_in, sel_in, last_in : In
+        Activation, accumulator selector and last-step flag from the left.
+    w_in : In
+        Weight from above.
+    d_in : In(signed(acc_bits))
+        Drain register of the PE below (zero for the bottom row).
+    load, load_sel : In(1)
+        Copy accumulator ``load_sel`` into the drain register and clear it.
+    a_out, sel_out, last_out, w_out : Out
+        The inputs delayed by 1 cycle.
+    d_out : Out(signed(acc_bits))
+        The drain register.
+    """
+
+    def __init__(self, input_bits: int, weight_bits: int, acc_bits: int, products: int = 1) -> None:
+        check_pe_widths(self, input_bits, weight_bits, acc_bits, products)
+        self.input_bits, self.weight_bits = input_bits, weight_bits
+        self.acc_bits, self.products = acc_bits, products
+        a_shape, w_shape = pe_shapes(input_bits, weight_bits, products)
+        super().__init__({
+            "a_in": In(a_shape),
+            "sel_in": In(1),
+            "last_in": In(1),
+            "w_in": In(w_shape),
+            "d_in": In(signed(acc_bits)),
+            "load": In(1),
+            "load_sel": In(1),
+            "a_out": Out(a_shape),
+            "sel_out": Out(1),
+            "last_out": Out(1),
+            "w_out": Out(w_shape),
+            "d_out": Out(signed(acc_bits)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        x = [Signal(signed(self.acc_bits), name=f"x{b}") for b in range(2)]
+        if self.products == 1:
+            product = self.a_in * self.w_in
+        else:
+            product = sum(self.a_in[j] * self.w_in[j] for j in range(self.products))
+        for b in range(2):
+            with m.If(self.load & (self.load_sel == b)):
+                m.d.sync += x[b].eq(0)
+            with m.Elif(self.sel_in == b):
+                m.d.sync += x[b].eq(x[b] + product)  # wraps to acc_bits
+        with m.If(self.load):
+            m.d.sync += self.d_out.eq(Mux(self.load_sel, x[1], x[0]))
+        with m.Else():
+            m.d.sync += self.d_out.eq(self.d_in)
+        m.d.sync += [
+            self.a_out.eq(self.a_in),
+            self.sel_out.eq(self.sel_in),
+            self.last_out.eq(self.last_in),
+            self.w_out.eq(self.w_in),
+        ]
+        return m

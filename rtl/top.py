@@ -8,9 +8,10 @@ from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from qsim.config import AcceleratorConfig, RequantMode
-from qsim.hw import COUNTER_BITS, COUNTERS, array_input_bits, memory_names, ppu_latency
+from qsim.hw import (COUNTER_BITS, COUNTERS, array_input_bits, is_output_stationary, memory_names,
+                     ppu_latency, write_meta_delay)
 from qsim.program import QCTL_FORMAT, CommandLayout
-from rtl.array import SystolicArray
+from rtl.array import make_array
 from rtl.checks import require_config
 from rtl.controller import Controller, pipeline_meta_layout, post_meta_layout
 from rtl.delay import DelayLines
@@ -26,7 +27,13 @@ MEMORY_NAMES = memory_names(AcceleratorConfig())
 
 
 class Accelerator(wiring.Component):
-    """Weight-stationary INT8 systolic accelerator for one :class:`AcceleratorConfig`.
+    """INT8/INT4 systolic accelerator for one :class:`AcceleratorConfig`.
+
+    The pipeline below is the weight-stationary one; for the output-stationary dataflow
+    (``config.dataflow``) see :class:`rtl.array.OutputStationaryArray` and
+    :func:`qsim.hw.os_write_latency`: weights stream with the activations (skewed by column),
+    and the controller's drain engine sends each finished tile's R accumulator words down
+    the same deskew and write-back stages.
 
     The host fills the four memories, pulses ``start`` and waits for ``done``. The pipeline
     from an activation-memory read issued at cycle ``s`` to its accumulator write is::
@@ -97,12 +104,14 @@ class Accelerator(wiring.Component):
 
         m.submodules.controller = ctrl = Controller(cfg)
         p = cfg.products_per_pe
-        a_shape, _ = pe_shapes(array_input_bits(cfg), cfg.weight_format.bits, p)
+        os_ = is_output_stationary(cfg)
+        a_shape, w_shape = pe_shapes(array_input_bits(cfg), cfg.weight_format.bits, p)
         m.submodules.act_skew = act_skew = DelayLines(a_shape, range(rows))
         m.submodules.sel_skew = sel_skew = DelayLines(1, range(rows))
-        m.submodules.array = array = SystolicArray(cfg)
+        m.submodules.array = array = make_array(cfg)
         m.submodules.deskew = deskew = DelayLines(signed(cfg.acc_bits), reversed(range(cols)))
-        m.submodules.meta_delay = meta_delay = DelayLines(pipeline_meta_layout(cfg), [rows + cols - 1])
+        m.submodules.meta_delay = meta_delay = DelayLines(pipeline_meta_layout(cfg),
+                                                          [write_meta_delay(cfg)])
         m.submodules.writeback = wb = WriteBack(cfg)
 
         m.d.comb += [
@@ -139,20 +148,35 @@ class Accelerator(wiring.Component):
             ]
         m.d.comb += [array.a_in.eq(act_skew.o), array.sel_in.eq(sel_skew.o)]
 
-        # Weights: the row read at cycle u is written into its buffer during cycle u + 1.
-        load_valid = Signal()
-        load_row = Signal(range(rows))
-        load_buf = Signal()
-        m.d.sync += [load_valid.eq(ctrl.weight_en), load_row.eq(ctrl.load_row),
-                     load_buf.eq(ctrl.load_buf)]
-        m.d.comb += array.w_data.as_value().eq(weight_rd.data.as_value())  # same lane order
-        for r in range(rows):
-            hit = load_valid & (load_row == r)
-            m.d.comb += array.w_we[r].eq(Cat(hit & ~load_buf, hit & load_buf))
+        if os_:
+            # Weights stream with the activations: one word per step, skewed by column; the
+            # last step's flag enters the bottom row with row R - 1's activation.
+            m.submodules.w_skew = w_skew = DelayLines(w_shape, range(cols))
+            m.submodules.last_skew = last_skew = DelayLines(1, [rows - 1])
+            issue_last = Signal()
+            m.d.sync += issue_last.eq(ctrl.issue_last)
+            m.d.comb += [
+                w_skew.i.as_value().eq(Mux(issue_valid, weight_rd.data.as_value(), 0)),
+                array.w_in.eq(w_skew.o),
+                last_skew.i[0].eq(issue_last),
+                array.last_in.eq(last_skew.o[0]),
+                deskew.i.eq(array.d_out),
+            ]
+        else:
+            # Weights: the row read at cycle u is written into its buffer during cycle u + 1.
+            load_valid = Signal()
+            load_row = Signal(range(rows))
+            load_buf = Signal()
+            m.d.sync += [load_valid.eq(ctrl.weight_en), load_row.eq(ctrl.load_row),
+                         load_buf.eq(ctrl.load_buf)]
+            m.d.comb += array.w_data.as_value().eq(weight_rd.data.as_value())  # same lane order
+            for r in range(rows):
+                hit = load_valid & (load_row == r)
+                m.d.comb += array.w_we[r].eq(Cat(hit & ~load_buf, hit & load_buf))
+            m.d.comb += deskew.i.eq(array.psum_out)
 
-        # Column sums: deskew, then read-modify-write of the accumulator memory.
+        # Column sums (drained tiles): deskew, then read-modify-write of the accumulator memory.
         m.d.comb += [
-            deskew.i.eq(array.psum_out),
             meta_delay.i[0].eq(ctrl.issue),
             wb.meta.eq(meta_delay.o[0]),
             wb.psum.eq(deskew.o),
@@ -213,13 +237,17 @@ class Accelerator(wiring.Component):
             "take": ctrl.matmul_taken,
             "w_read": ctrl.weight_en,
             "w_row": ctrl.load_row,
+            "w_addr": ctrl.weight_addr,
             "w_buf": ctrl.load_buf,
             "act_read": ctrl.act_en,
             "act_addr": ctrl.act_addr,
             "buf": ctrl.issue_buf,
             **{f"a_in[{r}]": array.a_in[r] for r in range(rows)},
             **{f"sel_in[{r}]": array.sel_in[r] for r in range(rows)},
-            **{f"psum_out[{c}]": array.psum_out[c] for c in range(cols)},
+            **({f"w_in[{c}]": array.w_in[c] for c in range(cols)} if os_ else {}),
+            **({"last_in": array.last_in} if os_ else {}),
+            **{f"{'d_out' if os_ else 'psum_out'}[{c}]": (array.d_out if os_ else array.psum_out)[c]
+               for c in range(cols)},
             **{f"deskew[{c}]": deskew.o[c] for c in range(cols)},
             "acc_read": wb.rd_en,
             "acc_write": wb.wr_en,

@@ -47,7 +47,23 @@ REQUANT_PROBES = ["busy", "take", "requant_take", "act_read", "acc_write", "acc_
                   "act_write", "act_waddr", "ppu_wait", "done"]
 REQUANT_QUALIFY = {"acc_addr": "acc_write", "post_addr": "post_read", "act_waddr": "act_write"}
 
-DIAGRAMS = {"two-tiles": two_tiles, "requant": requant_after_gemm}
+OS_PROBES = ["busy", "take", "act_read", "act_addr", "w_addr", "buf", "a_in[0]", "a_in[1]",
+             "w_in[0]", "w_in[1]", "last_in", "d_out[0]", "d_out[1]", "deskew[0]", "deskew[1]",
+             "acc_write", "acc_addr", "done"]
+OS_QUALIFY = {"act_addr": "act_read", "w_addr": "act_read", "buf": "act_read",
+              "acc_addr": "acc_write"}
+
+
+def os_two_tiles() -> str:
+    """The same A (3 x 4) @ B (4 x 2) on a 2 x 2 output-stationary array: two M tiles of 4
+    reduction steps, the second drained while nothing follows it."""
+    a = np.array([[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]])
+    b = np.array([[1, 0], [0, 1], [2, 0], [0, 2]])
+    cfg = TINY.replace(dataflow="output_stationary")
+    return timing_diagram(compile_gemm(cfg, a, b), OS_PROBES, qualify=OS_QUALIFY)
+
+
+DIAGRAMS = {"two-tiles": two_tiles, "requant": requant_after_gemm, "os-two-tiles": os_two_tiles}
 
 if __name__ == "__main__":
     for name, make in DIAGRAMS.items():

@@ -31,7 +31,7 @@ def test_defaults_and_derived_values():
                                "the precisions are int8 x int8 and int4 x int4 (int4 weights run at "
                                "int8 precision as int8 values)"),
     ({"weight_format": "fp8"}, "weight_format: integer format must be a name like 'int8' or 'uint4', not 'fp8'"),
-    ({"dataflow": "row_stationary"}, "dataflow must be one of weight_stationary, not 'row_stationary'"),
+    ({"dataflow": "row_stationary"}, "dataflow must be one of weight_stationary (ws), output_stationary (os), not 'row_stationary'"),
     ({"clock_mhz": 0}, "clock_mhz must be greater than 0 and at most 10000, not 0"),
     ({"act_mem_words": 1}, "act_mem_words must be between 2 and 1048576 words, not 1"),
     ({"acc_mem_words": 1 << 30}, "acc_mem_words must be between 2 and 1048576 words, not 1073741824"),

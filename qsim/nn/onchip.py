@@ -26,7 +26,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from qsim.compile import _lane_runs, pack_weight_pairs
-from qsim.config import AcceleratorConfig, RequantMode
+from qsim.config import AcceleratorConfig, Dataflow, RequantMode
 from qsim.errors import ConfigError
 from qsim.nn import layers as L
 from qsim.nn.graph import Graph, Layer, TensorType
@@ -126,6 +126,9 @@ def why_not_on_chip(layer: Layer, config: AcceleratorConfig, semantics: Semantic
     if semantics not in ON_CHIP_SEMANTICS:
         names = ", ".join(s.value for s in ON_CHIP_SEMANTICS)
         return f"the post-processing unit implements {names}, not {semantics.value}"
+    if config.dataflow is not Dataflow.WEIGHT_STATIONARY:
+        return (f"whole layers are lowered for the weight-stationary dataflow, the configuration "
+                f"is {config.dataflow.value}")
     if config.requant is not ON_CHIP_SEMANTICS[semantics]:
         return (f"{semantics.value} needs requant {ON_CHIP_SEMANTICS[semantics].value}, the "
                 f"configuration has {config.requant.value}")

@@ -19,14 +19,17 @@ from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from qsim.config import AcceleratorConfig
-from rtl.array import SystolicArray
+from rtl.array import ARRAY_MODULE, OS_ARRAY_MODULE, make_array
 from rtl.delay import DelayLines
 
 pytestmark = pytest.mark.verilator
 
 CYCLES = 400
 CONFIGS = {"int8": AcceleratorConfig(rows=3, cols=4),
-           "int4": AcceleratorConfig(rows=3, cols=4, input_format="int4", weight_format="int4")}
+           "int4": AcceleratorConfig(rows=3, cols=4, input_format="int4", weight_format="int4"),
+           "os-int8": AcceleratorConfig(rows=3, cols=4, dataflow="os"),
+           "os-int4": AcceleratorConfig(rows=3, cols=4, dataflow="os", input_format="int4",
+                                        weight_format="int4")}
 
 MAIN_CPP = r"""
 #include <cstdio>
@@ -67,12 +70,14 @@ class _Blocks(wiring.Component):
     """The array and two delay lines, inputs and outputs each concatenated into one port."""
 
     def __init__(self, cfg):
-        self.array = SystolicArray(cfg)
+        self.array = make_array(cfg)
         self.skew = DelayLines(signed(8), [0, 1, 3])
         self.meta = DelayLines(5, [2])
-        self.parts_in = [self.array.a_in, self.array.sel_in, self.array.w_data, self.array.w_we,
-                         self.skew.i, self.meta.i]
-        self.parts_out = [self.array.psum_out, self.skew.o, self.meta.o]
+        ports = self.array.signature.members
+        self.parts_in = [getattr(self.array, name) for name, member in ports.items()
+                         if member.flow is In] + [self.skew.i, self.meta.i]
+        self.parts_out = [getattr(self.array, name) for name, member in ports.items()
+                          if member.flow is Out] + [self.skew.o, self.meta.o]
         width_in = sum(len(p.as_value() if hasattr(p, "as_value") else p) for p in self.parts_in)
         width_out = sum(len(p.as_value() if hasattr(p, "as_value") else p) for p in self.parts_out)
         super().__init__({"i": In(width_in), "o": Out(width_out)})
@@ -144,7 +149,8 @@ def _verilator(steps, tmp_path, cfg) -> list[int]:
     dut = _Blocks(cfg)
     text = verilog.convert(dut, name="dut", platform=ExportPlatform(), emit_src=False,
                            ports=[dut.i, dut.o, dut.sync.clk, dut.sync.rst])
-    assert "qsim_systolic_array" in text and "qsim_delay" in text  # the macros, not the blocks
+    module = OS_ARRAY_MODULE if cfg.dataflow.short == "os" else ARRAY_MODULE
+    assert module in text and "qsim_delay" in text  # the macros, not the blocks
     (tmp_path / "dut.v").write_text(text + delay_verilog() + array_verilog(cfg))
     (tmp_path / "main.cpp").write_text(MAIN_CPP)
     (tmp_path / "stimulus.txt").write_text("".join(f"{rst} {value:x}\n" for rst, value in steps))

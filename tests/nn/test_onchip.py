@@ -120,6 +120,8 @@ def test_reasons_a_layer_runs_on_the_host(rng):
     assert why_not_on_chip(conv, _cfg(4, 4), Semantics.ONNX) == \
         "the post-processing unit implements onnxruntime, not onnx"
     assert why_not_on_chip(conv, _cfg(4, 4), onnxrt) is None
+    assert why_not_on_chip(conv, _cfg(4, 4, dataflow="os"), onnxrt) == \
+        "whole layers are lowered for the weight-stationary dataflow, the configuration is output_stationary"
 
 
 def test_a_chain_too_big_for_the_memories_is_refused(rng):
