@@ -63,6 +63,26 @@ def test_random_gemms_bit_and_cycle_exact(rng, name):
     assert total_elements == sum(m * n for m, _, n in shapes)
 
 
+@pytest.mark.full
+@pytest.mark.parametrize("rows, cols", [(5, 7), (3, 11), (16, 16)])
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_random_gemms_full_matrix(rng, rows, cols, precision):
+    """Weight-stationary GEMMs on the rest of the matrix's sizes, int8 and int4."""
+    cfg = AcceleratorConfig(rows=rows, cols=cols, input_format=precision, weight_format=precision,
+                            act_mem_words=4096, weight_mem_words=4096, acc_mem_words=4096,
+                            cmd_mem_words=1024)
+    f = cfg.input_format
+    programs, refs = [], []
+    for m, k, n in _shapes(rng, 15):
+        a, b = rng.integers(f.min, f.max + 1, (m, k)), rng.integers(f.min, f.max + 1, (k, n))
+        programs.append(compile_gemm(cfg, a, b, name=f"{m}x{k}x{n}"))
+        refs.append(reference_gemm(a, b, cfg.acc_bits))
+    for program, ref, rtl in zip(programs, refs, run_programs(programs)):
+        report = compare(program, rtl)
+        assert np.array_equal(rtl.outputs["C"], ref), program.name
+        assert report.agrees, (program.name, report.to_dict())
+
+
 def test_random_command_streams(rng):
     cfg = AcceleratorConfig(rows=3, cols=5, act_mem_words=64, weight_mem_words=64,
                             acc_mem_words=32, cmd_mem_words=32)

@@ -96,3 +96,16 @@ def test_generated_verilog_is_lint_clean(tmp_path, rows, cols, requant, precisio
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "%Warning" not in done.stderr
+
+
+@pytest.mark.full
+@pytest.mark.parametrize("rows, cols", [(4, 4), (8, 8), (5, 7), (3, 11), (16, 16)])
+@pytest.mark.parametrize("mode", ["fixed-point", "float32"])
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_requant_streams_full_matrix(rng, rows, cols, mode, precision):
+    """Output-stationary MATMUL/REQUANT streams, every size, unit and precision of the matrix."""
+    cfg = os_config(rows, cols, precision, requant=mode)
+    programs = [random_os_stream(rng, cfg, 10, requants=True) for _ in range(4)]
+    for program, rtl in zip(programs, run_programs(programs)):
+        report = compare(program, rtl)
+        assert report.agrees, (program.commands, report.to_dict())
