@@ -24,7 +24,10 @@ Cases (each with per-tensor and with per-channel weights):
 Linear layers of 1 to 37 outputs (vector remainders of every kind), and convolutions taking
 each of fbgemm's kernels: im2col, 1x1 (pointwise), groupwise (4 channels per group),
 depthwise 3x3 and 5x5 (8, 9 and 5 channels: with and without a scalar-sized tail) and
-depthwise with a channel multiplier.
+depthwise with a channel multiplier, on one 8x8 image; then, from their own seed, larger cases
+(``BIG_LINEARS``, ``BIG_CONVS``: 96 to 256 rows, batches of 2 and 3 images up to 13x12, 1x1 with
+24 outputs, depthwise 3x3 with 12 channels and 5x5 stride 2 with a channel multiplier) for more
+recorded values; the bias search looks at the first ``SEARCH_ROWS`` accumulator rows.
 """
 
 from __future__ import annotations
@@ -52,6 +55,15 @@ LINEARS = [(16, 64, 21), (9, 33, 37), (1, 100, 8), (5, 17, 3)]
 CONVS = [(8, 16, 3, 1, 1, 1, 1), (3, 8, 3, 2, 1, 1, 1), (16, 7, 1, 1, 0, 1, 1), (16, 16, 3, 1, 1, 1, 4),
          (8, 8, 3, 1, 1, 1, 8), (9, 9, 3, 2, 1, 1, 9), (5, 5, 5, 1, 2, 1, 5), (8, 16, 3, 1, 1, 1, 8)]
 KINDS = ("bias", "huge", "huge_bias", "huge_relu")
+#: larger cases, recorded after the ones above from their own seed (``BIG_SEED``), so the
+#: earlier cases stay what they were: (m, k, n) linears, and convs as
+#: (geometry as in ``CONVS``, (batch, height, width) of the input)
+BIG_SEED = 2027
+BIG_LINEARS = [(256, 48, 19), (160, 24, 40), (96, 130, 13)]
+BIG_CONVS = [((8, 16, 3, 1, 1, 1, 1), (2, 12, 12)), ((12, 12, 3, 1, 1, 1, 12), (2, 12, 12)),
+             ((16, 24, 1, 1, 0, 1, 1), (2, 10, 10)), ((7, 14, 5, 2, 2, 1, 7), (3, 13, 11))]
+#: accumulator rows the bias search looks at (all of them in the small cases)
+SEARCH_ROWS = 512
 
 
 def fbgemm_rule(acc, ats, m, bias, zp, per_tensor):
@@ -66,7 +78,7 @@ def fbgemm_rule(acc, ats, m, bias, zp, per_tensor):
 
 def choose_bias(acc, axis, ats, m, zp, rng, samples=20000):
     """Per channel, a bias whose outputs differ between the two rules, where one is found."""
-    acc = np.moveaxis(acc, axis, -1).reshape(-1, acc.shape[axis])
+    acc = np.moveaxis(acc, axis, -1).reshape(-1, acc.shape[axis])[:SEARCH_ROWS]
     n = acc.shape[1]
     ats = np.broadcast_to(ats, (n,))
     m = np.broadcast_to(m, (n,))
@@ -120,8 +132,7 @@ def record(out: dict) -> None:
     def bias_of(o):
         return torch.from_numpy(o["bias"]) if "bias" in o else None
 
-    rng = np.random.default_rng(2026)
-    for i, (m, k, n) in enumerate(LINEARS):
+    def linear_cases(i, m, k, n, rng):
         for per_channel in (False, True):
             for kind in KINDS:
                 x = rng.integers(0, 256, (m, k)).astype(np.uint8)
@@ -132,13 +143,14 @@ def record(out: dict) -> None:
                 op = torch.ops.quantized.linear_relu if kind == "huge_relu" else torch.ops.quantized.linear
                 y = op(acts(x, o), packed, float(o["y_scale"]), int(o["y_zero_point"]))
                 name = f"linear{i}_{'pc' if per_channel else 'pt'}_{kind}"
-                out |= {f"{name}/{key}": value for key, value in o.items()}
-                out |= {f"{name}/x": x, f"{name}/w": w, f"{name}/y": y.int_repr().numpy()}
-    for i, case in enumerate(CONVS):
+                out.update({f"{name}/{key}": value for key, value in o.items()})
+                out.update({f"{name}/x": x, f"{name}/w": w, f"{name}/y": y.int_repr().numpy()})
+
+    def conv_cases(i, case, batch_hw, rng):
         c, oc, kernel, stride, pad, dilation, group = case
         for per_channel in (False, True):
             for kind in KINDS:
-                x = rng.integers(0, 256, (1, c, 8, 8)).astype(np.uint8)
+                x = rng.integers(0, 256, (batch_hw[0], c, *batch_hw[1:])).astype(np.uint8)
                 w = rng.integers(-64, 64, (oc, c // group, kernel, kernel)).astype(np.int8)
                 o = operands(kind, per_channel, oc, lambda zp: conv_integer(
                     x, w, np.uint8(zp), np.zeros(oc, np.int8), strides=(stride,) * 2, pads=(pad,) * 4,
@@ -148,9 +160,20 @@ def record(out: dict) -> None:
                 op = torch.ops.quantized.conv2d_relu if kind == "huge_relu" else torch.ops.quantized.conv2d
                 y = op(acts(x, o), packed, float(o["y_scale"]), int(o["y_zero_point"]))
                 name = f"conv{i}_{'pc' if per_channel else 'pt'}_{kind}"
-                out |= {f"{name}/{key}": value for key, value in o.items()}
-                out |= {f"{name}/x": x, f"{name}/w": w, f"{name}/y": y.int_repr().numpy(),
-                        f"{name}/geometry": np.array(case)}
+                out.update({f"{name}/{key}": value for key, value in o.items()})
+                out.update({f"{name}/x": x, f"{name}/w": w, f"{name}/y": y.int_repr().numpy(),
+                            f"{name}/geometry": np.array(case)})
+
+    rng = np.random.default_rng(2026)
+    for i, (m, k, n) in enumerate(LINEARS):
+        linear_cases(i, m, k, n, rng)
+    for i, case in enumerate(CONVS):
+        conv_cases(i, case, (1, 8, 8), rng)
+    rng = np.random.default_rng(BIG_SEED)
+    for i, (m, k, n) in enumerate(BIG_LINEARS, len(LINEARS)):
+        linear_cases(i, m, k, n, rng)
+    for i, (case, batch_hw) in enumerate(BIG_CONVS, len(CONVS)):
+        conv_cases(i, case, batch_hw, rng)
 
 
 def main() -> int:

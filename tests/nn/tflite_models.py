@@ -180,21 +180,24 @@ def _act_input(rng, shape):
     return rng.integers(-128, 128, shape).astype(np.int8)
 
 
-def _weights(rng, shape):
-    return rng.integers(-127, 128, shape).astype(np.int8)
+def _weights(rng, shape, wmax=127):
+    return rng.integers(-wmax, wmax + 1, shape).astype(np.int8)
 
 
 def fully_connected(rng, batch=3, n_in=24, n_out=10, act="none", per_channel=False, bias=True,
-                    out_scale=None, scales=None):
-    """``scales = (s_in, s_w, s_out)`` fixes the scales (powers of two give exact ties)."""
+                    out_scale=None, scales=None, wmax=127):
+    """``scales = (s_in, s_w, s_out)`` fixes the scales (powers of two give exact ties; a list
+    ``s_w`` gives per-channel weight scales); weights in ``[-wmax, wmax]``."""
     m = ModelBuilder()
     s_in, zp_in = _scale(rng, -6, -3), int(rng.integers(-20, 20))
     s_w = [_scale(rng, -8, -5) for _ in range(n_out)] if per_channel else _scale(rng, -8, -5)
     s_out = out_scale or _scale(rng, -4, -1)
     if scales is not None:
-        s_in, s_w, s_out = scales[0], ([scales[1]] * n_out if per_channel else scales[1]), scales[2]
+        s_w = list(scales[1]) if isinstance(scales[1], (list, tuple)) else \
+            ([scales[1]] * n_out if per_channel else scales[1])
+        s_in, s_out = scales[0], scales[2]
     x = m.tensor("x", [batch, n_in], "int8", s_in, zp_in)
-    w = m.tensor("w", [n_out, n_in], "int8", s_w, 0, axis=0, data=_weights(rng, (n_out, n_in)))
+    w = m.tensor("w", [n_out, n_in], "int8", s_w, 0, axis=0, data=_weights(rng, (n_out, n_in), wmax))
     ins = [x, w]
     if bias:
         bs = np.float32(s_in) * np.asarray(s_w, np.float32)
@@ -206,16 +209,19 @@ def fully_connected(rng, batch=3, n_in=24, n_out=10, act="none", per_channel=Fal
 
 
 def conv2d(rng, batch=2, hw=(7, 6), cin=5, cout=6, kernel=(3, 3), stride=(1, 1), padding="same",
-           dilation=(1, 1), act="none", scales=None):
-    """``scales = (s_in, s_w, s_out)`` fixes the scales (powers of two give exact ties)."""
+           dilation=(1, 1), act="none", scales=None, wmax=127):
+    """``scales = (s_in, s_w, s_out)`` fixes the scales (powers of two give exact ties; a list
+    ``s_w`` gives the per-channel weight scales); weights in ``[-wmax, wmax]``."""
     m = ModelBuilder()
     s_in, zp_in = _scale(rng, -6, -3), int(rng.integers(-20, 20))
     s_w = [_scale(rng, -8, -5) for _ in range(cout)]
     s_out = _scale(rng, -3, -1)
     if scales is not None:
-        s_in, s_w, s_out = scales[0], [scales[1]] * cout, scales[2]
+        s_w = list(scales[1]) if isinstance(scales[1], (list, tuple)) else [scales[1]] * cout
+        s_in, s_out = scales[0], scales[2]
     x = m.tensor("x", [batch, *hw, cin], "int8", s_in, zp_in)
-    w = m.tensor("w", [cout, *kernel, cin], "int8", s_w, 0, axis=0, data=_weights(rng, (cout, *kernel, cin)))
+    w = m.tensor("w", [cout, *kernel, cin], "int8", s_w, 0, axis=0,
+                 data=_weights(rng, (cout, *kernel, cin), wmax))
     bs = (np.float32(s_in) * np.asarray(s_w, np.float32)).tolist()
     b = m.tensor("b", [cout], "int32", bs, 0, data=rng.integers(-3000, 3000, cout).astype(np.int32))
     probe = _probe_hw(hw, kernel, stride, padding, dilation)
@@ -227,14 +233,18 @@ def conv2d(rng, batch=2, hw=(7, 6), cin=5, cout=6, kernel=(3, 3), stride=(1, 1),
 
 
 def depthwise(rng, batch=2, hw=(6, 7), cin=11, multiplier=1, kernel=(3, 3), stride=(1, 1),
-              padding="same", dilation=(1, 1), act="none"):
+              padding="same", dilation=(1, 1), act="none", scales=None, wmax=127):
+    """``scales = (s_in, [s_w per output channel], s_out)`` fixes the scales."""
     m = ModelBuilder()
     cout = cin * multiplier
     s_in, zp_in = _scale(rng, -6, -3), int(rng.integers(-20, 20))
     s_w = [_scale(rng, -8, -5) for _ in range(cout)]
     s_out = _scale(rng, -3, -1)
+    if scales is not None:
+        s_in, s_w, s_out = scales[0], list(scales[1]), scales[2]
     x = m.tensor("x", [batch, *hw, cin], "int8", s_in, zp_in)
-    w = m.tensor("w", [1, *kernel, cout], "int8", s_w, 0, axis=3, data=_weights(rng, (1, *kernel, cout)))
+    w = m.tensor("w", [1, *kernel, cout], "int8", s_w, 0, axis=3,
+                 data=_weights(rng, (1, *kernel, cout), wmax))
     bs = (np.float32(s_in) * np.asarray(s_w, np.float32)).tolist()
     b = m.tensor("b", [cout], "int32", bs, 0, data=rng.integers(-3000, 3000, cout).astype(np.int32))
     probe = _probe_hw(hw, kernel, stride, padding, dilation)
@@ -309,6 +319,130 @@ def golden_cases(seed=2024):
                                 scales=(2.0 ** -4, 2.0 ** -6, 2.0 ** -3))
     cases["fc_ties_pc"] = fully_connected(rng, batch=128, n_in=1, n_out=8, per_channel=True,
                                           scales=(2.0 ** -5, 2.0 ** -6, 2.0 ** -4))
+    cases.update(near_tie_cases())
+    return cases
+
+
+# ------------------------------------------------------------------ near-tie cases (``nt_*``)
+
+def _near(rng, value):
+    """float32 ``value * (1 ± 2**-u)``, ``u`` uniform in [6, 26]: a scale whose multiplier is a
+    power of two up to a random relative error down to float32's resolution (and, where the
+    error falls below it, exactly a power of two)."""
+    return float(np.float32(value * (1.0 + rng.choice((-1.0, 1.0)) * 2.0 ** -rng.uniform(6, 26))))
+
+
+def _tie_shift(n_terms, wmax, spread=64.0):
+    """The power of two ``2**-k`` that maps accumulators of ``n_terms`` products of int8
+    activations and weights in ``[-wmax, wmax]`` to outputs spread about ``±spread``."""
+    std = np.sqrt(n_terms) * 74.0 * max(wmax, 1) / np.sqrt(3.0)
+    return max(1, int(round(np.log2(std / spread))))
+
+
+def _tie_scales(rng, n_terms, wmax, channels=None):
+    """(s_in, s_w, s_out) with ``s_in*s_w/s_out`` near ``2**-k`` (per channel for a list)."""
+    s_in, s_out = _scale(rng, -6, -3), _scale(rng, -4, -1)
+    k = _tie_shift(n_terms, wmax)
+    if channels is None:
+        return s_in, _near(rng, s_out * 2.0 ** -k / s_in), s_out
+    return s_in, [_near(rng, s_out * 2.0 ** -(k + int(rng.integers(-1, 2))) / s_in)
+                  for _ in range(channels)], s_out
+
+
+def near_tie_net(rng, batch=4, hw=(12, 12), cin=3, c=8, depthwise_layer=False, n_out=16):
+    """conv (relu) -> [depthwise (relu6) | 1x1 conv] -> add -> pool -> reshape -> fc, every
+    multiplier near a power of two; the reshaped tensor and the logits are outputs."""
+    m = ModelBuilder()
+    s_x, zp_x = _scale(rng, -6, -4), int(rng.integers(-20, 20))
+    x = m.tensor("x", [batch, *hw, cin], "int8", s_x, zp_x)
+    s1, k1 = _scale(rng, -4, -1), _tie_shift(9 * cin, 127)
+    sw1 = [_near(rng, s1 * 2.0 ** -k1 / s_x) for _ in range(c)]
+    w1 = m.tensor("w1", [c, 3, 3, cin], "int8", sw1, 0, data=_weights(rng, (c, 3, 3, cin)))
+    b1 = m.tensor("b1", [c], "int32", (np.float32(s_x) * np.asarray(sw1, np.float32)).tolist(), 0,
+                  data=rng.integers(-3000, 3000, c).astype(np.int32))
+    h1 = m.tensor("h1", [batch, *hw, c], "int8", s1, -128)
+    m.op(Op.CONV_2D, [x, w1, b1], [h1], "Conv2DOptions", Padding=0, StrideW=1, StrideH=1,
+         FusedActivationFunction=1, DilationWFactor=1, DilationHFactor=1)
+    s2 = _near(rng, s1 * 2.0)
+    if depthwise_layer:
+        k2 = _tie_shift(9, 127, 32.0)
+        sw2 = [_near(rng, s2 * 2.0 ** -k2 / s1) for _ in range(c)]
+        w2 = m.tensor("w2", [1, 3, 3, c], "int8", sw2, 0, axis=3, data=_weights(rng, (1, 3, 3, c)))
+        code, opts, extra = Op.DEPTHWISE_CONV_2D, "DepthwiseConv2DOptions", dict(DepthMultiplier=1)
+        act = 3
+    else:
+        k2 = _tie_shift(c, 127, 32.0)
+        sw2 = [_near(rng, s2 * 2.0 ** -k2 / s1) for _ in range(c)]
+        w2 = m.tensor("w2", [c, 1, 1, c], "int8", sw2, 0, data=_weights(rng, (c, 1, 1, c)))
+        code, opts, extra = Op.CONV_2D, "Conv2DOptions", {}
+        act = 0
+    b2 = m.tensor("b2", [c], "int32", (np.float32(s1) * np.asarray(sw2, np.float32)).tolist(), 0,
+                  data=rng.integers(-3000, 3000, c).astype(np.int32))
+    h2 = m.tensor("h2", [batch, *hw, c], "int8", s2, int(rng.integers(-20, 20)))
+    m.op(code, [h1, w2, b2], [h2], opts, Padding=0, StrideW=1, StrideH=1, FusedActivationFunction=act,
+         DilationWFactor=1, DilationHFactor=1, **extra)
+    s3 = _near(rng, s2 * 2.0)
+    h3 = m.tensor("h3", [batch, *hw, c], "int8", s3, int(rng.integers(-20, 20)))
+    m.op(Op.ADD, [h1, h2], [h3], "AddOptions", FusedActivationFunction=0)
+    ph = [d // 2 for d in hw]
+    h4 = m.tensor("h4", [batch, *ph, c], "int8", s3, m.tensors[h3]["zero_point"])
+    m.op(Op.AVERAGE_POOL_2D if depthwise_layer else Op.MAX_POOL_2D, [h3], [h4], "Pool2DOptions",
+         Padding=1, StrideW=2, StrideH=2, FilterWidth=2, FilterHeight=2, FusedActivationFunction=0)
+    flat = ph[0] * ph[1] * c
+    shape = m.tensor("shape", [2], "int32", data=np.array([batch, flat], np.int32))
+    h5 = m.tensor("h5", [batch, flat], "int8", s3, m.tensors[h3]["zero_point"])
+    m.op(Op.RESHAPE, [h4, shape], [h5], "ReshapeOptions", NewShape=[batch, flat])
+    s_out = _scale(rng, -3, 0)
+    s_fc = _near(rng, s_out * 2.0 ** -_tie_shift(flat, 127) / s3)
+    fw = m.tensor("fc_w", [n_out, flat], "int8", s_fc, 0, data=_weights(rng, (n_out, flat)))
+    fb = m.tensor("fc_b", [n_out], "int32", float(np.float32(s3) * np.float32(s_fc)), 0,
+                  data=rng.integers(-3000, 3000, n_out).astype(np.int32))
+    logits = m.tensor("logits", [batch, n_out], "int8", s_out, int(rng.integers(-10, 10)))
+    m.op(Op.FULLY_CONNECTED, [h5, fw, fb], [logits], "FullyConnectedOptions", FusedActivationFunction=0)
+    return m.build([x], [h5, logits]), {"x": _act_input(rng, (batch, *hw, cin))}
+
+
+def near_tie_cases(seed=2025):
+    """Larger cases whose quantization parameters put every multiplier near (or at) a power of
+    two, with small weight ranges so that the accumulators are small and hit the ties often."""
+    rng = np.random.default_rng(seed)
+    cases = {}
+    wmaxes = (1, 3, 15, 127)
+    for i in range(8):
+        per_channel, wmax = bool(i % 2), wmaxes[i % 4]
+        n_in, n_out = int(rng.integers(4, 48)), int(rng.integers(8, 40))
+        cases[f"nt_fc_{i}"] = fully_connected(
+            rng, batch=192, n_in=n_in, n_out=n_out, per_channel=per_channel, wmax=wmax,
+            act=("none", "relu", "none", "relu6")[i % 4],
+            scales=_tie_scales(rng, n_in, wmax, n_out if per_channel else None))
+    for i in range(8):
+        cin, cout, wmax = int(rng.integers(1, 10)), int(rng.integers(4, 20)), wmaxes[(i + 1) % 4]
+        kernel = ((3, 3), (1, 1), (3, 3), (5, 3))[i % 4]
+        cases[f"nt_conv_{i}"] = conv2d(
+            rng, batch=4, hw=(14, 13), cin=cin, cout=cout, kernel=kernel, stride=(1 + (i % 3 == 2), 1),
+            padding=("same", "valid")[i % 2], act=("none", "relu", "relu6", "relu_n1_to_1")[i % 4],
+            wmax=wmax, scales=_tie_scales(rng, kernel[0] * kernel[1] * cin, wmax, cout))
+    # depthwise: channel counts below, at and above 8 (and multiples of 8, and a multiplier)
+    for i, (cin, mult) in enumerate(((3, 1), (7, 1), (8, 1), (9, 1), (16, 1), (4, 2), (8, 3), (13, 1))):
+        wmax = wmaxes[i % 4]
+        cases[f"nt_dw_{i}"] = depthwise(
+            rng, batch=3, hw=(12, 11), cin=cin, multiplier=mult, stride=(1, 1 + (i % 3 == 1)),
+            padding=("same", "valid")[i % 2], act=("none", "relu6", "relu", "none")[i % 4], wmax=wmax,
+            scales=_tie_scales(rng, 9, wmax, cin * mult))
+    for i in range(6):
+        sa = _scale(rng, -6, -2)
+        sb = _near(rng, sa * 2.0 ** int(rng.integers(-1, 2)))
+        sy = _near(rng, max(sa, sb) * 2.0 ** int(rng.integers(0, 3)))
+        cases[f"nt_add_{i}"] = binary(rng, Op.ADD, shape_a=(4, 12, 12, 8), scales=(sa, sb, sy),
+                                      act=("none", "relu")[i % 2])
+    for i in range(4):
+        for code, kind in ((Op.AVERAGE_POOL_2D, "avgpool"), (Op.MAX_POOL_2D, "maxpool")):
+            cases[f"nt_{kind}_{i}"] = pool(rng, code, batch=4, hw=(16, 15), c=(3, 8, 11, 16)[i],
+                                           kernel=((2, 2), (3, 3), (3, 2), (2, 3))[i],
+                                           stride=((2, 2), (1, 1), (2, 1), (2, 2))[i],
+                                           padding=("same", "valid")[i % 2], act=("none", "relu")[i % 2])
+    cases["nt_net"] = near_tie_net(rng)
+    cases["nt_net_dw"] = near_tie_net(rng, depthwise_layer=True)
     return cases
 
 
