@@ -117,12 +117,20 @@ class Buffer:
                 else out.astype(np.int8))
 
 
-def why_not_on_chip(layer: Layer, config: AcceleratorConfig, semantics: Semantics) -> str | None:
-    """Why ``layer`` cannot run on chip under ``semantics``, or ``None`` if it can."""
+def why_not_on_chip(layer: Layer, config: AcceleratorConfig, semantics: Semantics,
+                    input_shape: tuple[int, ...] | None = None) -> str | None:
+    """Why ``layer`` cannot run on chip under ``semantics`` (on an input of ``input_shape``,
+    when known), or ``None`` if it can."""
     if not isinstance(layer, (L.Conv2d, L.Linear)):
         return f"{layer.kind} layers run on the host"
     if not layer.quantized:
         return "float layers run on the host"
+    if isinstance(layer, L.Linear) and input_shape is not None and len(input_shape) != 2:
+        return (f"its input has {len(input_shape)} dimensions; linear layers on chip take "
+                f"(batch, features)")
+    if config.acc_bits < 32:
+        return (f"its sums need int32 accumulators as the reference's, the configuration has "
+                f"acc_bits {config.acc_bits}")
     if semantics not in ON_CHIP_SEMANTICS:
         names = ", ".join(s.value for s in ON_CHIP_SEMANTICS)
         return f"the post-processing unit implements {names}, not {semantics.value}"
@@ -369,6 +377,9 @@ def run_on_chip(graph: Graph, feeds: Mapping[str, np.ndarray], config: Accelerat
             return run_model(program).memories["act"]
 
     values = check_feeds(graph, feeds)
+    batch = next((values[name].shape[0] for name, t in graph.inputs.items()
+                  if t.shape and t.shape[0] is None), None)
+    types = graph.infer(batch)
     consumers = _consumers(graph)
     result = OnChipRun({}, values)
     pending: list[Layer] = []
@@ -383,11 +394,20 @@ def run_on_chip(graph: Graph, feeds: Mapping[str, np.ndarray], config: Accelerat
         result.chains.append(ChainRun(chain, act))
         pending.clear()
 
+    from qsim.nn.engine import _prepared_gemm
+
+    def same_tensor_params(producer: Layer, consumer: Layer) -> bool:
+        """The producer writes what the consumer reads (zero point and format): a chain pads
+        the consumer's input with the producer's output zero point."""
+        out, inp = _prepared_gemm(producer).y_p, _prepared_gemm(consumer).x_p
+        return out.fmt == inp.fmt and int(out.zero_point) == int(inp.zero_point)
+
     for layer in graph.layers:
-        reason = why_not_on_chip(layer, config, sem)
+        reason = why_not_on_chip(layer, config, sem, tuple(types[layer.inputs[0]].shape))
         if reason is None:
             chained = (pending and layer.inputs[0] == pending[-1].outputs[0]
-                       and consumers.get(pending[-1].outputs[0], 0) == 1)
+                       and consumers.get(pending[-1].outputs[0], 0) == 1
+                       and same_tensor_params(pending[-1], layer))
             if not chained:
                 flush()
             pending.append(layer)

@@ -150,3 +150,37 @@ def test_networks_run_layer_after_layer_on_the_rtl(rng):
     report = cosim_on_chip(graph, feeds, _cfg(4, 3, "int4"))
     assert report.agrees and len(report.reports) == 1
     assert np.array_equal(report.run.outputs["y"], run(graph, feeds, "onnxruntime", isa="exact").outputs["y"])
+
+
+def test_layers_the_lowering_cannot_keep_exact_stay_on_the_host(rng):
+    """A linear layer over tokens (3-D input) and a narrow accumulator would give other numbers
+    than the int32 reference: both stay on the host, each with its reason."""
+    w = rng.integers(-127, 128, (6, 5)).astype(np.int8)
+    fc = L.Linear("fc", ("x",), ("y",), in_features=6, out_features=5, weight=w,
+                  input_params=_q(0.05, 3, "uint8"),
+                  weight_params=QuantParams(np.float32(0.01), 0, "int8"),
+                  output_params=_q(0.2, -2, "int8"))
+    graph = Graph("tokens", {"x": TensorType((None, 4, 6), "uint8")}, [fc], ["y"])
+    feeds = {"x": rng.integers(0, 256, (2, 4, 6)).astype(np.uint8)}
+    result = run_on_chip(graph, feeds, _cfg(4, 4))
+    assert result.host_layers == {
+        "fc": "its input has 3 dimensions; linear layers on chip take (batch, features)"}
+    assert np.array_equal(result.outputs["y"], run(graph, feeds, "onnxruntime", isa="exact").outputs["y"])
+    chain = _conv_chain(rng)
+    narrow = run_on_chip(chain, {"x": rng.integers(0, 256, (1, 3, 9, 8)).astype(np.uint8)},
+                         _cfg(4, 4, acc_bits=17))
+    assert narrow.host_layers["c1"] == ("its sums need int32 accumulators as the reference's, the "
+                                        "configuration has acc_bits 17")
+
+
+def test_a_chain_breaks_where_the_zero_points_of_one_tensor_disagree(rng):
+    graph = _conv_chain(rng)
+    c2 = graph.layers[1]
+    c2.input_params = _q(float(c2.input_params.scale), 9, "uint8")  # the producer writes zp 7
+    c2.__dict__.pop("_engine_prepared", None)
+    feeds = {"x": rng.integers(0, 256, (2, 3, 9, 8)).astype(np.uint8)}
+    reference = run(graph, feeds, "onnxruntime", isa="exact", keep=True)
+    result = run_on_chip(graph, feeds, _cfg(4, 4))
+    assert [c.chain.layers for c in result.chains] == [["c1"], ["c2", "c3"]]
+    for name in ("a", "b", "y"):
+        assert np.array_equal(result.values[name], reference.values[name]), name
