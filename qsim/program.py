@@ -692,13 +692,12 @@ def requantize_lanes(mode: RequantMode | str, values: np.ndarray, bias: np.ndarr
         y = round_shift(v * np.asarray(scale, dtype=np.int64), fields["shift"], Rounding.HALF_UP)
         return np.minimum(np.maximum(y + zp, lo), hi)
     if mode is RequantMode.FLOAT32:
+        # The engine's own MLAS requantization (it clamps in float32 to [lo - zp, hi - zp]
+        # before rounding; with integer bounds that equals the unit's clamp after rounding).
+        from qsim.quant.requant import requantize_float32
+
         m = np.asarray(scale, dtype=np.int64).astype(np.uint32).view(np.float32)
-        with np.errstate(over="ignore"):
-            f = v.astype(np.float32) * m
-        # ORT clamps in float32 to [lo - zp, hi - zp] before rounding; with integer bounds
-        # this equals clamping after rounding, which is what the unit does.
-        f = np.clip(f, (lo - zp).astype(np.float32), (hi - zp).astype(np.float32))
-        return np.rint(f).astype(np.int64) + zp
+        return requantize_float32(v, m, zp, INT32, clamp=(lo, hi))
     raise ProgramError("requant none has no post-processing unit")
 
 

@@ -549,7 +549,8 @@ def requantize_float32(acc: np.ndarray, multiplier: np.ndarray | float, out_zero
     ``acc`` may be integers or floats holding the accumulators' float32 image (what MLAS's
     conversion gives); with ``overwrite`` a float32 ``acc`` is scaled in place. ``clamp``
     narrows the output range to ``[lo, hi]`` (a fused activation): clamping to integer bounds
-    commutes with rounding, so it is applied with the format's clamp.
+    commutes with rounding, so it is applied with the format's clamp. The zero point and the
+    bounds may be arrays broadcast against ``acc`` (the post-processing unit's lanes).
     """
     lo_q, hi_q = (out_fmt.min, out_fmt.max) if clamp is None else clamp
     lo, hi = np.float32(lo_q - out_zero_point), np.float32(hi_q - out_zero_point)
