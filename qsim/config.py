@@ -29,6 +29,9 @@ MIN_MEM_WORDS = 2
 MAX_MEM_WORDS = 1 << 20
 MAX_CLOCK_MHZ = 10_000.0
 SCHEMA_VERSION = 1
+#: Data-bus widths (bytes) of the AXI4 interface to DRAM; 0 is no interface.
+DRAM_WIDTHS = (0, 4, 8, 16, 32, 64)
+MAX_DRAM_LATENCY = 4096
 
 
 class Dataflow(str, enum.Enum):
@@ -124,6 +127,24 @@ class AcceleratorConfig:
     param_mem_words : int
         Depth of each of the unit's three parameter memories (bias, scale, and zero point
         with clamp bounds and shift), one word of ``cols`` lanes per output-channel tile.
+    dram_width : int
+        Bytes per beat of the AXI4 data bus to DRAM: 4, 8, 16, 32 or 64; 0 (default) builds
+        no bus interface (memories are loaded through the simulator's backdoor, as in
+        every configuration without DRAM). With a bus the program and its data live in
+        DRAM: the accelerator loads the program at ``start`` and moves data with LOAD and
+        STORE commands (:mod:`qsim.dma`, docs/dram.md).
+    dram_latency : int
+        Cycles the DRAM model waits between accepting a burst request and its first data
+        beat (reads) or between the last data beat and the write response (writes), 1 to
+        4096; only with ``dram_width``. A property of the memory system, not of the generated
+        accelerator: it is an input of the simulated DRAM model, not a Verilog parameter.
+    dram_capacity : int
+        Bytes of the simulated DRAM, a power of two from 4 KiB to 1 GiB.
+    max_burst : int
+        Most beats per AXI4 burst, a power of two from 1 to 256; a burst never crosses a
+        ``max_burst * dram_width`` boundary (and so never a 4 KiB one).
+    dma_outstanding : int
+        Bursts the DMA engine keeps in flight, 1 to 16.
     """
 
     rows: int = 8
@@ -139,6 +160,11 @@ class AcceleratorConfig:
     cmd_mem_words: int = 4096
     requant: RequantMode = RequantMode.NONE
     param_mem_words: int = 256
+    dram_width: int = 0
+    dram_latency: int = 0
+    dram_capacity: int = 1 << 20
+    max_burst: int = 16
+    dma_outstanding: int = 4
 
     def __post_init__(self) -> None:
         _check_int("rows", self.rows, MIN_DIM, MAX_DIM)
@@ -197,7 +223,33 @@ class AcceleratorConfig:
                 f"post-processing unit takes int32 accumulators), not {self.acc_bits}"
             )
 
+        self._check_dram()
+
+    def _check_dram(self) -> None:
+        if isinstance(self.dram_width, bool) or not isinstance(self.dram_width, int) \
+                or self.dram_width not in DRAM_WIDTHS:
+            raise ConfigError(f"dram_width must be one of {', '.join(map(str, DRAM_WIDTHS))} "
+                              f"bytes (0: no bus interface), not {self.dram_width!r}")
+        if self.dram_width == 0:
+            if self.dram_latency != 0:
+                raise ConfigError(f"dram_latency {self.dram_latency!r} needs a bus interface: "
+                                  f"set dram_width (4, 8, 16, 32 or 64 bytes)")
+        else:
+            _check_int("dram_latency", self.dram_latency, 1, MAX_DRAM_LATENCY, " cycles")
+        _check_int("dram_capacity", self.dram_capacity, 4096, 1 << 30, " bytes")
+        if self.dram_capacity & (self.dram_capacity - 1):
+            raise ConfigError(f"dram_capacity must be a power of two, not {self.dram_capacity}")
+        _check_int("max_burst", self.max_burst, 1, 256, " beats")
+        if self.max_burst & (self.max_burst - 1):
+            raise ConfigError(f"max_burst must be a power of two, not {self.max_burst}")
+        _check_int("dma_outstanding", self.dma_outstanding, 1, 16, " bursts")
+
     # ---- derived quantities (the only place they are computed) ---------------------------
+
+    @property
+    def has_dram(self) -> bool:
+        """The accelerator has a bus interface: program and data live in DRAM."""
+        return self.dram_width > 0
 
     @property
     def acc_format(self) -> IntFormat:
@@ -346,6 +398,8 @@ class AcceleratorConfig:
             f"act {mem['act'] // 1024} KiB, weight {mem['weight'] // 1024} KiB, "
             f"acc {mem['acc'] // 1024} KiB, {self.cmd_mem_words} commands, "
             + (f"requant {self.requant.value}, " if self.requant is not RequantMode.NONE else "")
+            + (f"DRAM {self.dram_width} B/cycle latency {self.dram_latency}, "
+               if self.has_dram else "")
             + f"{self.clock_mhz:g} MHz"
         )
 

@@ -16,7 +16,39 @@ __all__ = [
     "COUNTERS", "COUNTER_BITS", "COUNTER_HELP", "memory_names", "buffer_release_delay",
     "array_latency", "array_input_bits", "ppu_stages", "ppu_latency", "PPU_SATURATE",
     "is_output_stationary", "os_tile_spacing", "os_write_latency", "write_meta_delay",
+    "CSR_REGISTERS", "CSR_COUNTER_BASE", "csr_map", "CSR_ID",
 ]
+
+#: Value of the ``ID`` register ("qSIM" in ASCII).
+CSR_ID = 0x7153494D
+
+#: The control/status registers of the AXI4-Lite interface, 32 bits each:
+#: ``name: (byte offset, access, meaning)``. Counter ``i`` of :data:`COUNTERS` follows at
+#: ``CSR_COUNTER_BASE + 8 * i`` (low 32 bits) and ``+ 4`` (high bits). docs/dram.md prints
+#: this table; the RTL decodes it and the drivers address it from here.
+CSR_REGISTERS = {
+    "ID": (0x00, "ro", f"{CSR_ID:#010x} ('qSIM')"),
+    "CTRL": (0x04, "wo", "write 1 to bit 0: start (ignored while busy)"),
+    "STATUS": (0x08, "ro", "bit 0 busy, bit 1 done, bit 2 error"),
+    "ERROR_CODE": (0x0C, "ro", "why the last run stopped: 0 none, 1 unknown opcode, 2 DRAM "
+                               "error response, 3 misaligned DRAM address, 4 bad program length"),
+    "ERROR_CMD": (0x10, "ro", "index of the command that stopped the run (0xffffffff: the "
+                              "program fetch at start)"),
+    "CMD_BASE": (0x14, "rw", "DRAM byte address of command word 0"),
+    "CMD_COUNT": (0x18, "rw", "command words fetched into the command memory at start"),
+    "ARRAY": (0x1C, "ro", "rows (bits 0-7), cols (8-15), bus bytes (16-23), int4 (bit 24), "
+                          "output-stationary (bit 25)"),
+}
+CSR_COUNTER_BASE = 0x40
+
+
+def csr_map() -> dict[str, int]:
+    """Byte offset of every register, counters included (``<name>`` and ``<name>_hi``)."""
+    out = {name: offset for name, (offset, _, _) in CSR_REGISTERS.items()}
+    for i, name in enumerate(COUNTERS):
+        out[name] = CSR_COUNTER_BASE + 8 * i
+        out[f"{name}_hi"] = CSR_COUNTER_BASE + 8 * i + 4
+    return out
 
 #: Width of every performance counter.
 COUNTER_BITS = 48
@@ -38,6 +70,15 @@ COUNTER_HELP = {
                   "slot or a weight buffer (output-stationary: the stream slot)",
     "wait_drain": "cycles a fetched REQUANT waits for earlier MATMULs to finish writing",
     "wait_ppu": "cycles a fetched command waits for the post-processing unit to finish",
+    "loads": "LOAD commands executed",
+    "stores": "STORE commands executed",
+    "dram_reads": "bytes read from DRAM (data beats times the bus width; the program fetch "
+                  "at start included)",
+    "dram_writes": "bytes written to DRAM (data beats times the bus width)",
+    "dma_busy": "cycles the DMA engine is busy (the program fetch at start included)",
+    "wait_dma": "cycles a fetched command waits for the DMA engine: a LOAD/STORE while "
+                "another runs, a command with wait while LOAD/STOREs run, a REQUANT while a "
+                "LOAD writes the activation memory",
 }
 COUNTERS = tuple(COUNTER_HELP)
 

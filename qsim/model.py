@@ -25,17 +25,21 @@ import numpy as np
 
 from qsim.config import Dataflow
 from qsim.numerics import int_matmul, wrap
-from qsim.program import Matmul, Program, Requant, act_addresses, requantize_lanes
+from qsim.program import (Load, Matmul, Program, Requant, Store, act_addresses, bytes_to_words,
+                          dma_fault, dram_word_bytes, image_to_words, requantize_lanes,
+                          words_to_bytes, words_to_image)
 
 __all__ = ["ModelResult", "execute", "reference_gemm", "weight_tile", "os_tile"]
 
 
 @dataclass
 class ModelResult:
-    """Final memory images (words ``0 .. footprint - 1``) and the decoded outputs."""
+    """Final memory images (words ``0 .. footprint - 1``) and the decoded outputs; with a bus
+    interface also the final DRAM image (bytes ``0 .. dram_footprint - 1``)."""
 
     memories: dict[str, np.ndarray]
     outputs: dict[str, np.ndarray]
+    dram: bytearray | None = None
 
 
 def execute(program: Program) -> ModelResult:
@@ -44,7 +48,27 @@ def execute(program: Program) -> ModelResult:
     mem = program.initial_images()
     act, weight, acc = mem["act"], mem["weight"], mem["acc"]
     acc_fmt = cfg.acc_format
-    for cmd in program.commands:
+    dram = program.dram_image() if cfg.has_dram else None
+    formats = program.memory_formats()
+    lanes = program.memory_lanes()
+    for index, cmd in enumerate(program.commands):
+        if isinstance(cmd, (Load, Store)):
+            fault = dma_fault(cfg, index, cmd)
+            if fault is not None:
+                raise fault
+            wb = dram_word_bytes(cfg, cmd.memory)
+            span = slice(cmd.dram_addr, cmd.dram_addr + cmd.words * wb)
+            rows = slice(cmd.sram_addr, cmd.sram_addr + cmd.words)
+            if len(dram) < span.stop:
+                dram.extend(bytes(span.stop - len(dram)))
+            if isinstance(cmd, Load):
+                words = bytes_to_words(bytes(dram[span]), wb)
+                mem[cmd.memory][rows] = words_to_image(words, lanes[cmd.memory],
+                                                       formats[cmd.memory])
+            else:
+                dram[span] = words_to_bytes(image_to_words(mem[cmd.memory][rows],
+                                                           formats[cmd.memory]), wb)
+            continue
         if isinstance(cmd, Requant):
             src = slice(cmd.src_lane, cmd.src_lane + cmd.lanes)
             params = [mem[m][cmd.param_addr, src] for m in ("bias", "scale", "qctl")]
@@ -71,7 +95,9 @@ def execute(program: Program) -> ModelResult:
             product = product + acc[target]
         acc[target] = wrap(product, acc_fmt)
     outputs = {name: lay.unpack(mem[lay.memory]) for name, lay in program.outputs.items()}
-    return ModelResult(memories=mem, outputs=outputs)
+    for name in program.dram_outputs:
+        outputs[name] = program.read_dram_output(name, dram)
+    return ModelResult(memories=mem, outputs=outputs, dram=dram)
 
 
 def weight_tile(cfg, words: np.ndarray) -> np.ndarray:

@@ -61,6 +61,12 @@ __all__ = [
     "Matmul",
     "Halt",
     "Requant",
+    "Load",
+    "Store",
+    "DramLayout",
+    "LOAD_MEMORIES",
+    "STORE_MEMORIES",
+    "MEMORY_IDS",
     "Command",
     "CommandField",
     "CommandLayout",
@@ -74,7 +80,17 @@ __all__ = [
     "requantize_lanes",
     "act_addresses",
     "matmul_spans",
+    "command_accesses",
+    "check_races",
+    "dram_word_bytes",
+    "memory_word_bits",
+    "DmaFault",
+    "dma_fault",
+    "ERROR_CODES",
 ]
+
+#: Width of a DRAM byte address (the AXI4 address bus).
+DRAM_ADDR_BITS = 32
 
 #: Data memories a Program can place matrices in; the last three are the post-processing
 #: unit's parameter memories (one word of ``cols`` lanes per output-channel tile).
@@ -94,6 +110,8 @@ class Opcode(enum.IntEnum):
     HALT = 0
     MATMUL = 1
     REQUANT = 2
+    LOAD = 3
+    STORE = 4
 
 
 @dataclass(frozen=True)
@@ -139,6 +157,7 @@ class Matmul:
     step: int = 1
     stride: int = 0
     act_unsigned: bool = False
+    wait: bool = False
 
     opcode = Opcode.MATMUL
 
@@ -170,8 +189,46 @@ class Requant:
     inner: int = 0
     step: int = 1
     stride: int = 0
+    wait: bool = False
 
     opcode = Opcode.REQUANT
+
+
+@dataclass(frozen=True)
+class Load:
+    """Copy ``words`` memory words from DRAM byte address ``dram_addr`` into ``memory`` at
+    word ``sram_addr`` (only on a configuration with a bus interface, ``dram_width > 0``).
+
+    In DRAM a word of memory ``memory`` takes ``qsim.hw.dram_word_bytes`` bytes (its lanes
+    packed little-endian, padded to whole bytes) and the words follow one another. The DMA
+    engine runs one LOAD or STORE at a time, next to the compute commands: the command is
+    taken as soon as the DMA engine is free and the next command is fetched at once.
+    ``wait`` holds the command until every earlier compute command has finished (its last
+    result written); without it a LOAD may overlap earlier MATMULs and REQUANTs, and
+    :meth:`Program.validate` rejects a program in which that overlap could race.
+    """
+
+    memory: str
+    dram_addr: int
+    sram_addr: int
+    words: int
+    wait: bool = False
+
+    opcode = Opcode.LOAD
+
+
+@dataclass(frozen=True)
+class Store:
+    """Copy ``words`` words of ``memory`` (``acc`` or ``act``) from word ``sram_addr`` to DRAM
+    byte address ``dram_addr``; as :class:`Load` otherwise."""
+
+    memory: str
+    dram_addr: int
+    sram_addr: int
+    words: int
+    wait: bool = False
+
+    opcode = Opcode.STORE
 
 
 @dataclass(frozen=True)
@@ -181,7 +238,12 @@ class Halt:
     opcode = Opcode.HALT
 
 
-Command = Union[Matmul, Requant, Halt]
+Command = Union[Matmul, Requant, Load, Store, Halt]
+
+#: Memories a LOAD may write and a STORE may read, and their ids in the command word.
+LOAD_MEMORIES = ("act", "weight", "bias", "scale", "qctl")
+STORE_MEMORIES = ("act", "acc")
+MEMORY_IDS = {"act": 0, "weight": 1, "acc": 2, "bias": 3, "scale": 4, "qctl": 5, "cmd": 6}
 
 
 def act_addresses(command: Matmul | Requant) -> np.ndarray:
@@ -239,6 +301,12 @@ class CommandLayout:
             lane_bits = max(config.act_lanes, config.cols).bit_length()
             widths += [("param_addr", config.param_addr_bits), ("src_lane", lane_bits),
                        ("dst_lane", lane_bits), ("lanes", lane_bits)]
+        if config.has_dram:
+            depths = [config.act_mem_words, config.weight_mem_words, config.acc_mem_words,
+                      config.param_mem_words]
+            widths += [("wait", 1), ("mem", 3), ("dram_addr", DRAM_ADDR_BITS),
+                       ("sram_addr", max(d - 1 for d in depths).bit_length()),
+                       ("words", max(depths).bit_length())]
         offset = 0
         fields: dict[str, CommandField] = {}
         for name, width in widths:
@@ -255,7 +323,14 @@ class CommandLayout:
         """The command as an unsigned integer of :attr:`width` bits."""
         if isinstance(command, Halt):
             return int(Opcode.HALT)
-        if isinstance(command, Matmul):
+        if isinstance(command, (Load, Store)):
+            if "mem" not in self.fields:
+                raise ProgramError(f"cannot encode {command!r}: the configuration has no bus "
+                                   f"interface (dram_width 0)")
+            values = {"opcode": int(command.opcode), "wait": int(bool(command.wait)),
+                      "mem": MEMORY_IDS[command.memory], "dram_addr": command.dram_addr,
+                      "sram_addr": command.sram_addr, "words": command.words}
+        elif isinstance(command, Matmul):
             values = {
                 "opcode": int(Opcode.MATMUL),
                 "accumulate": int(bool(command.accumulate)),
@@ -279,6 +354,10 @@ class CommandLayout:
                       "inner": command.inner, "step": command.step, "stride": command.stride}
         else:
             raise ProgramError(f"cannot encode {command!r}: not a qsim command")
+        if isinstance(command, (Matmul, Requant)) and command.wait:
+            if "wait" not in self.fields:
+                raise ProgramError(f"cannot encode {command!r}: wait needs a bus interface")
+            values["wait"] = 1
         word = 0
         for name, value in values.items():
             f = self.fields[name]
@@ -294,13 +373,25 @@ class CommandLayout:
         opcode = word & self.fields["opcode"].mask
         if opcode == Opcode.HALT:
             return Halt()
-        known = opcode == Opcode.MATMUL or (opcode == Opcode.REQUANT and "param_addr" in self.fields)
+        known = (opcode == Opcode.MATMUL
+                 or (opcode == Opcode.REQUANT and "param_addr" in self.fields)
+                 or (opcode in (Opcode.LOAD, Opcode.STORE) and "mem" in self.fields))
         if not known:
             raise ProgramError(f"unknown opcode {opcode} in command word {word:#x}")
 
         def get(name: str) -> int:
             f = self.fields[name]
             return (word >> f.offset) & f.mask
+
+        wait = bool(get("wait")) if "wait" in self.fields else False
+        if opcode in (Opcode.LOAD, Opcode.STORE):
+            names = {v: k for k, v in MEMORY_IDS.items()}
+            mem = get("mem")
+            if mem not in names:
+                raise ProgramError(f"unknown memory id {mem} in command word {word:#x}")
+            kind = Load if opcode == Opcode.LOAD else Store
+            return kind(memory=names[mem], dram_addr=get("dram_addr"),
+                        sram_addr=get("sram_addr"), words=get("words"), wait=wait)
 
         if opcode == Opcode.REQUANT:
             return Requant(acc_addr=get("acc_addr"), act_addr=get("act_addr"), rows=get("rows"),
@@ -318,6 +409,7 @@ class CommandLayout:
             inner=get("inner"),
             step=get("step"),
             stride=get("stride"),
+            wait=wait,
         )
 
 
@@ -401,6 +493,120 @@ class MatrixLayout:
         return out
 
 
+def memory_word_bits(config: AcceleratorConfig, memory: str) -> int:
+    """Bits of one word of ``memory`` (``cmd`` included)."""
+    bits = {"act": config.act_word_bits, "weight": config.weight_word_bits,
+            "acc": config.acc_word_bits, "bias": 32 * config.cols, "scale": 32 * config.cols,
+            "qctl": QCTL_FORMAT.bits * config.cols}
+    if memory == "cmd":
+        return CommandLayout(config).width
+    return bits[memory]
+
+
+def dram_word_bytes(config: AcceleratorConfig, memory: str) -> int:
+    """Bytes one word of ``memory`` takes in DRAM: its bits packed little-endian, lane 0
+    first, padded to whole bytes."""
+    return -(-memory_word_bits(config, memory) // 8)
+
+
+def words_to_bytes(words: Sequence[int], word_bytes: int) -> bytes:
+    """Unsigned word values as consecutive little-endian ``word_bytes``-byte fields."""
+    return b"".join(int(w).to_bytes(word_bytes, "little") for w in words)
+
+
+def bytes_to_words(data: bytes, word_bytes: int) -> list[int]:
+    """Inverse of :func:`words_to_bytes`."""
+    return [int.from_bytes(data[i : i + word_bytes], "little")
+            for i in range(0, len(data) - word_bytes + 1, word_bytes)]
+
+
+def image_to_words(image: np.ndarray, fmt: IntFormat) -> list[int]:
+    """Rows of a lane image (words x lanes, int64) as unsigned words (lane 0 in the low bits)."""
+    image = np.asarray(image, dtype=np.int64)
+    bits = fmt.bits
+    if bits in (8, 16, 32, 64):
+        raw = image.astype(f"<i{bits // 8}").view(f"<u{bits // 8}")
+        return [int.from_bytes(row.tobytes(), "little") for row in raw]
+    mask = (1 << bits) - 1
+    out = []
+    for row in image.tolist():
+        word = 0
+        for lane, value in enumerate(row):
+            word |= (value & mask) << (lane * bits)
+        out.append(word)
+    return out
+
+
+def words_to_image(words: Sequence[int], lanes: int, fmt: IntFormat) -> np.ndarray:
+    """Inverse of :func:`image_to_words` (lanes read back in ``fmt``'s signedness)."""
+    bits = fmt.bits
+    mask = (1 << bits) - 1
+    out = np.array([[(int(w) >> (lane * bits)) & mask for lane in range(lanes)] for w in words],
+                   dtype=np.int64).reshape(len(words), lanes)
+    return wrap(out, fmt) if fmt.signed else out
+
+
+@dataclass(frozen=True)
+class DramLayout:
+    """A matrix kept in DRAM in the word format of an on-chip memory.
+
+    ``layout`` (base 0) says how the matrix fills the words of ``layout.memory``; word ``w``
+    of that image is stored at byte ``addr + w * dram_word_bytes``. A LOAD of those words
+    places the matrix on chip as ``layout`` shifted to the LOAD's ``sram_addr``.
+    """
+
+    layout: MatrixLayout
+    addr: int
+
+    def __post_init__(self) -> None:
+        if self.layout.base != 0:
+            raise ProgramError(f"a DRAM layout's matrix layout must start at word 0, not "
+                               f"{self.layout.base}")
+        if self.addr < 0:
+            raise ProgramError(f"DRAM address must not be negative, not {self.addr}")
+
+    def nbytes(self, config: AcceleratorConfig) -> int:
+        return self.layout.words * dram_word_bytes(config, self.layout.memory)
+
+    def end(self, config: AcceleratorConfig) -> int:
+        return self.addr + self.nbytes(config)
+
+
+#: Why a DMA command (or the program fetch at start) stops the accelerator: the RTL's
+#: ``ERROR_CODE`` register holds the number, :class:`DmaFault` carries it in the model.
+ERROR_CODES = {"none": 0, "opcode": 1, "bus": 2, "misaligned": 3, "program": 4}
+
+
+class DmaFault(ProgramError):
+    """A command the accelerator stops at: ``command`` is its index (-1: the program fetch
+    at start), ``code`` a key of :data:`ERROR_CODES`."""
+
+    def __init__(self, message: str, command: int, code: str) -> None:
+        super().__init__(message)
+        self.command = command
+        self.code = code
+
+
+def dma_fault(config: AcceleratorConfig, index: int, command) -> DmaFault | None:
+    """What stops the accelerator at LOAD/STORE ``command`` (index ``index``), if anything:
+    a DRAM address that is not a multiple of the bus width (``misaligned``) or bytes beyond
+    the DRAM (``bus``: the DRAM answers with an error response). The model raises it when it
+    reaches the command; the RTL sets ``ERROR_CODE`` and ``ERROR_CMD`` there."""
+    kind = type(command).__name__
+    if command.dram_addr % config.dram_width:
+        return DmaFault(
+            f"command {index} ({kind} {command.memory}): DRAM address {command.dram_addr:#x} is "
+            f"not a multiple of the {config.dram_width}-byte bus width (misaligned burst)",
+            index, "misaligned")
+    end = command.dram_addr + command.words * dram_word_bytes(config, command.memory)
+    if end > config.dram_capacity:
+        return DmaFault(
+            f"command {index} ({kind} {command.memory}): DRAM bytes {command.dram_addr:#x}.."
+            f"{end - 1:#x} are outside the {config.dram_capacity}-byte DRAM",
+            index, "bus")
+    return None
+
+
 @dataclass
 class Program:
     """A command stream for one configuration, with its input data and output layouts.
@@ -408,6 +614,13 @@ class Program:
     ``inputs`` maps a name to ``(layout, matrix)``; ``outputs`` maps a name to the layout of a
     result in the accumulator memory. ``meta`` carries facts for reports (for a GEMM: the
     shape ``m``, ``k``, ``n`` and so the useful MAC count).
+
+    With a bus interface (``config.dram_width``) the program itself is kept in DRAM from
+    byte ``cmd_base``, ``dram_inputs`` maps a name to ``(DramLayout, matrix)`` placed in DRAM
+    before the run and ``dram_outputs`` a name to the ``DramLayout`` of a result the program
+    STOREs. ``strict = False`` builds a program whose LOAD/STORE commands may fault (a
+    misaligned or out-of-range DRAM address), to check that the model and the RTL stop at
+    the same command; everything else is still validated.
     """
 
     config: AcceleratorConfig
@@ -416,10 +629,61 @@ class Program:
     outputs: dict[str, MatrixLayout] = field(default_factory=dict)
     name: str = "program"
     meta: dict[str, int | str] = field(default_factory=dict)
+    dram_inputs: dict[str, tuple[DramLayout, np.ndarray]] = field(default_factory=dict)
+    dram_outputs: dict[str, DramLayout] = field(default_factory=dict)
+    cmd_base: int = 0
+    strict: bool = True
 
     def __post_init__(self) -> None:
         self.commands = tuple(self.commands)
         self.validate()
+
+    @property
+    def dma_commands(self) -> Iterator[Load | Store]:
+        return (c for c in self.commands if isinstance(c, (Load, Store)))
+
+    def program_bytes(self) -> int:
+        """Bytes the command words take in DRAM."""
+        return len(self.commands) * dram_word_bytes(self.config, "cmd")
+
+    def dram_footprint(self, transfers: bool = True) -> int:
+        """One past the highest DRAM byte the program, its inputs, outputs and (with
+        ``transfers``) LOAD/STOREs use."""
+        cfg = self.config
+        top = self.cmd_base + self.program_bytes()
+        for lay, _ in self.dram_inputs.values():
+            top = max(top, lay.end(cfg))
+        for lay in self.dram_outputs.values():
+            top = max(top, lay.end(cfg))
+        for c in self.dma_commands if transfers else ():
+            top = max(top, c.dram_addr + c.words * dram_word_bytes(cfg, c.memory))
+        return top
+
+    def dram_image(self) -> bytearray:
+        """DRAM contents before the run, bytes ``0 .. dram_footprint - 1`` (zero elsewhere)."""
+        cfg = self.config
+        image = bytearray(self.dram_footprint())
+        code = words_to_bytes(self.encoded(), dram_word_bytes(cfg, "cmd"))
+        image[self.cmd_base : self.cmd_base + len(code)] = code
+        formats = self.memory_formats()
+        for lay, matrix in self.dram_inputs.values():
+            data = words_to_bytes(image_to_words(lay.layout.pack(matrix),
+                                                 formats[lay.layout.memory]),
+                                  dram_word_bytes(cfg, lay.layout.memory))
+            image[lay.addr : lay.addr + len(data)] = data
+        return image
+
+    def read_dram_output(self, name: str, image: bytes) -> np.ndarray:
+        """Decode output ``name`` from a DRAM image."""
+        lay = self.dram_outputs[name]
+        memory = lay.layout.memory
+        wb = dram_word_bytes(self.config, memory)
+        data = bytes(image[lay.addr : lay.addr + lay.layout.words * wb])
+        if len(data) < lay.layout.words * wb:
+            raise ProgramError(f"DRAM image of {len(image)} bytes cannot hold output {name!r}")
+        fmt = self.memory_formats()[memory]
+        words = words_to_image(bytes_to_words(data, wb), self.memory_lanes()[memory], fmt)
+        return lay.layout.unpack(words)
 
     # ---- structure -----------------------------------------------------------------------
 
@@ -457,6 +721,8 @@ class Program:
             top["acc"] = max(top["acc"], c.acc_addr + c.rows)
             for memory in PARAM_MEMORIES:
                 top[memory] = max(top[memory], c.param_addr + 1)
+        for c in self.dma_commands:
+            top[c.memory] = max(top[c.memory], c.sram_addr + c.words)
         return top
 
     def memory_formats(self) -> dict[str, IntFormat]:
@@ -514,6 +780,12 @@ class Program:
         lanes = self.memory_lanes()
         for i, c in enumerate(self.commands):
             if isinstance(c, Halt):
+                continue
+            if getattr(c, "wait", False) and not cfg.has_dram:
+                raise ProgramError(f"command {i}: wait orders a command against the DMA engine, "
+                                   f"which a configuration without a bus interface does not have")
+            if isinstance(c, (Load, Store)):
+                self._check_dma_command(i, c, depths)
                 continue
             if isinstance(c, Matmul):
                 names = ("act_addr", "weight_addr", "acc_addr", "rows", "inner", "step", "stride")
@@ -590,6 +862,154 @@ class Program:
             if lay.memory not in ("acc", "act") or lay.lanes != lanes[lay.memory] \
                     or lay.end > depths[lay.memory]:
                 raise ProgramError(f"output {name!r} does not fit the {lay.memory} memory: {lay}")
+        if cfg.has_dram:
+            self._check_dram(formats, lanes)
+            check_races(self)
+        elif self.dram_inputs or self.dram_outputs:
+            raise ProgramError("DRAM inputs and outputs need a bus interface (dram_width)")
+
+    def _check_dma_command(self, i: int, c: Load | Store, depths: dict[str, int]) -> None:
+        cfg = self.config
+        kind = type(c).__name__
+        if not cfg.has_dram:
+            raise ProgramError(f"command {i} is a {kind} but the configuration has no bus "
+                               f"interface (dram_width 0)")
+        allowed = LOAD_MEMORIES if isinstance(c, Load) else STORE_MEMORIES
+        if c.memory not in allowed or c.memory not in depths:
+            have = [m for m in allowed if m in depths]
+            raise ProgramError(f"command {i}: a {kind} moves words of the {', '.join(have)} "
+                               f"memories, not {c.memory!r}")
+        for name in ("dram_addr", "sram_addr", "words"):
+            value = getattr(c, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ProgramError(f"command {i}: {name} must be an int, not {value!r}")
+            if value < 0:
+                raise ProgramError(f"command {i}: {name} must not be negative, not {value}")
+        if c.words < 1:
+            raise ProgramError(f"command {i}: words must be at least 1, not {c.words}")
+        if c.sram_addr + c.words > depths[c.memory]:
+            raise ProgramError(
+                f"command {i} uses {c.memory} words {c.sram_addr}..{c.sram_addr + c.words - 1} "
+                f"but the {c.memory} memory has {depths[c.memory]} words "
+                f"({c.sram_addr + c.words - depths[c.memory]} too many)")
+        if c.dram_addr >= 1 << DRAM_ADDR_BITS:
+            raise ProgramError(f"command {i}: dram_addr {c.dram_addr:#x} does not fit the "
+                               f"{DRAM_ADDR_BITS}-bit address bus")
+        if self.strict:
+            fault = dma_fault(cfg, i, c)
+            if fault is not None:
+                raise fault
+
+    def _check_dram(self, formats: dict[str, IntFormat], lanes: dict[str, int]) -> None:
+        cfg = self.config
+        if self.inputs:
+            raise ProgramError(
+                f"with a bus interface every input lives in DRAM (dram_inputs) and is brought "
+                f"on chip by LOAD commands; on-chip inputs given: {', '.join(self.inputs)}")
+        if self.cmd_base % cfg.dram_width or self.cmd_base < 0:
+            raise ProgramError(f"cmd_base {self.cmd_base:#x} must be a non-negative multiple of "
+                               f"the {cfg.dram_width}-byte bus width")
+        spans = [("the program", self.cmd_base, self.cmd_base + self.program_bytes())]
+        for name, (lay, matrix) in self.dram_inputs.items():
+            memory = lay.layout.memory
+            if lay.layout.lanes != lanes.get(memory):
+                raise ProgramError(f"DRAM input {name!r}: the {memory} word has "
+                                   f"{lanes.get(memory)} lanes, not {lay.layout.lanes}")
+            fmt = (IntFormat(lay.layout.unsigned_bits, False) if lay.layout.unsigned_bits
+                   else formats[memory])
+            bad = find_overflows(matrix, fmt, limit=1)
+            if bad:
+                raise ProgramError(f"DRAM input {name!r}: " + bad[0].describe(name, fmt))
+            if memory in ("scale", "qctl"):
+                _check_params(name, memory, np.asarray(matrix, dtype=np.int64), cfg.requant,
+                              cfg.input_format.bits)
+            spans.append((f"DRAM input {name!r}", lay.addr, lay.end(cfg)))
+        for name, lay in self.dram_outputs.items():
+            if lay.layout.memory not in STORE_MEMORIES or \
+                    lay.layout.lanes != lanes[lay.layout.memory]:
+                raise ProgramError(f"DRAM output {name!r} must be in the word format of the "
+                                   f"act or acc memory: {lay.layout}")
+        spans.sort(key=lambda s: s[1])
+        for (a, _, a_end), (b, b_start, _) in zip(spans, spans[1:]):
+            if b_start < a_end:
+                raise ProgramError(f"{b} overlaps {a} in DRAM (byte {b_start:#x})")
+        need = self.dram_footprint(transfers=self.strict)
+        if need > cfg.dram_capacity:
+            raise ProgramError(
+                f"the program needs {need} bytes of DRAM (program, inputs, outputs and "
+                f"transfers) but the DRAM has {cfg.dram_capacity} bytes (dram_capacity)")
+
+
+def command_accesses(config: AcceleratorConfig, command) -> list[tuple[str, int, int, bool]]:
+    """``(memory, first word, last word, writes)`` of every on-chip range a command uses
+    (activation words as the range from the lowest to the highest)."""
+    if isinstance(command, (Load, Store)):
+        return [(command.memory, command.sram_addr, command.sram_addr + command.words - 1,
+                 isinstance(command, Load))]
+    addresses = act_addresses(command)
+    act = (int(addresses.min()), int(addresses.max()))
+    if isinstance(command, Requant):
+        out = [("acc", command.acc_addr, command.acc_addr + command.rows - 1, False),
+               ("act", *act, True)]
+        return out + [(m, command.param_addr, command.param_addr, False) for m in PARAM_MEMORIES]
+    out = [("act", *act, False)]
+    for memory, start, count in matmul_spans(config, command):
+        if memory == "acc":
+            out.append(("acc", start, start + count - 1, True))
+            if command.accumulate:
+                out.append(("acc", start, start + count - 1, False))
+        else:
+            out.append((memory, start, start + count - 1, False))
+    return out
+
+
+def check_races(program: Program) -> None:
+    """Reject a program in which a DMA transfer and a compute command could touch the same
+    on-chip words in an order other than program order, whatever the DRAM latency.
+
+    The hardware orders the two units only by these rules (docs/dram.md): a command is taken
+    after every earlier command was taken; the DMA engine runs one LOAD/STORE at a time, so
+    taking one means the previous has finished; ``wait`` on a command holds it until every
+    earlier command of the *other* unit has finished; on a weight-stationary array taking a
+    MATMUL means the previous MATMUL's weight tile has been read; a REQUANT is taken only
+    after earlier MATMULs have written their results, and a MATMUL or REQUANT only after an
+    earlier REQUANT has finished. Two commands of different units that touch the same words
+    (one of them writing) must be ordered by these rules.
+    """
+    cfg = program.config
+    ws = cfg.dataflow is Dataflow.WEIGHT_STATIONARY
+    pending: dict[str, list] = {"compute": [], "dma": []}  # (index, command, accesses)
+    for i, c in enumerate(program.commands):
+        if isinstance(c, Halt):
+            continue
+        unit, other = ("dma", "compute") if isinstance(c, (Load, Store)) else ("compute", "dma")
+        if c.wait:
+            pending[other] = []
+        accesses = command_accesses(cfg, c)
+        for j, earlier, theirs in pending[other]:
+            for memory, lo, hi, writes in accesses:
+                for m2, lo2, hi2, writes2 in theirs:
+                    if m2 == memory and lo <= hi2 and lo2 <= hi and (writes or writes2):
+                        raise ProgramError(
+                            f"command {i} ({type(c).__name__}) {'writes' if writes else 'reads'} "
+                            f"{memory} words {max(lo, lo2)}..{min(hi, hi2)} that command {j} "
+                            f"({type(earlier).__name__}) {'writes' if writes2 else 'reads'}, and "
+                            f"nothing orders the two: set wait=True on command {i} or on a "
+                            f"{'DMA' if unit == 'dma' else 'compute'} command between them")
+        if unit == "dma":
+            pending["dma"] = [(i, c, accesses)]
+            continue
+        kept = []
+        for j, earlier, theirs in pending["compute"]:
+            if isinstance(earlier, Requant):
+                continue  # a later MATMUL/REQUANT is taken only once it has finished
+            if isinstance(c, Requant):
+                continue  # a REQUANT is taken only once earlier MATMULs have written
+            if ws:  # taking this MATMUL means the earlier one's weight tile has been read
+                theirs = [a for a in theirs if a[0] != "weight"]
+            kept.append((j, earlier, theirs))
+        kept.append((i, c, accesses))
+        pending["compute"] = kept
 
 
 def matmul_spans(config: AcceleratorConfig, command: Matmul) -> tuple[tuple[str, int, int], ...]:

@@ -53,7 +53,8 @@ import numpy as np
 from qsim.config import AcceleratorConfig
 from qsim.hw import (COUNTERS, array_latency, buffer_release_delay, is_output_stationary,
                      os_tile_spacing, os_write_latency, ppu_latency)
-from qsim.program import Halt, Matmul, Program, Requant
+from qsim.dma import transfer
+from qsim.program import Halt, Load, Matmul, Program, Requant, Store
 
 __all__ = ["TimingResult", "TileSchedule", "PostSchedule", "timing_of", "simulate_timing",
            "estimate_gemm"]
@@ -96,6 +97,18 @@ class TimingResult:
     wait_drain: int = 0
     wait_ppu: int = 0
     post_schedule: list[PostSchedule] = field(default_factory=list, repr=False)
+    loads: int = 0
+    stores: int = 0
+    dram_reads: int = 0
+    dram_writes: int = 0
+    dma_busy: int = 0
+    wait_dma: int = 0
+    transfer_schedule: list[TransferSchedule] = field(default_factory=list, repr=False)
+
+    @property
+    def dram_bytes(self) -> dict[str, int]:
+        """Bytes moved over the DRAM bus: ``read`` and ``written``."""
+        return {"read": self.dram_reads, "written": self.dram_writes}
 
     @property
     def array_macs(self) -> int:
@@ -118,12 +131,22 @@ class TimingResult:
         return {name: int(getattr(self, name)) for name in COUNTERS}
 
 
+@dataclass(frozen=True)
+class TransferSchedule:
+    """When one LOAD/STORE is taken and finishes, and the data beats it moves."""
+
+    take: int
+    end: int
+    beats: int
+
+
 @dataclass
 class _Run:
     schedule: list[TileSchedule]
     post: list[PostSchedule]
     cycles: int
     waits: dict[str, int]
+    transfers: list[TransferSchedule] = field(default_factory=list)
 
 
 def _last_write(config: AcceleratorConfig, tile: TileSchedule) -> int:
@@ -139,8 +162,12 @@ def _halt_take(config: AcceleratorConfig, last_take: int) -> int:
     return last_take + (1 if is_output_stationary(config) else config.rows)
 
 
-def _run(config: AcceleratorConfig, commands) -> _Run:
-    """The recurrence of the module docstring over ``commands`` (Matmul/Requant, no Halt)."""
+def _run(config: AcceleratorConfig, commands, origin: int = 0) -> _Run:
+    """The recurrence of the module docstring over ``commands`` (no Halt).
+
+    ``origin`` is the cycle in which the fetcher may first read the command memory (0, or the
+    cycle after the program fetch with a bus interface).
+    """
     r = config.rows
     os_ = is_output_stationary(config)
     spacing = os_tile_spacing(config)
@@ -148,59 +175,86 @@ def _run(config: AcceleratorConfig, commands) -> _Run:
     post_latency = ppu_latency(config)
     schedule: list[TileSchedule] = []
     post: list[PostSchedule] = []
-    waits = {"wait_array": 0, "wait_drain": 0, "wait_ppu": 0}
+    transfers: list[TransferSchedule] = []
+    waits = {"wait_array": 0, "wait_drain": 0, "wait_ppu": 0, "wait_dma": 0}
     seg: list[TileSchedule] = []  # Matmuls of the current segment
-    prev_take = 0  # ready = prev_take + 1; the first command is ready at cycle 1
-    prev_kind = None
-    post_free = 0
+    last_matmul_take = None
+    prev_take = origin  # ready = prev_take + 1; the first command is ready at origin + 1
+    post_free = origin
+    dma_free = origin
+    dma_act_load = False  # the last LOAD/STORE writes the activation memory
+    never = -1
 
-    def wait(take: int, ready: int, kind: str) -> None:
-        if take > ready:
-            cause = "wait_ppu" if prev_kind == "requant" else kind
-            waits[cause] += take - ready
+    def wait(take: int, ready: int, post_end: int, dma_end: int, rest: str) -> None:
+        """Split a command's wait over the counters as the RTL does, cycle by cycle: the
+        post-processing unit busy first, then the DMA engine busy, then ``rest``."""
+        ppu = max(0, min(take, post_end) - ready)
+        dma = max(0, min(take, dma_end) - max(ready, post_end))
+        waits["wait_ppu"] += ppu
+        waits["wait_dma"] += dma
+        waits[rest] += take - ready - ppu - dma
+
+    def drained(ready: int) -> int:
+        """First cycle (from ``ready``) with every compute command finished."""
+        return max(ready, _last_write(config, seg[-1]) if seg else ready, post_free)
 
     for cmd in commands:
         ready = prev_take + 1
+        wait_flag = getattr(cmd, "wait", False)
+        if isinstance(cmd, (Load, Store)):
+            loads_act = isinstance(cmd, Load) and cmd.memory == "act"
+            needs_post = loads_act or wait_flag
+            take = max(ready, dma_free, post_free if needs_post else ready)
+            if wait_flag:
+                take = drained(take)
+            wait(take, ready, post_free if needs_post else never, dma_free, "wait_drain")
+            cost = transfer(config, isinstance(cmd, Store), cmd.memory, cmd.dram_addr, cmd.words)
+            dma_free = take + cost.cycles
+            dma_act_load = loads_act
+            transfers.append(TransferSchedule(take, dma_free, cost.beats))
+            prev_take = take
+            continue
+        dma_end = dma_free if wait_flag else never
         if isinstance(cmd, Requant):
+            if dma_act_load:
+                dma_end = dma_free
             take = max(ready, _last_write(config, seg[-1])) if seg else max(ready, post_free)
-            wait(take, ready, "wait_drain")
+            take = max(take, dma_end)
+            wait(take, ready, post_free, dma_end, "wait_drain")
             last_write = take + cmd.rows + post_latency
             post.append(PostSchedule(take, last_write))
             post_free = last_write + 1
             seg = []
-            prev_take, prev_kind = take, "requant"
+            prev_take = take
             continue
         if not seg:
-            take = max(ready, post_free)
+            take = max(ready, post_free, dma_end)
             start = take + 2
         elif os_:
             # the slot is free once the streamer takes the previous tile; a tile starts when
             # the previous one has issued its last row and its own last issue is at least
             # `spacing` cycles after the previous tile's
-            take = max(ready, seg[-1].start - 1)
+            take = max(ready, seg[-1].start - 1, dma_end)
             start = max(take + 2, seg[-1].end, seg[-1].end + spacing - cmd.rows)
         else:
-            take = max(seg[-1].take + r, seg[-1].start - 1)
+            take = max(ready, seg[-1].take + r, seg[-1].start - 1, dma_end)
             if len(seg) > 1:
                 take = max(take, seg[-2].end + release)
             start = max(seg[-1].end, take + 2)
-        wait(take, ready, "wait_array")
+        wait(take, ready, post_free, dma_end, "wait_array")
         tile = TileSchedule(take, start, start + cmd.rows)
         seg.append(tile)
         schedule.append(tile)
-        prev_take, prev_kind = take, "matmul"
+        last_matmul_take = prev_take = take
     ready = prev_take + 1
-    if prev_kind == "matmul":
-        halt_take = _halt_take(config, prev_take)
-    elif prev_kind == "requant":
-        halt_take = max(ready, post_free)
-    else:
-        halt_take = 1
-    wait(halt_take, ready, "wait_array")
-    last_busy = halt_take + 1
+    halt_take = max(ready, post_free)
+    if last_matmul_take is not None:
+        halt_take = max(halt_take, _halt_take(config, last_matmul_take))
+    wait(halt_take, ready, post_free, never, "wait_array")
+    last_busy = max(halt_take + 1, dma_free)
     if seg:
         last_busy = max(last_busy, _last_write(config, seg[-1]))
-    return _Run(schedule, post, last_busy + 1, waits)
+    return _Run(schedule, post, last_busy + 1, waits, transfers)
 
 
 class _Rows:
@@ -265,13 +319,26 @@ def timing_of(config: AcceleratorConfig, rows: np.ndarray, accumulate: np.ndarra
                               useful_macs)
 
 
-def timing_of_commands(config: AcceleratorConfig, commands, useful_macs: int | None = None
-                       ) -> TimingResult:
-    """Timing of a command sequence (Matmul and Requant; a trailing Halt is optional)."""
+def program_fetch(config: AcceleratorConfig, commands: int, cmd_base: int = 0):
+    """The DMA transfer that fetches ``commands`` command words at start (bus interface)."""
+    return transfer(config, False, "cmd", cmd_base, commands)
+
+
+def timing_of_commands(config: AcceleratorConfig, commands, useful_macs: int | None = None,
+                       cmd_base: int = 0) -> TimingResult:
+    """Timing of a command sequence (a trailing Halt is optional). With a bus interface the
+    program (the commands and a Halt) is fetched from DRAM byte ``cmd_base`` first."""
     commands = [c for c in commands if not isinstance(c, Halt)]
-    run = _run(config, commands)
+    origin = 0
+    fetch = None
+    if config.has_dram:
+        # taken in the cycle of start (cycle -1), finished at `end`; fetching begins after
+        fetch = program_fetch(config, len(commands) + 1, cmd_base)
+        origin = fetch.cycles
+    run = _run(config, commands, origin)
     matmuls = [c for c in commands if isinstance(c, Matmul)]
     requants = [c for c in commands if isinstance(c, Requant)]
+    dma = [c for c in commands if isinstance(c, (Load, Store))]
     streamed = sum(c.rows for c in matmuls)
     post_rows = sum(c.rows for c in requants)
     if is_output_stationary(config):  # a weight word per step, R accumulator words per tile
@@ -292,6 +359,15 @@ def timing_of_commands(config: AcceleratorConfig, commands, useful_macs: int | N
         act_writes=post_rows,
         ppu_outputs=sum(c.rows * c.lanes for c in requants),
         post_schedule=run.post,
+        loads=sum(isinstance(c, Load) for c in commands),
+        stores=sum(isinstance(c, Store) for c in commands),
+        dram_reads=config.dram_width * (sum(t.beats for c, t in zip(dma, run.transfers)
+                                            if isinstance(c, Load))
+                                        + (fetch.beats if fetch else 0)),
+        dram_writes=config.dram_width * sum(t.beats for c, t in zip(dma, run.transfers)
+                                            if isinstance(c, Store)),
+        dma_busy=sum(t.end - t.take for t in run.transfers) + (fetch.cycles if fetch else 0),
+        transfer_schedule=run.transfers,
         **run.waits,
     )
 
@@ -300,7 +376,7 @@ def simulate_timing(program: Program) -> TimingResult:
     """Exact cycle count and action counts of ``program`` on the generated RTL."""
     useful = program.meta.get("useful_macs")
     return timing_of_commands(program.config, program.commands,
-                              int(useful) if useful is not None else None)
+                              int(useful) if useful is not None else None, program.cmd_base)
 
 
 def estimate_gemm(config: AcceleratorConfig, m: int, k: int, n: int,

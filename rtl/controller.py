@@ -35,8 +35,9 @@ from amaranth.lib.wiring import In, Out
 
 from qsim.config import AcceleratorConfig, RequantMode
 from qsim.hw import COUNTER_BITS, buffer_release_delay, is_output_stationary, os_tile_spacing
-from qsim.program import CommandLayout, Opcode
+from qsim.program import DRAM_ADDR_BITS, ERROR_CODES, MEMORY_IDS, CommandLayout, Opcode
 from rtl.checks import require_config
+from rtl.dma import sram_addr_bits, words_bits
 
 __all__ = ["Controller", "pipeline_meta_layout", "post_meta_layout", "lane_layout",
            "tile_layout", "buffer_release_delay", "COUNTER_BITS"]
@@ -157,8 +158,17 @@ class Controller(wiring.Component):
         The running REQUANT's lane selection.
     post_done : In(1)
         The post-processing engine's last write happens this cycle.
-    wait_array, wait_drain, wait_ppu : Out(1)
+    wait_array, wait_drain, wait_ppu, wait_dma : Out(1)
         A fetched command is not taken this cycle, and why (see :data:`qsim.hw.COUNTER_HELP`).
+    cmd_base, cmd_count : In
+        With a bus interface: where the program is in DRAM and how many command words the
+        DMA engine fetches into the command memory at ``start``, before the first command.
+    dma_* : the DMA engine's command (``dma_start`` takes it) and state.
+    load_taken, store_taken : Out(1)
+        A LOAD / STORE command was taken this cycle.
+    error_code, error_cmd : Out
+        Why the run stopped (:data:`qsim.program.ERROR_CODES`) and at which command
+        (``0xffffffff``: the program fetch).
     """
 
     def __init__(self, config: AcceleratorConfig) -> None:
@@ -196,6 +206,23 @@ class Controller(wiring.Component):
             "wait_array": Out(1),
             "wait_drain": Out(1),
             "wait_ppu": Out(1),
+            "wait_dma": Out(1),
+            # bus interface (config.dram_width > 0): the DMA engine's command side
+            "cmd_base": In(DRAM_ADDR_BITS),
+            "cmd_count": In(32),
+            "dma_start": Out(1),
+            "dma_store": Out(1),
+            "dma_mem": Out(3),
+            "dma_dram_addr": Out(DRAM_ADDR_BITS),
+            "dma_sram_addr": Out(sram_addr_bits(config)),
+            "dma_words": Out(words_bits(config)),
+            "dma_busy": In(1),
+            "dma_done": In(1),
+            "dma_fault": In(1),
+            "load_taken": Out(1),
+            "store_taken": Out(1),
+            "error_code": Out(4),
+            "error_cmd": Out(32),
         })
 
     def elaborate(self, platform):
@@ -243,6 +270,25 @@ class Controller(wiring.Component):
         is_halt = opcode == int(Opcode.HALT)
         is_requant = (opcode == int(Opcode.REQUANT)) if has_ppu else Const(0, 1)
 
+        # bus interface: program fetch at start, LOAD/STORE through the DMA engine
+        dram = cfg.has_dram
+        prologue = Signal()
+        fq_index = Signal(32)  # index of the command in the fetch queue
+        dma_index = Signal(32)  # index of the LOAD/STORE the DMA engine runs
+        dma_act_load = Signal()  # ... and whether it writes the activation memory
+        if dram:
+            is_load = opcode == int(Opcode.LOAD)
+            is_store = opcode == int(Opcode.STORE)
+            wait_bit = field("wait")
+            dma_mem = field("mem")
+            misaligned = field("dram_addr")[: (cfg.dram_width - 1).bit_length()] != 0
+        else:
+            is_load = is_store = wait_bit = misaligned = Const(0, 1)
+            dma_mem = Const(0, 3)
+        is_dma = is_load | is_store
+        dma_free = ~self.dma_busy | self.dma_done
+        loads_act = is_load & (dma_mem == MEMORY_IDS["act"])
+
         os_ = is_output_stationary(cfg)
         spacing = os_tile_spacing(cfg)
         # output-stationary: the drain engine (R accumulator words per tile) and the cycles
@@ -261,14 +307,26 @@ class Controller(wiring.Component):
         drained = ~loading & ~slot_valid & ~active & (inflight == self.write_valid)
         if os_:
             drained = drained & (drain_left == 0)
-        can_take = busy & fq_valid & ~halted & loader_free & ~post_busy
+        # what a fetched command needs: the post-processing unit idle (every command but a
+        # LOAD/STORE, which needs it only to write the activation memory or with wait), the
+        # DMA engine idle (LOAD/STORE; any command with wait; a REQUANT while a LOAD writes
+        # the activation memory), every compute command finished (REQUANT; LOAD/STORE with wait)
+        needs_post = ~is_dma | loads_act | wait_bit
+        needs_dma = is_dma | wait_bit | (is_requant & dma_act_load)
+        fetched = busy & fq_valid & ~halted & ~prologue
+        can_take = fetched & loader_free & ~post_busy & (~wait_bit | dma_free)
         take_matmul = can_take & is_matmul & slot_free
         if not os_:
             take_matmul = take_matmul & buffer_free
-        take_requant = can_take & is_requant & drained
-        take_stop = can_take & ~is_matmul & ~is_requant
-        take = take_matmul | take_requant | take_stop
-        waiting = busy & fq_valid & ~halted & ~take
+        take_requant = can_take & is_requant & drained & ~(dma_act_load & ~dma_free)
+        take_dma = (fetched & is_dma & dma_free & ~(needs_post & post_busy)
+                    & ~(wait_bit & ~(drained & ~post_busy)))
+        take_stop = (can_take & ~is_matmul & ~is_requant & ~is_dma) | (take_dma & misaligned)
+        take_dma = take_dma & ~misaligned
+        take = take_matmul | take_requant | take_stop | take_dma
+        waiting = fetched & ~take
+        stalled_post = waiting & needs_post & post_busy
+        stalled_dma = waiting & ~stalled_post & needs_dma & ~dma_free
 
         if os_:  # the drain engine's rows, and a weight word with every activation word
             issue = [self.issue.eq(drain), self.issue.valid.eq(drain_left != 0),
@@ -281,7 +339,7 @@ class Controller(wiring.Component):
         m.d.comb += [
             self.launch.eq(~busy & self.start),
             self.cmd_addr.eq(pc),
-            self.cmd_en.eq(busy & ~halted & ~take_stop & (~fq_valid | take)),
+            self.cmd_en.eq(busy & ~halted & ~prologue & ~take_stop & (~fq_valid | take)),
             self.act_addr.eq(cur.act),
             self.act_en.eq(active),
             *issue,
@@ -292,9 +350,12 @@ class Controller(wiring.Component):
             self.load_buf.eq(load_buf),
             self.matmul_taken.eq(take_matmul),
             self.requant_taken.eq(take_requant),
-            self.wait_ppu.eq(waiting & post_busy),
-            self.wait_drain.eq(waiting & ~post_busy & is_requant),
-            self.wait_array.eq(waiting & ~post_busy & ~is_requant),
+            self.wait_ppu.eq(stalled_post),
+            self.wait_dma.eq(stalled_dma),
+            self.wait_drain.eq(waiting & ~stalled_post & ~stalled_dma & (is_requant | is_dma)),
+            self.wait_array.eq(waiting & ~stalled_post & ~stalled_dma & ~is_requant & ~is_dma),
+            self.load_taken.eq(take_dma & is_load),
+            self.store_taken.eq(take_dma & is_store),
         ]
         if has_ppu:
             m.d.comb += [
@@ -308,13 +369,56 @@ class Controller(wiring.Component):
             ]
 
         finish = (busy & halted & ~active & ~slot_valid & (inflight == self.write_valid)
-                  & ~post_busy)
+                  & ~post_busy & dma_free)
         if os_:
             finish = finish & (drain_left == 0)
 
+        bad_program = Signal()
+        if dram:
+            # the program fetch at start, and LOAD/STORE commands, go to the DMA engine
+            width_bits = (cfg.dram_width - 1).bit_length()
+            m.d.comb += bad_program.eq((self.cmd_count == 0) | (self.cmd_count > cfg.cmd_mem_words)
+                                       | (self.cmd_base[:width_bits] != 0))
+            m.d.comb += [
+                self.dma_start.eq((self.launch & ~bad_program) | take_dma),
+                self.dma_store.eq(~self.launch & is_store),
+                self.dma_mem.eq(Mux(self.launch, MEMORY_IDS["cmd"], dma_mem)),
+                self.dma_dram_addr.eq(Mux(self.launch, self.cmd_base, field("dram_addr"))),
+                self.dma_sram_addr.eq(Mux(self.launch, 0, field("sram_addr"))),
+                self.dma_words.eq(Mux(self.launch, self.cmd_count, field("words"))),
+            ]
+            with m.If(self.launch):
+                m.d.sync += [prologue.eq(~bad_program), dma_index.eq(0xFFFFFFFF),
+                             dma_act_load.eq(0), self.error_code.eq(0), self.error_cmd.eq(0)]
+                with m.If(bad_program):
+                    m.d.sync += [self.error_code.eq(ERROR_CODES["program"]),
+                                 self.error_cmd.eq(0xFFFFFFFF)]
+            with m.Elif(busy):
+                with m.If(prologue & self.dma_done):
+                    m.d.sync += prologue.eq(0)
+                with m.If(take_dma):
+                    m.d.sync += [dma_index.eq(fq_index), dma_act_load.eq(loads_act)]
+                with m.If(self.dma_fault & (self.error_code == 0)):
+                    m.d.sync += [halted.eq(1), self.error.eq(1),
+                                 self.error_code.eq(ERROR_CODES["bus"]),
+                                 self.error_cmd.eq(dma_index)]
+                with m.If(take_stop & (self.error_code == 0) & ~is_halt):
+                    m.d.sync += [self.error_code.eq(Mux(is_dma, ERROR_CODES["misaligned"],
+                                                        ERROR_CODES["opcode"])),
+                                 self.error_cmd.eq(fq_index)]
+                with m.If(self.cmd_en):
+                    m.d.sync += fq_index.eq(pc)
+        else:
+            with m.If(self.launch):
+                m.d.sync += [self.error_code.eq(0), self.error_cmd.eq(0)]
+            with m.Elif(busy & take_stop & ~is_halt):
+                m.d.sync += [self.error_code.eq(ERROR_CODES["opcode"]), self.error_cmd.eq(fq_index)]
+            with m.If(busy & self.cmd_en):
+                m.d.sync += fq_index.eq(pc)
+
         with m.If(self.launch):
             m.d.sync += [
-                busy.eq(1), self.done.eq(0), self.error.eq(0), halted.eq(0),
+                busy.eq(1), self.done.eq(0), self.error.eq(bad_program), halted.eq(bad_program),
                 pc.eq(0), fq_valid.eq(0),
                 loading.eq(0), next_buf.eq(0), slot_valid.eq(0), active.eq(0),
                 buf_busy.eq(0), inflight.eq(0), post_busy.eq(0), post_reading.eq(0),

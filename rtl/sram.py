@@ -10,7 +10,7 @@ no platform is given, so the memories keep Amaranth's model; the tests check bot
 the bit-accurate model.
 
 ``qsim_sram`` semantics (those of an Amaranth memory with at most one synchronous write port
-and one synchronous read port): a write takes effect at the clock edge in each of the
+and two synchronous read ports, the second never transparent): a write takes effect at the clock edge in each of the
 ``LANES`` equal slices of the word whose bit of ``wr_en`` is set (one bit for a whole-word
 port; one per lane for a port with an Amaranth ``granularity``); a read
 with ``rd_en`` updates ``rd_data`` at the edge and holds it otherwise; when ``TRANSPARENT``
@@ -46,7 +46,10 @@ module {SRAM_MODULE} #(
   input wire [WIDTH-1:0] wr_data,
   input wire rd_en,
   input wire [ABITS-1:0] rd_addr,
-  output reg [WIDTH-1:0] rd_data
+  output reg [WIDTH-1:0] rd_data,
+  input wire rd2_en,
+  input wire [ABITS-1:0] rd2_addr,
+  output reg [WIDTH-1:0] rd2_data
 );
   localparam GRAN = WIDTH / LANES;
   reg [WIDTH-1:0] {SRAM_ARRAY} [0:DEPTH-1];
@@ -56,6 +59,7 @@ module {SRAM_MODULE} #(
     for (word = 0; word < DEPTH; word = word + 1)
       {SRAM_ARRAY}[word] = {{WIDTH{{1'b0}}}};
     rd_data = {{WIDTH{{1'b0}}}};
+    rd2_data = {{WIDTH{{1'b0}}}};
   end
   always @(posedge clk) begin
     for (lane = 0; lane < LANES; lane = lane + 1)
@@ -63,6 +67,8 @@ module {SRAM_MODULE} #(
         {SRAM_ARRAY}[wr_addr][lane*GRAN +: GRAN] <= wr_data[lane*GRAN +: GRAN];
     if (rd_en)
       rd_data <= (TRANSPARENT != 0 && wr_en[0] && wr_addr == rd_addr) ? wr_data : {SRAM_ARRAY}[rd_addr];
+    if (rd2_en)
+      rd2_data <= {SRAM_ARRAY}[rd2_addr];
   end
 endmodule
 """
@@ -74,10 +80,12 @@ class SramPlatform:
     def get_memory(self, memory):
         reads = memory.read_ports
         writes = memory.write_ports
-        if len(reads) > 1 or len(writes) > 1:
+        if len(reads) > 2 or len(writes) > 1:
             raise NotImplementedError(
-                f"qsim_sram has one read and one write port; {memory!r} has "
+                f"qsim_sram has two read ports and one write port; {memory!r} has "
                 f"{len(reads)} and {len(writes)}")
+        if len(reads) == 2 and reads[1].transparent_for:
+            raise NotImplementedError("qsim_sram's second read port is not transparent")
         if any(port.domain == "comb" for port in reads):
             raise NotImplementedError("qsim_sram has no asynchronous read port")
         depth = memory.depth
@@ -100,5 +108,10 @@ class SramPlatform:
         else:
             transparent = 0
             ports.update(i_rd_en=Const(0, 1), i_rd_addr=Const(0, abits))
+        if len(reads) == 2:
+            rp = reads[1]
+            ports.update(i_rd2_en=rp.en, i_rd2_addr=rp.addr, o_rd2_data=rp.data)
+        else:
+            ports.update(i_rd2_en=Const(0, 1), i_rd2_addr=Const(0, abits))
         return Instance(SRAM_MODULE, p_WIDTH=width, p_DEPTH=depth, p_ABITS=abits,
                         p_TRANSPARENT=transparent, p_LANES=lanes, **ports)

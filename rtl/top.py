@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.hdl import MemoryData
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
@@ -18,6 +18,10 @@ from rtl.delay import DelayLines
 from rtl.pe import pe_shapes
 from rtl.ppu import PostProcessor
 from rtl.writeback import WriteBack
+from rtl.axi import axi4, axi_lite
+from rtl.csr import CSR_ADDR_BITS, CsrBlock
+from rtl.dma import DmaEngine
+from qsim.program import DRAM_ADDR_BITS, MEMORY_IDS
 
 __all__ = ["Accelerator", "COUNTERS", "MEMORY_NAMES"]
 
@@ -63,6 +67,10 @@ class Accelerator(wiring.Component):
         self.layout = CommandLayout(config)
         members = {"start": In(1), "busy": Out(1), "done": Out(1), "error": Out(1)}
         members.update({name: Out(COUNTER_BITS) for name in COUNTERS})
+        if config.has_dram:
+            members.update({"csr": In(axi_lite(CSR_ADDR_BITS, 32)),
+                            "mem": Out(axi4(DRAM_ADDR_BITS, 8 * config.dram_width)),
+                            "irq": Out(1)})
         super().__init__(members)
         cols = config.cols
         #: Internal signals worth watching in a simulation trace, by name; filled in when the
@@ -101,6 +109,8 @@ class Accelerator(wiring.Component):
         cmd_rd = cmd_mem.read_port()
         acc_wr = acc_mem.write_port()
         acc_rd = acc_mem.read_port(transparent_for=(acc_wr,))
+        dram = cfg.has_dram
+        act_wr = act_mem.write_port(granularity=1) if (has_ppu or dram) else None
 
         m.submodules.controller = ctrl = Controller(cfg)
         p = cfg.products_per_pe
@@ -115,7 +125,6 @@ class Accelerator(wiring.Component):
         m.submodules.writeback = wb = WriteBack(cfg)
 
         m.d.comb += [
-            ctrl.start.eq(self.start),
             self.busy.eq(ctrl.busy),
             self.done.eq(ctrl.done),
             self.error.eq(ctrl.error),
@@ -211,7 +220,6 @@ class Accelerator(wiring.Component):
                                                               [ppu_latency(cfg)])
             m.d.comb += post_delay.i[0].eq(ctrl.post_meta)
             meta = post_delay.o[0]
-            act_wr = act_mem.write_port(granularity=1)
             lanes = ctrl.lanes
             index_bits = max(cols - 1, 1).bit_length()
             # Every index value has an entry (the unused ones never reach an enabled lane), so
@@ -228,7 +236,7 @@ class Accelerator(wiring.Component):
                 post_write.eq(meta.valid),
                 ctrl.post_done.eq(meta.valid & meta.last),
                 # Post-processing outputs: one per enabled lane of each write.
-                lane_writes.eq(sum(act_wr.en[r] for r in range(cfg.act_lanes))),
+                lane_writes.eq(Mux(post_write, sum(act_wr.en[r] for r in range(cfg.act_lanes)), 0)),
             ]
 
         self.probes.update({
@@ -267,6 +275,60 @@ class Accelerator(wiring.Component):
                 **{f"ppu_out[{c}]": ppu.out[c] for c in range(cols)},
             })
 
+        start = self.start
+        dma_events = {"loads": 0, "stores": 0, "dram_reads": 0, "dram_writes": 0, "dma_busy": 0}
+        if dram:
+            m.submodules.dma = dma = DmaEngine(cfg)
+            m.submodules.csr = csr = CsrBlock(cfg)
+            wiring.connect(m, wiring.flipped(self.mem), dma.bus)
+            wiring.connect(m, wiring.flipped(self.csr), csr.bus)
+            start = self.start | csr.start
+            m.d.comb += [
+                ctrl.cmd_base.eq(csr.cmd_base), ctrl.cmd_count.eq(csr.cmd_count),
+                dma.start.eq(ctrl.dma_start), dma.store.eq(ctrl.dma_store),
+                dma.mem.eq(ctrl.dma_mem), dma.dram_addr.eq(ctrl.dma_dram_addr),
+                dma.sram_addr.eq(ctrl.dma_sram_addr), dma.words.eq(ctrl.dma_words),
+                ctrl.dma_busy.eq(dma.busy), ctrl.dma_done.eq(dma.done),
+                ctrl.dma_fault.eq(dma.fault),
+                csr.busy.eq(ctrl.busy), csr.done.eq(ctrl.done), csr.error.eq(ctrl.error),
+                csr.error_code.eq(ctrl.error_code), csr.error_cmd.eq(ctrl.error_cmd),
+                self.irq.eq(ctrl.done),
+            ]
+            for name in COUNTERS:
+                m.d.comb += getattr(csr, name).eq(getattr(self, name))
+            # LOAD writes: every memory but acc has a write port for the DMA engine (the
+            # activation memory's is shared with the post-processing unit: the controller
+            # never runs a REQUANT and a LOAD into it at once)
+            for key in ("act", "weight", "bias", "scale", "qctl", "cmd"):
+                if key not in mems:
+                    continue
+                hit = dma.wr_en & (dma.wr_mem == MEMORY_IDS[key])
+                bits = Shape.cast(mems[key].shape).width
+                if key == "act":
+                    with m.If(hit):
+                        m.d.comb += [act_wr.addr.eq(dma.wr_addr), act_wr.data.as_value().eq(dma.wr_data[:bits])]
+                        m.d.comb += [act_wr.en[r].eq(1) for r in range(cfg.act_lanes)]
+                    continue
+                port = mems[key].write_port()
+                m.d.comb += [port.addr.eq(dma.wr_addr), port.en.eq(hit)]
+                if key == "cmd":
+                    m.d.comb += port.data.eq(dma.wr_data[:bits])
+                else:
+                    m.d.comb += port.data.as_value().eq(dma.wr_data[:bits])
+            # STORE reads: second read ports of the activation and accumulator memories
+            act_rd2 = act_mem.read_port()
+            acc_rd2 = acc_mem.read_port()
+            for port, key in ((act_rd2, "act"), (acc_rd2, "acc")):
+                m.d.comb += [port.addr.eq(dma.rd_addr),
+                             port.en.eq(dma.rd_en & (dma.mem_now == MEMORY_IDS[key]))]
+            m.d.comb += dma.rd_data.eq(Mux(dma.mem_now == MEMORY_IDS["acc"],
+                                           acc_rd2.data.as_value(), act_rd2.data.as_value()))
+            dma_events = {"loads": ctrl.load_taken, "stores": ctrl.store_taken,
+                          "dram_reads": Mux(dma.read_beat, cfg.dram_width, 0),
+                          "dram_writes": Mux(dma.write_beat, cfg.dram_width, 0),
+                          "dma_busy": dma.busy}
+        m.d.comb += ctrl.start.eq(start)
+
         events = {
             "cycles": ctrl.busy,
             "act_reads": ctrl.act_en,
@@ -280,6 +342,8 @@ class Accelerator(wiring.Component):
             "wait_array": ctrl.wait_array,
             "wait_drain": ctrl.wait_drain,
             "wait_ppu": ctrl.wait_ppu,
+            **dma_events,
+            "wait_dma": ctrl.wait_dma,
         }
         assert tuple(events) == COUNTERS
         for name, event in events.items():

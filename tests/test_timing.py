@@ -19,7 +19,9 @@ def test_single_row_gemm_cycle_by_cycle():
     # HALT is ready at cycle 2 and taken at 1 + R = 9 (the loader reads 8 rows): 7 waits
     assert t.counters() == {"cycles": 20, "act_reads": 1, "weight_reads": 8, "acc_reads": 0,
                             "acc_writes": 1, "matmuls": 1, "requants": 0, "act_writes": 0,
-                            "ppu_outputs": 0, "wait_array": 7, "wait_drain": 0, "wait_ppu": 0}
+                            "ppu_outputs": 0, "wait_array": 7, "wait_drain": 0, "wait_ppu": 0,
+                            "loads": 0, "stores": 0, "dram_reads": 0, "dram_writes": 0,
+                            "dma_busy": 0, "wait_dma": 0}
 
 
 def test_short_tiles_are_loader_bound():
@@ -72,7 +74,9 @@ def test_counts_for_hand_written_program():
     # waits: 0, 2 - 1 = 1 and 8 - 4 = 4 cycles, then HALT ready at 9, taken at 8 + R = 10
     assert t.counters() == {"cycles": 17, "act_reads": 8, "weight_reads": 6, "acc_reads": 3,
                             "acc_writes": 8, "matmuls": 3, "requants": 0, "act_writes": 0,
-                            "ppu_outputs": 0, "wait_array": 6, "wait_drain": 0, "wait_ppu": 0}
+                            "ppu_outputs": 0, "wait_array": 6, "wait_drain": 0, "wait_ppu": 0,
+                            "loads": 0, "stores": 0, "dram_reads": 0, "dram_writes": 0,
+                            "dma_busy": 0, "wait_dma": 0}
     assert t.utilization is None
     assert t.array_macs == 8 * 6
 
@@ -112,7 +116,9 @@ def test_requant_after_a_gemm_cycle_by_cycle():
     assert [(p.take, p.last_write) for p in t.post_schedule] == [(15, 24)]
     assert t.counters() == {"cycles": 27, "act_reads": 5, "weight_reads": 4, "acc_reads": 5,
                             "acc_writes": 5, "matmuls": 1, "requants": 1, "act_writes": 5,
-                            "ppu_outputs": 20, "wait_array": 0, "wait_drain": 13, "wait_ppu": 9}
+                            "ppu_outputs": 20, "wait_array": 0, "wait_drain": 13, "wait_ppu": 9,
+                            "loads": 0, "stores": 0, "dram_reads": 0, "dram_writes": 0,
+                            "dma_busy": 0, "wait_dma": 0}
     assert estimate_gemm(cfg, 5, 4, 4, requant=True).counters() == t.counters()
 
 

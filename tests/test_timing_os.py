@@ -30,7 +30,9 @@ def test_single_step_gemm_cycle_by_cycle():
     assert t.schedule == [TileSchedule(take=1, start=3, end=4)]
     assert t.counters() == {"cycles": 28, "act_reads": 1, "weight_reads": 1, "acc_reads": 0,
                             "acc_writes": 8, "matmuls": 1, "requants": 0, "act_writes": 0,
-                            "ppu_outputs": 0, "wait_array": 0, "wait_drain": 0, "wait_ppu": 0}
+                            "ppu_outputs": 0, "wait_array": 0, "wait_drain": 0, "wait_ppu": 0,
+                            "loads": 0, "stores": 0, "dram_reads": 0, "dram_writes": 0,
+                            "dma_busy": 0, "wait_dma": 0}
 
 
 def test_the_documented_2x2_diagram():
@@ -72,7 +74,9 @@ def test_hand_written_program_with_accumulate_and_requant():
     assert [(p.take, p.last_write) for p in t.post_schedule] == [(16, 21)]
     assert t.counters() == {"cycles": 34, "act_reads": 9, "weight_reads": 9, "acc_reads": 2 + 2,
                             "acc_writes": 6, "matmuls": 3, "requants": 1, "act_writes": 2,
-                            "ppu_outputs": 4, "wait_array": 0, "wait_drain": 13, "wait_ppu": 5}
+                            "ppu_outputs": 4, "wait_array": 0, "wait_drain": 13, "wait_ppu": 5,
+                            "loads": 0, "stores": 0, "dram_reads": 0, "dram_writes": 0,
+                            "dma_busy": 0, "wait_dma": 0}
 
 
 @pytest.mark.parametrize("rows, cols, precision", [(4, 4, "int8"), (3, 5, "int8"), (5, 3, "int4")])

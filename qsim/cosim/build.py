@@ -54,7 +54,7 @@ MAKE_ARGS = ("OPT_FAST=-O2",)
 
 #: AcceleratorConfig fields that do not change the generated Verilog, so not the build either
 #: (tests/cosim/test_build_cache.py checks that the Verilog is the same whatever their value).
-NOT_IN_VERILOG = ("clock_mhz",)
+NOT_IN_VERILOG = ("clock_mhz", "dram_latency")
 
 #: Name of the stamp that marks a finished build.
 STAMP = "BUILD_OK.json"

@@ -27,6 +27,11 @@ class RtlResult:
     sim_wall_s: float = 0.0  # wall time from start to done only
     extra: dict[str, object] = field(default_factory=dict)
     memories: dict[str, np.ndarray] = field(default_factory=dict)
+    #: With a bus interface: the DRAM bytes ``0 .. dram_footprint - 1`` after the run, and the
+    #: ERROR_CODE / ERROR_CMD registers.
+    dram: bytes | None = None
+    error_code: int = 0
+    error_cmd: int = 0
 
     def __post_init__(self) -> None:
         self.memories.setdefault("acc", self.acc)

@@ -255,6 +255,8 @@ class CosimReport:
     utilization: float | None
     first_mismatches: list[str] = field(default_factory=list)
     act_mismatches: int = 0
+    dram_mismatches: int = 0  # differing DRAM bytes (bus interface)
+    dram_bytes: dict[str, int] | None = None  # bytes read and written, from the timing model
 
     @property
     def sim_cycles_per_s(self) -> float | None:
@@ -264,14 +266,16 @@ class CosimReport:
     @property
     def agrees(self) -> bool:
         return (self.mismatches == 0 and self.acc_mismatches == 0 and self.act_mismatches == 0
-                and not self.counter_diffs)
+                and self.dram_mismatches == 0 and not self.counter_diffs)
 
     def to_dict(self) -> dict:
         return {
             "name": self.name,
             "elements": self.elements,
             "mismatches": self.mismatches,
+            "dram_bytes": self.dram_bytes,
             "acc_mismatches": self.acc_mismatches,
+            "dram_mismatches": self.dram_mismatches,
             "act_mismatches": self.act_mismatches,
             "model_cycles": self.model_cycles,
             "rtl_cycles": self.rtl_cycles,
@@ -305,6 +309,14 @@ def compare(program: Program, rtl: RtlResult) -> CosimReport:
                      if v != rtl.counters.get(k, -1)}
     if rtl.error:
         counter_diffs["error"] = (0, 1)
+    dram_mismatches = 0
+    if program.config.has_dram:
+        want = bytes(model.dram)
+        got = bytes(rtl.dram or b"")[: len(want)].ljust(len(want), b"\0")
+        bad = [i for i in range(len(want)) if want[i] != got[i]]
+        dram_mismatches = len(bad)
+        first += [f"DRAM byte {i:#x}: model {want[i]:#04x}, rtl {got[i]:#04x}" for i in bad[:5]]
+        first = first[:5]
     elements = sum(int(out.size) for out in model.outputs.values())
     mismatches = sum(int(np.count_nonzero(model.outputs[k] != rtl.outputs[k])) for k in model.outputs)
     return CosimReport(
@@ -312,6 +324,8 @@ def compare(program: Program, rtl: RtlResult) -> CosimReport:
         model_cycles=timing.cycles, rtl_cycles=rtl.cycles, counter_diffs=counter_diffs,
         wall_s=rtl.wall_s, sim_wall_s=rtl.sim_wall_s, utilization=timing.utilization,
         first_mismatches=first, act_mismatches=len(diffs.get("act", ())),
+        dram_mismatches=dram_mismatches,
+        dram_bytes=timing.dram_bytes if program.config.has_dram else None,
     )
 
 

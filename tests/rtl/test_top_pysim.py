@@ -69,7 +69,9 @@ def test_halt_only_program():
     rtl = run_pysim(Program(cfg, (Halt(),)))
     assert rtl.counters == {"cycles": 3, "act_reads": 0, "weight_reads": 0, "acc_reads": 0,
                             "acc_writes": 0, "matmuls": 0, "requants": 0, "act_writes": 0,
-                            "ppu_outputs": 0, "wait_array": 0, "wait_drain": 0, "wait_ppu": 0}
+                            "ppu_outputs": 0, "wait_array": 0, "wait_drain": 0, "wait_ppu": 0,
+                            "loads": 0, "stores": 0, "dram_reads": 0, "dram_writes": 0,
+                            "dma_busy": 0, "wait_dma": 0}
     assert not rtl.error
 
 
