@@ -13,8 +13,9 @@ scikit-learn's bundled digits (no download) and classify 92.5 % and 84 % of the 
 digits. :func:`quantize` runs
 ``onnxruntime.quantization.quantize_static`` on them, calibrated on digits images.
 
-:func:`bench_ort` runs one batch of digits through ONNX Runtime and through qsim's engine, side
-by side, and reports both times and their ratio. Run it with ``python -m qsim.nn.bench_infer``.
+:func:`bench_ort` runs digits through ONNX Runtime and through qsim's engine, side by side at
+batch 1 and 256, single-threaded, and reports both times and their ratio with the machine and
+thread settings. Run it with ``qsim bench infer`` or ``python -m qsim.nn.bench_infer``.
 onnx, onnxruntime and scikit-learn are imported inside the functions.
 """
 
@@ -33,7 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
 __all__ = ["digits", "digits_mlp", "digits_cnn", "quantize", "ort_session", "ort_run",
-           "bench_ort", "main"]
+           "bench_ort", "machine", "report_lines", "main"]
 
 _F32 = np.float32
 #: Digits images used to calibrate the quantizer (the first ones of the data set).
@@ -209,7 +210,11 @@ def quantize(model: onnx.ModelProto, calibration: np.ndarray, *, quant_format: s
 
 def ort_session(model: onnx.ModelProto, *, extra_outputs: tuple[str, ...] = (),
                 optimize: bool = True, threads: int = 0) -> Any:
-    """An ONNX Runtime CPU session; ``extra_outputs`` exposes intermediate tensors too."""
+    """An ONNX Runtime CPU session; ``extra_outputs`` exposes intermediate tensors too.
+
+    ``threads`` > 0 sets ``intra_op_num_threads`` to it and runs the graph sequentially on one
+    inter-op thread (``inter_op_num_threads = 1``); 0 keeps ONNX Runtime's defaults.
+    """
     import onnx
     import onnxruntime as ort
 
@@ -221,6 +226,8 @@ def ort_session(model: onnx.ModelProto, *, extra_outputs: tuple[str, ...] = (),
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(model.SerializeToString(), options,
@@ -233,72 +240,182 @@ def ort_run(session: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]
     return dict(zip(names, session.run(names, feeds)))
 
 
-def _best(fn, repeats: int) -> float:
-    fn()  # warm-up (first-run allocations, BLAS thread start)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+#: The speed target: qsim's time over ONNX Runtime's, at every measured batch.
+TARGET_RATIO = 2.0
+#: Batch sizes measured by default (single images and a large batch).
+BATCHES = (1, 256)
 
 
-def bench_ort(batch: int = 256, repeats: int = 30, threads: int = 1) -> dict[str, Any]:
+def machine() -> dict[str, Any]:
+    """The CPU the benchmark runs on: model name, logical CPUs, qsim's instruction path
+    (:func:`qsim.quant.isa.detect_isa`) and whether it has VNNI."""
+    import os
+    import platform
+
+    from qsim.quant.isa import cpu_flags, detect_isa
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith("model name")), model)
+    except OSError:
+        pass
+    flags = cpu_flags()
+    return {"cpu": model, "cpus": os.cpu_count(), "isa": detect_isa(),
+            "vnni": bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))}
+
+
+@contextlib.contextmanager
+def _single_blas_thread() -> Iterator[str]:
+    """numpy's BLAS on one thread while the block runs (threadpoolctl), and a description."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - scikit-learn, which the benchmark needs, brings it
+        yield "numpy BLAS threads: library default (threadpoolctl is not installed)"
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield "numpy BLAS 1 thread (threadpoolctl)"
+
+
+def _interleaved(first, second, repeats: int, rounds: int = 5) -> tuple[float, float]:
+    """Median seconds of ``first()`` and of ``second()`` over ``repeats`` timed calls each,
+    after two warm-up calls of each (allocations, qsim's plan compilation). The calls come in
+    ``rounds`` alternating blocks (``first`` then ``second``), so that load from other
+    processes falls on both alike while neither evicts the other's caches between calls."""
+    for _ in range(2):
+        first()
+        second()
+    times: tuple[list[float], list[float]] = ([], [])
+    clock = time.perf_counter
+    block = max(1, -(-repeats // rounds))
+    for r in range(rounds):
+        count = min(block, repeats - r * block)
+        for fn, out in ((first, times[0]), (second, times[1])):
+            for _ in range(count):
+                t0 = clock()
+                fn()
+                out.append(clock() - t0)
+    return float(np.median(times[0])), float(np.median(times[1]))
+
+
+def _bit_mismatches(ours: np.ndarray, theirs: np.ndarray) -> int:
+    """Elements whose bits differ (so -0.0 against 0.0 counts); every element if the shapes
+    or dtypes differ."""
+    if ours.shape != theirs.shape or ours.dtype != theirs.dtype:
+        return int(np.size(theirs))
+    a, b = np.ascontiguousarray(ours), np.ascontiguousarray(theirs)
+    if a.dtype.kind == "f":
+        a, b = a.view(f"u{a.itemsize}"), b.view(f"u{b.itemsize}")
+    return int(np.count_nonzero(a != b))
+
+
+def bench_ort(batches: tuple[int, ...] = BATCHES, repeats: int | None = None,
+              threads: int = 1) -> dict[str, Any]:
     """Time ONNX Runtime and qsim on the QOperator digits CNN and MLP (int8, per channel).
 
-    Both run the same ``batch`` digits in the same process: ONNX Runtime with its default
-    graph optimizations and ``threads`` intra-op threads, qsim with
-    :func:`qsim.nn.engine.run` under the ``onnxruntime`` semantics on the imported graph (the
-    import itself is not timed). Each time is the median of ``repeats`` runs after a warm-up.
-    The outputs are compared too (``mismatches`` must be 0).
+    Both run the same digits in the same process at each batch size of ``batches``: ONNX
+    Runtime with its default graph optimizations, ``threads`` intra-op threads and one
+    inter-op thread (``threads = 0``: its default pools), qsim with :func:`qsim.nn.engine.run`
+    under the ``onnxruntime`` semantics on the imported graph (the import is not timed) and,
+    when ``threads`` is 1, numpy's BLAS limited to one thread. The two are timed in
+    alternating blocks; each time is the median of ``repeats`` runs (default: 300 at batch 1
+    down to 30 for large batches) after two warm-up runs. The outputs are compared bit for
+    bit too (``mismatches`` must be 0). A model that fails to run gets an ``error`` instead
+    of figures, and then no verdict.
 
     Returns
     -------
     dict
-        ``{"benchmark": "infer", "batch": ..., "threads": ..., "models": {name: {"ort_s": ...,
-        "qsim_s": ..., "ratio": qsim_s / ort_s, "mismatches": ...}}}``.
+        ``{"benchmark": "infer", "machine": {...}, "threads": {...}, "target_ratio": 2.0,
+        "runs": [{"model", "batch", "repeats", "ort_s", "qsim_s", "ratio", "mismatches"} or
+        {"model", "batch", "error"}, ...], "meets_target": bool or None}``.
     """
     from qsim.nn.engine import run
     from qsim.nn.onnx_import import load_onnx
 
     images, _ = digits()
-    index = np.arange(batch) % len(images)
-    results: dict[str, Any] = {}
-    for name, build in (("cnn", digits_cnn), ("mlp", digits_mlp)):
-        float_model = build()
-        shape = (-1, 1, 8, 8) if name == "cnn" else (-1, 64)
-        model = quantize(float_model, images[CALIBRATION].reshape(shape))
-        x = images[index].reshape(shape)
-        session = ort_session(model, threads=threads)
-        graph = load_onnx(model)
-        feeds = {"x": x}
-        ort_s = _best(lambda: session.run(None, feeds), repeats)
-        qsim_s = _best(lambda: run(graph, feeds, "onnxruntime"), repeats)
-        ours = run(graph, feeds, "onnxruntime").outputs["y"]
-        theirs = session.run(None, feeds)[0]
-        results[name] = {"ort_s": ort_s, "qsim_s": qsim_s, "ratio": qsim_s / ort_s,
-                         "mismatches": int(np.count_nonzero(ours != theirs))}
-    return {"benchmark": "infer", "batch": batch, "threads": threads, "models": results}
+    runs: list[dict[str, Any]] = []
+    blas = contextlib.nullcontext("numpy BLAS threads: library default") if threads != 1 \
+        else _single_blas_thread()
+    with blas as blas_note:
+        for name, build in (("cnn", digits_cnn), ("mlp", digits_mlp)):
+            shape = (-1, 1, 8, 8) if name == "cnn" else (-1, 64)
+            try:
+                model = quantize(build(), images[CALIBRATION].reshape(shape))
+                session = ort_session(model, threads=threads)
+                graph = load_onnx(model)
+            except Exception as exc:  # noqa: BLE001 - reported, and no verdict
+                runs.extend({"model": name, "batch": b, "error": f"{type(exc).__name__}: {exc}"}
+                            for b in batches)
+                continue
+            for batch in batches:
+                x = images[np.arange(batch) % len(images)].reshape(shape)
+                feeds = {"x": x}
+                count = repeats or (300 if batch <= 8 else 100 if batch <= 64 else 30)
+                try:
+                    ort_s, qsim_s = _interleaved(lambda: session.run(None, feeds),
+                                                 lambda: run(graph, feeds, "onnxruntime"), count)
+                    ours = run(graph, feeds, "onnxruntime").outputs["y"]
+                    theirs = session.run(None, feeds)[0]
+                    mismatches = _bit_mismatches(ours, theirs)
+                except Exception as exc:  # noqa: BLE001
+                    runs.append({"model": name, "batch": batch,
+                                 "error": f"{type(exc).__name__}: {exc}"})
+                    continue
+                runs.append({"model": name, "batch": batch, "repeats": count, "ort_s": ort_s,
+                             "qsim_s": qsim_s, "ratio": qsim_s / ort_s, "mismatches": mismatches})
+    failed = any("error" in r or r["mismatches"] for r in runs)
+    return {"benchmark": "infer", "machine": machine(),
+            "threads": {"onnxruntime": {"intra_op": threads or "default",
+                                        "inter_op": 1 if threads else "default"},
+                        "qsim": blas_note},
+            "target_ratio": TARGET_RATIO, "runs": runs,
+            "meets_target": None if failed or not runs
+            else all(r["ratio"] <= TARGET_RATIO for r in runs)}
+
+
+def report_lines(report: dict[str, Any]) -> list[str]:
+    """The benchmark as text: the machine, the thread settings, one line per model and batch,
+    and the verdict (none when a run failed or disagreed)."""
+    m, t = report["machine"], report["threads"]
+    ort = t["onnxruntime"]
+    lines = [f"machine: {m['cpu']}, {m['cpus']} logical CPUs, instruction path {m['isa']} "
+             f"(VNNI: {'yes' if m['vnni'] else 'no'})",
+             f"threads: onnxruntime intra_op {ort['intra_op']}, inter_op {ort['inter_op']}; "
+             f"qsim {t['qsim']}"]
+    for r in report["runs"]:
+        head = f"{r['model']}, batch {r['batch']}"
+        if "error" in r:
+            lines.append(f"{head:<16} FAILED: {r['error']}")
+            continue
+        lines.append(f"{head:<16} onnxruntime {r['ort_s'] * 1e3:8.3f} ms, qsim "
+                     f"{r['qsim_s'] * 1e3:8.3f} ms, ratio {r['ratio']:5.2f}x, "
+                     f"{r['mismatches']} mismatches (median of {r['repeats']})")
+    target = f"qsim within {report['target_ratio']:g}x of onnxruntime at every batch"
+    if report["meets_target"] is None:
+        lines.append(f"target: {target}: no verdict (a run failed or disagreed)")
+    else:
+        lines.append(f"target: {target}: {'met' if report['meets_target'] else 'NOT met'}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m qsim.nn.bench_infer [--batch N] [--repeats N] [--threads N]``."""
+    """``python -m qsim.nn.bench_infer [--batch N ...] [--repeats N] [--threads N]``."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m qsim.nn.bench_infer",
                                      description=bench_ort.__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--batch", type=int, nargs="+", default=list(BATCHES))
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed runs per engine (default: 300 at batch 1 to 30 at 256)")
     parser.add_argument("--threads", type=int, default=1,
-                        help="ONNX Runtime intra-op threads (0: its default)")
+                        help="ONNX Runtime intra-op threads (0: its default; 1 also limits "
+                             "numpy's BLAS to one thread)")
     args = parser.parse_args(argv)
-    report = bench_ort(args.batch, args.repeats, args.threads)
-    print(f"batch {report['batch']}, ONNX Runtime threads {report['threads'] or 'default'}")
-    print(f"{'model':<6} {'onnxruntime':>12} {'qsim':>10} {'ratio':>7} {'mismatches':>11}")
-    for name, r in report["models"].items():
-        print(f"{name:<6} {r['ort_s'] * 1e3:>9.3f} ms {r['qsim_s'] * 1e3:>7.3f} ms "
-              f"{r['ratio']:>6.2f}x {r['mismatches']:>11}")
-    return 0
+    report = bench_ort(tuple(args.batch), args.repeats, args.threads)
+    print("\n".join(report_lines(report)))
+    return 0 if report["meets_target"] else 1
 
 
 if __name__ == "__main__":

@@ -37,6 +37,13 @@ and products run in float32 (or float64) BLAS whenever the worst-case accumulato
 the operand types and zero points, proves every partial sum exact, and under ``onnxruntime``
 the requantization then stays in float32 exactly as MLAS computes it (see
 :func:`_fast_requantize`); ``tests/nn/test_ort_parity.py`` checks both routes agree.
+
+Run repeatedly (the exact backend, without ``keep``), a graph is compiled once per batch size,
+semantics and instruction path into a plan (:func:`_compile`): the same arithmetic with every
+constant prepared, im2col as one precomputed gather, and integer tensors kept between layers
+as exact float32 values centered on their zero points; a layer the plan does not cover runs
+its ordinary runner inside it. ``tests/nn/test_engine_plan.py`` checks the plan against the
+layer-by-layer route bit for bit.
 """
 
 from __future__ import annotations
@@ -153,6 +160,11 @@ class _Context:
     isa: str = "exact"  # a concrete instruction path (qsim.quant.isa), never "auto"
 
 
+#: The context of each (semantics, isa) argument pair with the default backend (its parse
+#: and the CPU's path are the same on every call).
+_DEFAULT_CONTEXTS: dict[tuple, _Context] = {}
+
+
 def run(graph: Graph, feeds: Mapping[str, np.ndarray], semantics: Semantics | str = "onnxruntime",
         *, isa: str = "auto", keep: bool = False,
         backend: AccumulatorBackend | None = None) -> RunResult:
@@ -183,7 +195,12 @@ def run(graph: Graph, feeds: Mapping[str, np.ndarray], semantics: Semantics | st
     ConfigError
         A missing or unexpected input, a wrong shape or dtype, or a layer that cannot run.
     """
-    ctx = _Context(Semantics.parse(semantics), backend or ExactBackend(), resolve_isa(isa))
+    ctx = _DEFAULT_CONTEXTS.get((semantics, isa)) if backend is None and \
+        isinstance(semantics, (str, Semantics)) and isinstance(isa, str) else None
+    if ctx is None:
+        ctx = _Context(Semantics.parse(semantics), backend or ExactBackend(), resolve_isa(isa))
+        if backend is None and isinstance(semantics, (str, Semantics)) and isinstance(isa, str):
+            _DEFAULT_CONTEXTS[(semantics, isa)] = ctx
     if ctx.semantics is Semantics.LITERT_OPTIMIZED:
         for layer in graph.layers:
             if not_exact_under_litert_optimized(layer):
@@ -191,7 +208,15 @@ def run(graph: Graph, feeds: Mapping[str, np.ndarray], semantics: Semantics | st
                     "is not modelled exactly under litert-optimized (LiteRT's builtin optimized "
                     "depthwise, quantize, requantize, dequantize, mean and add kernels round "
                     "differently; measured against LiteRT 2.3); use litert or litert-reference")
-    values = check_feeds(graph, feeds)
+    if _PLANS and not keep and type(ctx.backend) is ExactBackend:
+        result = _planned_run(graph, feeds, ctx)
+        if result is not None:
+            return result
+    return _run_layers(graph, check_feeds(graph, feeds), ctx, keep)
+
+
+def _run_layers(graph: Graph, values: dict[str, np.ndarray], ctx: _Context, keep: bool) -> RunResult:
+    """The layer-by-layer route: every layer's runner on plain arrays, shapes checked."""
     batch = next((values[name].shape[0] for name, t in graph.inputs.items()
                   if t.shape and t.shape[0] is None), None)
     types = graph.infer(batch)
@@ -1128,4 +1153,535 @@ _RUNNERS: dict[type, Callable] = {
     L.DynamicQuantizeLinear: _dynamic_quantize_linear, L.MatMulInteger: _matmul_integer,
     L.ConvInteger: _conv_integer, L.QLinearMatMul: _qlinear_matmul, L.QLinearConv: _qlinear_conv,
     L.OnnxOp: _onnx_op, L.OrtContribOp: _ort_contrib, L.Mul: _mul, L.Pad: _pad, L.Rescale: _rescale,
+}
+
+
+# ------------------------------------------------------------------------- compiled plans
+#
+# Run repeatedly on one graph, the layer-by-layer route spends most of its time outside the
+# arithmetic: feeds and shapes re-checked, parameters re-derived, integers converted to floats
+# for every product and back to int8 after every requantization. The first run() of a graph
+# at a batch size (under one semantics and instruction path, with the exact backend, without
+# ``keep``) therefore compiles a plan: one step per layer, with everything that depends only
+# on the layer and the shapes prepared once (centered weight matrices in the exact float type,
+# the bias and the float32 multipliers as columns, clamp bounds, im2col gather indices).
+#
+# Integer tensors that flow between the steps the plan knows are held *centered*: float32
+# arrays of ``value - zero`` (exact for 8-bit values), the form a product consumes and
+# requantization produces, so they become int8/uint8 only where a graph output or another
+# layer's runner needs them. Products are laid out channels first (``W @ columns``, outputs
+# (M, N * oh * ow) or (N, rows)), so the per-channel bias and multiplier broadcast along long
+# rows; a slot remembers that layout (``perm``) so that the next step reads the memory as it
+# lies. Every step does the same arithmetic as the layer-by-layer route: the same IEEE float32
+# operations on the same values, exact products proved by the same worst-case bound. A layer
+# or case the plan does not know runs its ordinary runner on plain arrays.
+
+#: Whether run() may take a compiled plan (tests switch it off to compare both routes).
+_PLANS = True
+
+_F32 = np.dtype(np.float32)
+_F64 = np.dtype(np.float64)
+#: Largest im2col gather index (entries) a plan precomputes for one convolution.
+_GATHER_LIMIT = 1 << 23
+_ZERO = np.zeros(1, np.float32)
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """Where and how a plan holds a tensor: ``plain`` (the array the layer-by-layer route
+    makes, of ``dtype``) or ``centered``: float32 holding ``value - zero`` exactly, for an
+    integer tensor of ``dtype``. The slot holds the tensor in its logical shape; ``perm``
+    (a hint, never needed for correctness) is the transpose of it that is C-contiguous in
+    memory, ``None`` for the logical order itself."""
+
+    index: int
+    dtype: np.dtype
+    centered: bool = False
+    zero: int = 0
+    perm: tuple[int, ...] | None = None
+
+
+class _Plan:
+    """A compiled graph: feeds, steps (one per layer) and output conversions over a list."""
+
+    __slots__ = ("graph", "ctx", "size", "feeds", "steps", "outputs", "fast")
+
+    def __init__(self, graph: Graph, ctx: _Context, size: int, feeds: list, steps: list,
+                 outputs: list, fast: list[str]) -> None:
+        self.graph, self.ctx, self.size, self.feeds = graph, ctx, size, feeds
+        self.steps, self.outputs = steps, outputs
+        self.fast = fast  # the layers that run a plan step (the others run their runner)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> RunResult:
+        env: list = [None] * self.size
+        if len(feeds) == len(self.feeds):
+            for name, index, shape, dtype, copy in self.feeds:
+                value = feeds.get(name)
+                if type(value) is not np.ndarray or value.dtype != dtype or value.shape != shape:
+                    break
+                env[index] = value.copy() if copy else value
+            else:
+                return self._execute(env)
+        # anything unusual (another array type or dtype, a wrong name or shape): the full check
+        return self.run_checked(check_feeds(self.graph, feeds))
+
+    def run_checked(self, values: dict[str, np.ndarray]) -> RunResult:
+        env: list = [None] * self.size
+        for name, index, shape, _, _ in self.feeds:
+            if values[name].shape != shape:  # another batch size: the layer-by-layer route
+                return _run_layers(self.graph, values, self.ctx, False)
+            env[index] = values[name]
+        return self._execute(env)
+
+    def _execute(self, env: list) -> RunResult:
+        times = {}
+        clock = time.perf_counter
+        for name, step in self.steps:
+            t0 = clock()
+            step(env)
+            times[name] = clock() - t0
+        return RunResult({name: env[index] if convert is None else convert(env[index])
+                          for name, index, convert in self.outputs}, {}, times)
+
+
+_MISSING = object()
+
+
+def _planned_run(graph: Graph, feeds: Mapping[str, np.ndarray], ctx: _Context) -> RunResult | None:
+    """``graph`` on ``feeds`` through its compiled plan, or ``None`` for the layer-by-layer
+    route (a graph the plan cannot help, or feeds only the full check can judge)."""
+    batch = None
+    for name, t in graph.inputs.items():
+        if t.shape and t.shape[0] is None:
+            value = feeds.get(name)
+            shape = value.shape if type(value) is np.ndarray else np.shape(value)
+            if not shape:
+                return None
+            batch = int(shape[0])
+            break
+    fingerprint = (tuple(map(id, graph.layers)), tuple(graph.outputs))
+    cache = graph.__dict__.get("_engine_plans")
+    if cache is None or cache[0] != fingerprint:
+        cache = graph.__dict__["_engine_plans"] = (fingerprint, {})
+    key = (ctx.semantics, ctx.isa, batch)
+    plan = cache[1].get(key, _MISSING)
+    if plan is _MISSING:
+        values = check_feeds(graph, feeds)  # the same errors, in the same order, as run's
+        if any(values[n].shape[0] != batch for n, t in graph.inputs.items()
+               if t.shape and t.shape[0] is None):
+            return _run_layers(graph, values, ctx, False)  # inconsistent batches: its error
+        plan = cache[1][key] = _compile(graph, ctx, batch)
+        if plan is None:
+            return _run_layers(graph, values, ctx, False)
+        return plan.run_checked(values)
+    return None if plan is None else plan.run(feeds)
+
+
+def _compile(graph: Graph, ctx: _Context, batch: int | None) -> _Plan | None:
+    """The plan of ``graph`` at ``batch``, or ``None`` when no layer has a plan step."""
+    types = graph.infer(batch)
+    slots: dict[str, _Slot] = {}
+    feeds = []
+    for name, t in graph.inputs.items():
+        slot = slots[name] = _Slot(len(slots), np.dtype(t.dtype))
+        shape = tuple(types[name].shape)
+        if t.fmt is not None or any(d is None for d in shape):
+            return None  # narrow formats need check_feeds's range check
+        feeds.append([name, slot.index, shape, slot.dtype, np.dtype(t.dtype) == _F32])
+    size = len(slots)
+    steps, fast, borrowed = [], [], set()
+    for layer in graph.layers:
+        runner = _RUNNERS.get(type(layer))
+        if runner is None:
+            return None
+        ins = [slots[i] for i in layer.inputs]
+        in_types = [types[i] for i in layer.inputs]
+        out_types = [types[o] for o in layer.outputs]
+        if any(d is None for t in in_types + out_types for d in t.shape):
+            return None
+        out_index = list(range(size, size + len(layer.outputs)))
+        size += len(layer.outputs)
+        built = None
+        builder = _PLAN_STEPS.get(type(layer))
+        if builder is not None:
+            try:
+                built = builder(layer, ins, in_types, out_types, out_index, ctx)
+            except ConfigError:
+                built = None  # the ordinary runner raises it when the layer runs
+        if built is None:
+            if layer.kind in FLOAT_ONLY and getattr(layer, "output_params", None) is None and \
+                    any(np.dtype(t.dtype).kind in "iu" for t in in_types):
+                return None
+            step = _generic_step(layer, runner, ins, out_types, out_index, ctx)
+            specs = [_Slot(0, np.dtype(t.dtype)) for t in out_types]
+            borrowed.update(s.index for s in ins)
+        else:
+            step, specs = built
+            fast.append(layer.name)
+            if isinstance(layer, (L.Flatten, L.Reshape)):
+                borrowed.update(s.index for s in ins)  # views of their input
+        for name, index, spec in zip(layer.outputs, out_index, specs):
+            slots[name] = _Slot(index, spec.dtype, spec.centered, spec.zero, spec.perm)
+        steps.append((layer.name, step))
+    if not fast:
+        return None
+    outputs = [(name, slots[name].index, _plain_of(slots[name])) for name in graph.outputs]
+    borrowed.update(index for _, index, _ in outputs)
+    for feed in feeds:  # a float32 feed that only plan steps read (into new arrays): no copy
+        feed[4] = feed[4] and feed[1] in borrowed
+    return _Plan(graph, ctx, size, feeds, steps, outputs, fast)
+
+
+def _plain_of(slot: _Slot) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The conversion of a slot's content to the plain array (``None``: it is plain)."""
+    if not slot.centered:
+        return None
+    dtype = slot.dtype
+    if slot.zero:
+        zero = np.array(slot.zero, np.float32)
+        return lambda c: np.add(c, zero).astype(dtype)
+    return lambda c: c.astype(dtype)
+
+
+def _centered_of(slot: _Slot, zero_point: int) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The conversion of an integer slot's content to float32 ``value - zero_point``
+    (``None``: it already is)."""
+    if slot.centered:
+        if slot.zero == zero_point:
+            return None
+        shift = np.array(slot.zero - zero_point, np.float32)
+        return lambda c: np.add(c, shift)
+    zp = np.array(zero_point, np.float32)
+    return lambda x: np.subtract(x, zp, dtype=np.float32)
+
+
+def _generic_step(layer: Layer, runner: Callable, ins: list[_Slot], out_types, out_index, ctx):
+    """A layer's ordinary runner on plain arrays, its output shapes checked as run() does."""
+    reads = [(s.index, _plain_of(s)) for s in ins]
+    shapes = [tuple(t.shape) for t in out_types]
+
+    def step(env: list) -> None:
+        outs = runner(layer, [env[i] if f is None else f(env[i]) for i, f in reads], ctx)
+        for index, value, shape, expected in zip(out_index, outs, shapes, out_types):
+            if tuple(value.shape) != shape:
+                raise layer._fail(f"produced shape {value.shape}, expected {expected}")
+            env[index] = value
+    return step
+
+
+def _byte_format(fmt: IntFormat) -> bool:
+    """Whether ``fmt`` is exactly int8 or uint8 (a whole byte, no narrower range)."""
+    dtype = fmt.numpy_dtype()
+    return dtype in _EIGHT_BIT and (fmt.min, fmt.max) == _RANGES[dtype]
+
+
+def _memory(value: np.ndarray, perm: tuple[int, ...] | None) -> np.ndarray:
+    """The slot's tensor in its memory order (a view when the hint holds)."""
+    return value if perm is None else value.transpose(perm)
+
+
+#: From this many elements on, the quantize step saves and restores the floating-point state
+#: once instead of clamping its input first (two passes more).
+_QUANTIZE_ERRSTATE = 4096
+
+
+def _plan_quantize(layer: L.Quantize, ins, in_types, out_types, out_index, ctx):
+    """ONNX Runtime's QuantizeLinear (per tensor, float32 scale, 8 bits) as in
+    ``qsim.quant.ops._quantize_per_tensor_f32``: one float32 division, the clamp to
+    ``[qmin - zp, qmax - zp]`` with a NaN at the lower bound (ONNX Runtime's qmin), rounding
+    half to even; the result stays centered on the zero point."""
+    (x,) = ins
+    params = layer.params
+    if (ctx.semantics is not Semantics.ONNXRUNTIME or params is None or x.centered
+            or x.dtype != _F32 or not params.per_tensor or params.scale.dtype != np.float32
+            or not _byte_format(params.fmt)
+            or np.dtype(out_types[0].dtype) != params.fmt.numpy_dtype()):
+        return None
+    zp = int(params.zero_point)
+    scale = np.array(params.scale, np.float32).reshape(())
+    if not (np.isfinite(scale) and scale > 0):
+        return None
+    lo = np.array(params.fmt.min - zp, np.float32)
+    hi = np.array(params.fmt.max - zp, np.float32)
+    i, (o,) = x.index, out_index
+    spec = [_Slot(0, params.fmt.numpy_dtype(), True, zp, x.perm)]
+    if int(np.prod(in_types[0].shape)) >= _QUANTIZE_ERRSTATE:
+        def quantize_large(env: list) -> None:
+            with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+                q = np.divide(env[i], scale)
+            np.fmax(q, lo, out=q)  # NaN -> lo
+            np.fmin(q, hi, out=q)
+            np.rint(q, out=q)
+            env[o] = q
+        return quantize_large, spec
+    # Small inputs: clamped first to +-2**40 * scale (exact; or the largest float32): every
+    # quotient beyond it saturates anyway, the division cannot overflow (no floating-point
+    # state to save), and fmax turns a NaN into the lower bound.
+    with np.errstate(over="ignore"):
+        big = np.float32(scale * np.float32(2.0 ** 40))
+    big = np.array(big if np.isfinite(big) else np.finfo(np.float32).max, np.float32)
+    small = -big
+
+    def quantize_small(env: list) -> None:
+        q = np.fmax(env[i], small)
+        np.fmin(q, big, out=q)
+        np.divide(q, scale, out=q)
+        np.maximum(q, lo, out=q)
+        np.minimum(q, hi, out=q)
+        np.rint(q, out=q)
+        env[o] = q
+    return quantize_small, spec
+
+
+def _plan_dequantize(layer: L.Dequantize, ins, in_types, out_types, out_index, ctx):
+    """DequantizeLinear of 8-bit integers (per tensor, float32 scale): ``f32(q - zp) * scale``,
+    ``q - zp`` exact in float32 (``qsim.quant.ops.dequantize``'s 8-bit route)."""
+    (x,) = ins
+    params = layer.params
+    if (params is None or not params.per_tensor or params.scale.dtype != np.float32
+            or x.dtype not in _EIGHT_BIT or (params.fmt.min, params.fmt.max) != _RANGES[x.dtype]
+            or np.dtype(out_types[0].dtype) != _F32):
+        return None
+    scale = np.array(params.scale, np.float32).reshape(())
+    zp = int(params.zero_point)
+    i, (o,) = x.index, out_index
+    if not x.centered:
+        center = _centered_of(x, zp)
+
+        def plain(env: list) -> None:
+            v = center(env[i])
+            v *= scale
+            env[o] = v
+        return plain, [_Slot(0, _F32, perm=x.perm)]
+    # ``+ shift`` (0 when the zero points agree) also turns a centered -0.0 (rint of a small
+    # negative product) into the +0.0 that f32(q - zp) is
+    shift = np.array(x.zero - zp, np.float32)
+
+    def step(env: list) -> None:
+        v = np.add(env[i], shift)
+        v *= scale
+        env[o] = v
+    return step, [_Slot(0, _F32, perm=x.perm)]
+
+
+def _plan_gemm(layer: L.Conv2d | L.Linear, ins, in_types, out_types, out_index, ctx):
+    """A quantized convolution (one group) or linear layer on the exact float route of
+    :func:`_fast_accumulate` and :func:`_fast_requantize`, with the same conditions: 8-bit
+    operands, no u8 x s8 saturation on this path, a worst-case accumulator exact in float32
+    (or float64), a bias that keeps the sum inside int32, and a finite multiplier."""
+    (x,) = ins
+    if not layer.quantized or layer.weight is None or \
+            ctx.semantics not in (Semantics.ONNXRUNTIME, Semantics.LITERT):
+        return None
+    conv = isinstance(layer, L.Conv2d)
+    if conv and layer.groups != 1:
+        return None
+    x_dtype = np.dtype(in_types[0].dtype)
+    prep = _prepared_gemm(layer, ctx)
+    w_dtype = prep.weight.dtype
+    if x_dtype not in _EIGHT_BIT or w_dtype not in _EIGHT_BIT or x.dtype != x_dtype:
+        return None
+    if (ctx.semantics in ISA_DEPENDENT and u8s8_saturates(ctx.isa, ctx.semantics.value)
+            and x_dtype == np.uint8 and w_dtype == np.int8):
+        return None  # the engine's saturating pairs: the ordinary runner adds the correction
+    out_dtype = prep.y_p.fmt.numpy_dtype()
+    if np.dtype(out_types[0].dtype) != out_dtype or not _byte_format(prep.y_p.fmt):
+        return None
+    x_zp = int(prep.x_p.zero_point)
+    depth = prep.weight.shape[1]
+    bound = depth * _span(x_dtype, x_zp) * _span(w_dtype, prep.zw)
+    dtype = _exact_dtype(bound)
+    if dtype is None:
+        return None
+    top, bias = bound, None
+    if prep.bias is not None:
+        if prep.bias_top >= (1 << 24 if dtype == _F32 else 1 << 53) or bound + prep.bias_top >= 1 << 31:
+            return None
+        top += prep.bias_top
+        if np.any(prep.bias):
+            bias = prep.bias.astype(dtype).reshape(-1, 1)
+    multiplier = np.ascontiguousarray(prep.multiplier.reshape(-1, 1), dtype=np.float32)
+    if not np.all(np.isfinite(multiplier)):
+        return None
+    # |acc| <= top < 2**31: the product overflows float32 only for an enormous multiplier
+    quiet = float(np.max(np.abs(multiplier), initial=0.0)) * top < 1e38
+    y_zp = int(prep.y_p.zero_point)
+    lo = np.array(prep.clamp[0] - y_zp, np.float32)
+    hi = np.array(prep.clamp[1] - y_zp, np.float32)
+    weight = prep.centered_weight(dtype)  # (M, K)
+    wide = dtype == _F64
+
+    def requantize(acc: np.ndarray) -> np.ndarray:
+        """:func:`_fast_requantize` on a fresh (M, columns) product, in place."""
+        if bias is not None:
+            acc += bias
+        v = acc.astype(np.float32) if wide else acc
+        if quiet:
+            v *= multiplier
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):
+                v *= multiplier
+        np.maximum(v, lo, out=v)
+        np.minimum(v, hi, out=v)
+        np.rint(v, out=v)
+        return v
+
+    center = _centered_of(x, x_zp)
+    i, (o,) = x.index, out_index
+    if not conv:
+        in_shape, out_shape = tuple(in_types[0].shape), tuple(out_types[0].shape)
+        rows = int(np.prod(in_shape[:-1], dtype=np.int64))
+        flat = len(in_shape) != 2
+
+        def linear(env: list) -> None:
+            v = env[i] if center is None else center(env[i])
+            if flat:
+                v = v.reshape(rows, depth)
+            if wide:
+                v = v.astype(np.float64)
+            y = requantize(weight @ v.T).T  # (N, rows) in memory
+            env[o] = y.reshape(out_shape) if flat else y
+        return linear, [_Slot(0, out_dtype, True, y_zp, None if flat else (1, 0))]
+
+    n, c, h, w = in_types[0].shape
+    oh, ow = out_types[0].shape[2:]
+    t, left = layer.pads[:2]
+    kh, kw = layer.kernel
+    sh, sw = layer.strides
+    dh, dw = layer.dilations
+    # The im2col matrix (C * kh * kw, N * oh * ow), rows in the weight's (c, i, j) order,
+    # gathered from the input's memory with one precomputed index; a tap in the padding reads
+    # an appended zero (the input zero point: real zero).
+    perm = x.perm if x.perm in (None, (1, 0, 2, 3)) else None
+    ys = np.arange(kh)[:, None] * dh + np.arange(oh)[None, :] * sh - t  # (kh, oh) input rows
+    xs = np.arange(kw)[:, None] * dw + np.arange(ow)[None, :] * sw - left  # (kw, ow) input columns
+    ci, ni = np.arange(c), np.arange(n)
+    yy = ys[None, :, None, None, :, None]
+    xx = xs[None, None, :, None, None, :]
+    cc, nn = ci[:, None, None, None, None, None], ni[None, None, None, :, None, None]
+    if perm is None:  # (N, C, H, W)
+        offset = ((nn * c + cc) * h + yy) * w + xx
+    else:  # (C, N, H, W)
+        offset = ((cc * n + nn) * h + yy) * w + xx
+    inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+    padded = not inside.all()
+    index = np.where(inside, offset, n * c * h * w).reshape(depth, n * oh * ow)
+    if index.size > _GATHER_LIMIT:
+        return None
+    pointwise = perm is not None and (kh, kw, sh, sw) == (1, 1, 1, 1) and not padded
+    out_c = layer.out_channels
+
+    def convolve(env: list) -> None:
+        v = env[i] if center is None else center(env[i])
+        memory = (v if perm is None else v.transpose(perm)).reshape(-1)
+        if pointwise:
+            columns = memory.reshape(c, n * h * w)
+        else:
+            if padded:
+                memory = np.concatenate((memory, _ZERO))
+            columns = memory.take(index)
+        if wide:
+            columns = columns.astype(np.float64)
+        y = requantize(weight @ columns)  # (M, N * oh * ow): CNHW
+        env[o] = y.reshape(out_c, n, oh, ow).transpose(1, 0, 2, 3)
+    return convolve, [_Slot(0, out_dtype, True, y_zp, (1, 0, 2, 3))]
+
+
+def _plan_maxpool(layer: L.MaxPool, ins, in_types, out_types, out_index, ctx):
+    """MaxPool as :func:`_maxpool`: a running maximum over the kernel taps, padded with the
+    dtype's lowest value (for a centered tensor, that value minus the zero). Windows that
+    tile the input exactly (kernel = strides, no padding or dilation) are reduced over the
+    memory's own rows and columns."""
+    (x,) = ins
+    if x.centered:
+        low, storage = np.float32(np.iinfo(x.dtype).min - x.zero), _F32
+    elif x.dtype == _F32:
+        low, storage = np.finfo(np.float32).min, _F32
+    elif x.dtype.kind in "iu":
+        low, storage = np.iinfo(x.dtype).min, x.dtype
+    else:
+        return None
+    n, c, h, w = in_types[0].shape
+    oh, ow = out_types[0].shape[2:]
+    t, left, b, r = layer.pads
+    (kh, kw), (sh, sw), (dh, dw) = layer.kernel, layer.strides, layer.dilations
+    i, (o,) = x.index, out_index
+    spec = [_Slot(0, x.dtype, x.centered, x.zero, x.perm)]
+    if (x.perm in (None, (1, 0, 2, 3)) and (kh, kw) == (sh, sw) and (dh, dw) == (1, 1)
+            and (oh * kh, ow * kw) == (h, w) and kh * kw > 1 and t == left == 0):
+        perm = x.perm
+        lead = n * c
+
+        def tiled(env: list) -> None:
+            v = env[i]
+            rows = (v if perm is None else v.transpose(perm)).reshape(lead * oh, kh, w)
+            best = np.maximum(rows[:, 0], rows[:, 1]) if kh > 1 else rows[:, 0].copy()
+            for a in range(2, kh):
+                np.maximum(best, rows[:, a], out=best)
+            if kw > 1:
+                cols = best.reshape(lead * oh * ow, kw)
+                best = np.maximum(cols[:, 0], cols[:, 1])
+                for e in range(2, kw):
+                    np.maximum(best, cols[:, e], out=best)
+            if perm is None:
+                env[o] = best.reshape(n, c, oh, ow)
+            else:
+                env[o] = best.reshape(c, n, oh, ow).transpose(perm)
+        return tiled, spec
+    hp = max(h + t + b, (oh - 1) * sh + (kh - 1) * dh + 1)
+    wp = max(w + left + r, (ow - 1) * sw + (kw - 1) * dw + 1)
+    padded = (hp, wp) != (h, w) or t or left
+    taps = [(slice(None), slice(None), slice(a * dh, a * dh + (oh - 1) * sh + 1, sh),
+             slice(e * dw, e * dw + (ow - 1) * sw + 1, sw)) for a in range(kh) for e in range(kw)]
+
+    def step(env: list) -> None:
+        v = env[i]
+        if padded:
+            image = np.full((n, c, hp, wp), low, storage)
+            image[:, :, t:t + h, left:left + w] = v
+            v = image
+        best = np.maximum(v[taps[0]], v[taps[1]]) if len(taps) > 1 else v[taps[0]].copy()
+        for tap in taps[2:]:
+            np.maximum(best, v[tap], out=best)
+        env[o] = best
+    return step, [_Slot(0, x.dtype, x.centered, x.zero, None if padded else x.perm)]
+
+
+def _plan_reshape(layer: L.Flatten | L.Reshape, ins, in_types, out_types, out_index, ctx):
+    """Flatten and Reshape: the same reshape of whatever the slot holds."""
+    (x,) = ins
+    shape = tuple(out_types[0].shape)
+    i, (o,) = x.index, out_index
+
+    def step(env: list) -> None:
+        env[o] = env[i].reshape(shape)
+    return step, [_Slot(0, x.dtype, x.centered, x.zero)]
+
+
+def _plan_clamp(layer: L.Relu | L.Clip, ins, in_types, out_types, out_index, ctx):
+    """Relu and Clip of a centered integer tensor: :func:`_relu_clip`'s integer clamp."""
+    (x,) = ins
+    if not x.centered:
+        return None
+    lo, hi = (0.0, np.inf) if isinstance(layer, L.Relu) else (layer.lo, layer.hi)
+    params = _params(layer, layer.output_params, "output_params (the tensor's quantization)")
+    rounding = "half_away" if ctx.semantics in LITERT_SEMANTICS else "half_even"
+    qlo, qhi = _activation_bounds(layer, ("clip", lo, hi), params, rounding)
+    low, high = _RANGES[x.dtype]
+    if not low <= qlo <= qhi <= high:
+        return None
+    lo_c, hi_c = np.array(qlo - x.zero, np.float32), np.array(qhi - x.zero, np.float32)
+    i, (o,) = x.index, out_index
+
+    def step(env: list) -> None:
+        y = np.maximum(env[i], lo_c)
+        np.minimum(y, hi_c, out=y)
+        env[o] = y
+    return step, [_Slot(0, x.dtype, True, x.zero, x.perm)]
+
+
+_PLAN_STEPS: dict[type, Callable] = {
+    L.Quantize: _plan_quantize, L.Dequantize: _plan_dequantize, L.Conv2d: _plan_gemm,
+    L.Linear: _plan_gemm, L.MaxPool: _plan_maxpool, L.Flatten: _plan_reshape,
+    L.Reshape: _plan_reshape, L.Relu: _plan_clamp, L.Clip: _plan_clamp,
 }

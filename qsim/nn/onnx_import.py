@@ -56,8 +56,8 @@ SUPPORTED_OPS: dict[str, tuple[str, ...]] = {
          "GlobalAveragePool", "Identity", "MatMul", "MatMulInteger", "MaxPool", "QLinearConv",
          "QLinearMatMul", "QuantizeLinear", "Relu", "Reshape", "Softmax", "Transpose"),
     _MS: ("DequantizeLinear", "QGemm", "QLinearAdd", "QLinearAveragePool", "QLinearConcat",
-          "QLinearGlobalAveragePool", "QLinearLeakyRelu", "QLinearMul", "QLinearSigmoid",
-          "QuantizeLinear"),
+          "QLinearGlobalAveragePool", "QLinearLeakyRelu", "QLinearMul", "QLinearReduceMean",
+          "QLinearSigmoid", "QLinearSoftmax", "QuantizeLinear"),
 }
 
 
@@ -367,7 +367,8 @@ class _Importer:
         name = self.graph.name or "onnx"
         kinds = {layer.kind for layer in layers}
         quantized = any(getattr(layer, "output_params", None) is not None
-                        for layer in layers) or bool(kinds & _INTEGER_KINDS)
+                        for layer in layers) or bool(kinds & _INTEGER_KINDS) \
+            or "qoperator" in self.kinds
         if not quantized:
             fmt = "float"
         elif self.kinds & {"qoperator"}:
@@ -843,7 +844,7 @@ class _Importer:
             raise self._fail(f"cannot evaluate on its constant inputs: {exc}") from None
         for name, value in zip(self.node.output, outs):
             if name:
-                self.consts[name] = np.ascontiguousarray(value)
+                self.consts[name] = np.asarray(value).copy(order="C")  # keeps 0-d
                 if value.dtype.name in ("uint8", "int8", "uint16", "int16", "int32"):
                     self.const_fmt[name] = IntFormat.parse(value.dtype.name)
 
@@ -1080,10 +1081,42 @@ class _Importer:
             return
         if self._is_const(a_name):
             raise self._fail("a constant A times an activation B is not supported")
+        if self._fuse_matmul_activations(a_name, b_name, out):
+            return
         a, b = self._act(0), self._act(1)
         self._float_only(a)
         self._float_only(b)
         self._emit(L.MatMul(self._layer_name(), (a, b), (out,)))
+
+    def _fuse_matmul_activations(self, a_name, b_name, out) -> bool:
+        """DQ(a) x DQ(b) -> Q (attention scores and context) becomes a QLinearMatMul of the two
+        integer activations, as ONNX Runtime's QDQ transformer fuses it."""
+        a, b = self._dq_source(a_name), self._dq_source(b_name)
+        after = self._quantize_after(out)
+        if a is None or b is None or after is None or after[2]:
+            return False
+        q_node, y_p, _ = after
+        if a.params.fmt != y_p.fmt:
+            return False
+        names = []
+        for tensor, params in ((a.tensor, a.params), (b.tensor, b.params), (None, y_p)):
+            if tensor is not None:
+                names.append(tensor)
+            names.append(self._constant_tensor(np.float32(params.scale), "scale"))
+            names.append(self._constant_tensor(np.asarray(params.zero_point,
+                                                          params.fmt.numpy_dtype()), "zero_point"))
+        self._emit(L.QLinearMatMul(self._layer_name(), tuple(names), (q_node.output[0],),
+                                   fmt=y_p.fmt), y_p)
+        self._absorb([q_node])
+        return True
+
+    def _constant_tensor(self, value: np.ndarray, what: str) -> str:
+        name = self._unique_tensor(f"{self.label}_{what}")
+        self.consts[name] = np.asarray(value)
+        if np.asarray(value).dtype.kind in "iu":
+            self.const_fmt[name] = IntFormat.parse(np.asarray(value).dtype.name)
+        self._materialize(name)
+        return name
 
     def _op_Add(self) -> None:
         a_name, b_name = self._in(0), self._in(1)
@@ -1340,9 +1373,11 @@ class _Importer:
 
     def _op_Softmax(self) -> None:
         x = self._act(0)
-        self._float_only(x)
         rank = len(self.types[x].shape)
         axis = int(self._attrs().get("axis", -1 if self.opset >= 13 else 1))
+        if self._fuse_softmax(axis):
+            return
+        self._float_only(x)
         axis = axis + rank if axis < 0 else axis
         if not 0 <= axis < rank:
             raise self._fail(f"axis {axis} is out of range for {self.types[x]}")
@@ -1350,6 +1385,25 @@ class _Importer:
             raise self._fail(f"opset {self.opset} Softmax over axes {axis}.. of a rank-{rank} "
                              f"tensor (flattened to 2-D) is not supported; only the last axis")
         self._emit(L.Softmax(self._layer_name(), (x,), (self._out(),), axis=axis))
+
+    def _fuse_softmax(self, axis: int) -> bool:
+        """DQ -> Softmax -> Q becomes ORT's QLinearSoftmax, as ONNX Runtime's QDQ transformer
+        rewrites it (8-bit, the same type in and out)."""
+        source = self._dq_source(self._in(0))
+        after = self._quantize_after(self._out())
+        if source is None or after is None or after[2]:
+            return False
+        q_node, y_p, _ = after
+        if source.params.fmt != y_p.fmt or y_p.fmt.name not in ("uint8", "int8"):
+            return False
+        dtype = y_p.fmt.numpy_dtype()
+        constants = {1: np.float32(source.params.scale), 2: np.asarray(source.params.zero_point, dtype),
+                     3: np.float32(y_p.scale), 4: np.asarray(y_p.zero_point, dtype)}
+        self._emit(L.OnnxOp(self._layer_name(), (source.tensor,), (q_node.output[0],),
+                            op="QLinearSoftmax", attrs={"axis": axis, "opset": self.opset},
+                            slots=(0,), opset=self.opset, constants=constants), y_p)
+        self._absorb([q_node])
+        return True
 
     def _op_BatchNormalization(self) -> None:
         attrs = self._attrs()
@@ -1536,6 +1590,39 @@ class _Importer:
 
     def _op_QLinearLeakyRelu(self) -> None:
         self._ort_contrib((0, 1, 3), (2, 4), alpha=float(self._attrs().get("alpha", 0.01)))
+
+    def _contrib_onnx_op(self, required: tuple[int, ...], optional: tuple[int, ...]) -> None:
+        """A com.microsoft operator run by qsim.nn.onnx_ops (an OnnxOp layer): constant inputs
+        (scales, zero points) are stored in the layer, the others are read at run time."""
+        self._qop()
+        names, slots, constants = [], [], {}
+        for i in sorted(required + optional):
+            name = self._in(i)
+            if name is None:
+                if i in required:
+                    raise self._fail(f"needs input {i}")
+                continue
+            if i > 0 and name in self.consts:
+                constants[i] = self.consts[name]
+                continue
+            names.append(self._act(i))
+            slots.append(i)
+        if self._dtype(names[0]) not in ("uint8", "int8"):
+            raise self._fail(f"input {names[0]!r} must be uint8 or int8, not {self._dtype(names[0])}")
+        self._emit(L.OnnxOp(self._layer_name(), tuple(names), (self._out(),), op=self.node.op_type,
+                            attrs=self._attrs(), slots=tuple(slots), opset=self.opset,
+                            constants=constants))
+
+    def _op_QLinearSoftmax(self) -> None:
+        if "opset" not in self._attrs():
+            raise self._fail("needs the opset attribute")
+        self._contrib_onnx_op((0, 1, 3), (2, 4))
+
+    def _op_QLinearReduceMean(self) -> None:
+        attrs = self._attrs()
+        if "axes" not in attrs or "keepdims" not in attrs:
+            raise self._fail("needs the axes and keepdims attributes")
+        self._contrib_onnx_op((0, 1, 3), (2, 4))
 
     def _check_channels_last(self) -> None:
         if int(self._attrs().get("channels_last", 0)):

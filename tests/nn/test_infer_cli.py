@@ -102,14 +102,16 @@ def _garbage(path, data: bytes):
     ("unsupported op", "unsupported operator 'Sin' in node 'sin' (supported: Abs, Add, "
                        "AveragePool, BatchNormalization, Cast, Ceil, Clip, Concat, Constant, Conv, "
                        "ConvInteger, DequantizeLinear, Div, Dropout, DynamicQuantizeLinear, Equal, "
-                       "Flatten, Floor, Gemm, GlobalAveragePool, Greater, GreaterOrEqual, Identity, "
+                       "Erf, Flatten, Floor, Gather, Gelu, Gemm, GlobalAveragePool, Greater, "
+                       "GreaterOrEqual, Identity, LayerNormalization, "
                        "Less, LessOrEqual, MatMul, MatMulInteger, Max, MaxPool, Min, Mul, Neg, "
                        "QLinearConv, QLinearMatMul, QuantizeLinear, Reciprocal, ReduceMax, "
                        "ReduceMin, Relu, Reshape, Round, Shape, Softmax, Sqrt, Squeeze, Sub, "
                        "Transpose, Unsqueeze, Where, com.microsoft.QGemm, com.microsoft.QLinearAdd, "
                        "com.microsoft.QLinearAveragePool, com.microsoft.QLinearConcat, "
                        "com.microsoft.QLinearGlobalAveragePool, com.microsoft.QLinearLeakyRelu, "
-                       "com.microsoft.QLinearMul, com.microsoft.QLinearSigmoid)"),
+                       "com.microsoft.QLinearMul, com.microsoft.QLinearReduceMean, "
+                       "com.microsoft.QLinearSigmoid, com.microsoft.QLinearSoftmax)"),
     ("missing inputs file", "cannot read inputs {root}/nope.npz: No such file or directory"),
     ("garbage inputs", "cannot read inputs {root}/garbage.npz: not an .npz or .npy file (it starts "
                        "with neither signature)"),

@@ -192,12 +192,14 @@ def test_qdq_conv_with_activation_becomes_one_quantized_conv(between, activation
 
 
 def test_qdq_float_op_between_dq_and_q_runs_in_float(rng):
-    scale = {"s": np.array(0.05, F32), "z": np.array(0, np.uint8), "t": np.array(1 / 255, F32)}
+    # uint8 in, int8 out: not a QLinearSoftmax (which needs one type), so the Softmax runs in float
+    scale = {"s": np.array(0.05, F32), "z": np.array(0, np.uint8), "t": np.array(1 / 255, F32),
+             "zi": np.array(-128, np.int8)}
     nodes = [node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
              node("DequantizeLinear", ["xq", "s", "z"], ["xf"]),
              node("Softmax", ["xf"], ["sm"]),
-             node("QuantizeLinear", ["sm", "t", "z"], ["yq"]),
-             node("DequantizeLinear", ["yq", "t", "z"], ["y"])]
+             node("QuantizeLinear", ["sm", "t", "zi"], ["yq"]),
+             node("DequantizeLinear", ["yq", "t", "zi"], ["y"])]
     model = make(nodes, {"x": (TensorProto.FLOAT, ["N", 10])}, {"y": (TensorProto.FLOAT, ["N", 10])},
                  scale)
     graph = load_onnx(model)
@@ -246,14 +248,17 @@ def test_supported_operator_list():
 
 
 SUPPORTED = ("Abs, Add, AveragePool, BatchNormalization, Cast, Ceil, Clip, Concat, Constant, Conv, "
-             "ConvInteger, DequantizeLinear, Div, Dropout, DynamicQuantizeLinear, Equal, Flatten, "
-             "Floor, Gemm, GlobalAveragePool, Greater, GreaterOrEqual, Identity, Less, LessOrEqual, "
+             "ConvInteger, DequantizeLinear, Div, Dropout, DynamicQuantizeLinear, Equal, Erf, "
+             "Flatten, Floor, Gather, Gelu, Gemm, GlobalAveragePool, Greater, GreaterOrEqual, "
+             "Identity, LayerNormalization, Less, LessOrEqual, "
              "MatMul, MatMulInteger, Max, MaxPool, Min, Mul, Neg, QLinearConv, QLinearMatMul, "
              "QuantizeLinear, Reciprocal, ReduceMax, ReduceMin, Relu, Reshape, Round, Shape, Softmax, "
              "Sqrt, Squeeze, Sub, Transpose, Unsqueeze, Where, com.microsoft.QGemm, "
              "com.microsoft.QLinearAdd, com.microsoft.QLinearAveragePool, "
              "com.microsoft.QLinearConcat, com.microsoft.QLinearGlobalAveragePool, "
-             "com.microsoft.QLinearLeakyRelu, com.microsoft.QLinearMul, com.microsoft.QLinearSigmoid")
+             "com.microsoft.QLinearLeakyRelu, com.microsoft.QLinearMul, "
+             "com.microsoft.QLinearReduceMean, com.microsoft.QLinearSigmoid, "
+             "com.microsoft.QLinearSoftmax")
 INPUT_TYPES = ("FLOAT, FLOAT16, UINT8, INT8, UINT16, INT16, INT32, UINT4, INT4, UINT2 and INT2")
 
 
@@ -268,12 +273,13 @@ def test_unsupported_operators_are_named_with_their_node():
                 {"x": (TensorProto.FLOAT, [1, 1, 2])}, {"y": (TensorProto.FLOAT, None)},
                 {"w": np.zeros((1, 8, 2), F32), "r": np.zeros((1, 8, 2), F32)})
     assert _error(lstm) == f"unsupported operator 'LSTM' in node 'lstm_1' (supported: {SUPPORTED})"
-    softmax = make([node("QLinearSoftmax", ["x", "s", "z", "s", "z"], ["y"], domain="com.microsoft",
-                         axis=-1, opset=13)],
-                   {"x": (TensorProto.UINT8, [1, 4])}, {"y": (TensorProto.UINT8, [1, 4])},
-                   {"s": np.array(0.1, F32), "z": np.array(0, np.uint8)}, ms=True)
-    assert _error(softmax) == (f"unsupported operator 'com.microsoft.QLinearSoftmax' in node "
-                               f"'QLinearSoftmax_0' (supported: {SUPPORTED})")
+    attention = make([node("QAttention", ["x", "w", "b", "s", "s"], ["y"], domain="com.microsoft",
+                           num_heads=2)],
+                     {"x": (TensorProto.UINT8, [1, 4, 8])}, {"y": (TensorProto.FLOAT, [1, 4, 8])},
+                     {"w": np.zeros((8, 24), np.int8), "b": np.zeros(24, F32),
+                      "s": np.array(0.1, F32)}, ms=True)
+    assert _error(attention) == (f"unsupported operator 'com.microsoft.QAttention' in node "
+                                 f"'QAttention_0' (supported: {SUPPORTED})")
 
 
 def test_malformed_and_truncated_files(tmp_path):
