@@ -16,7 +16,7 @@ __all__ = [
     "COUNTERS", "COUNTER_BITS", "COUNTER_HELP", "memory_names", "buffer_release_delay",
     "array_latency", "array_input_bits", "ppu_stages", "ppu_latency", "PPU_SATURATE",
     "is_output_stationary", "os_tile_spacing", "os_write_latency", "write_meta_delay",
-    "CSR_REGISTERS", "CSR_COUNTER_BASE", "csr_map", "CSR_ID",
+    "CSR_REGISTERS", "CSR_COUNTER_BASE", "csr_map", "CSR_ID", "DMA_COUNTERS",
 ]
 
 #: Value of the ``ID`` register ("qSIM" in ASCII).
@@ -81,6 +81,8 @@ COUNTER_HELP = {
                 "LOAD writes the activation memory",
 }
 COUNTERS = tuple(COUNTER_HELP)
+#: The counters of the bus interface (always zero without one, ``dram_width`` 0).
+DMA_COUNTERS = ("loads", "stores", "dram_reads", "dram_writes", "dma_busy", "wait_dma")
 
 #: Largest magnitude the post-processing unit keeps before adding the zero point and
 #: clamping; any larger result clamps the same way (zero points and bounds are 9-bit).
@@ -183,3 +185,16 @@ def ppu_stages(config: AcceleratorConfig) -> int:
 def ppu_latency(config: AcceleratorConfig) -> int:
     """Cycles from a post-processing accumulator read to the activation write of its row."""
     return 1 + ppu_stages(config)
+
+
+def csr_table_markdown() -> str:
+    """The register map as the Markdown table docs/dram.md shows (a test keeps them equal):
+    :data:`CSR_REGISTERS`, then the low and high halves of every counter of :data:`COUNTERS`."""
+    rows = ["| Offset | Register | Access | Meaning |", "| --- | --- | --- | --- |"]
+    for name, (offset, access, meaning) in CSR_REGISTERS.items():
+        rows.append(f"| `{offset:#04x}` | `{name}` | {access} | {meaning} |")
+    for i, name in enumerate(COUNTERS):
+        offset = CSR_COUNTER_BASE + 8 * i
+        rows.append(f"| `{offset:#04x}` | `{name}` | ro | counter bits 0-31: {COUNTER_HELP[name]} |")
+        rows.append(f"| `{offset + 4:#04x}` | `{name}_hi` | ro | counter bits 32-{COUNTER_BITS - 1} |")
+    return "\n".join(rows)

@@ -660,9 +660,10 @@ class Program:
         return top
 
     def dram_image(self) -> bytearray:
-        """DRAM contents before the run, bytes ``0 .. dram_footprint - 1`` (zero elsewhere)."""
+        """DRAM contents before the run, bytes ``0 .. dram_footprint - 1`` (zero elsewhere; at
+        most the DRAM's capacity)."""
         cfg = self.config
-        image = bytearray(self.dram_footprint())
+        image = bytearray(min(self.dram_footprint(), cfg.dram_capacity))
         code = words_to_bytes(self.encoded(), dram_word_bytes(cfg, "cmd"))
         image[self.cmd_base : self.cmd_base + len(code)] = code
         formats = self.memory_formats()
@@ -778,6 +779,12 @@ class Program:
             )
         depths = self.memory_depths()
         lanes = self.memory_lanes()
+        if cfg.has_dram:
+            need = self.dram_footprint(transfers=False)
+            if need > cfg.dram_capacity:
+                raise ProgramError(
+                    f"the program needs {need} bytes of DRAM (its commands, inputs and outputs) "
+                    f"but the DRAM has {cfg.dram_capacity} bytes (dram_capacity)")
         for i, c in enumerate(self.commands):
             if isinstance(c, Halt):
                 continue
@@ -933,11 +940,6 @@ class Program:
         for (a, _, a_end), (b, b_start, _) in zip(spans, spans[1:]):
             if b_start < a_end:
                 raise ProgramError(f"{b} overlaps {a} in DRAM (byte {b_start:#x})")
-        need = self.dram_footprint(transfers=self.strict)
-        if need > cfg.dram_capacity:
-            raise ProgramError(
-                f"the program needs {need} bytes of DRAM (program, inputs, outputs and "
-                f"transfers) but the DRAM has {cfg.dram_capacity} bytes (dram_capacity)")
 
 
 def command_accesses(config: AcceleratorConfig, command) -> list[tuple[str, int, int, bool]]:

@@ -79,6 +79,8 @@ class CsrBlock(wiring.Component):
                 for name, value in values.items():
                     with m.Case(regs[name] >> 2):
                         m.d.sync += rdata.eq(value)
+                with m.Default():  # unmapped offsets read as zero
+                    m.d.sync += rdata.eq(0)
         with m.Elif(rvalid & bus.rready):
             m.d.sync += rvalid.eq(0)
         return m

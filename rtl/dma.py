@@ -131,6 +131,8 @@ class DmaEngine(wiring.Component):
             for name in self.mems:
                 with m.Case(MEMORY_IDS[name]):
                     m.d.comb += start_wb.eq(self.word_bytes[name])
+            with m.Default():  # no such memory on this configuration: nothing to move
+                m.d.comb += start_wb.eq(0)
         start_beats = (self.words * start_wb + width - 1) >> wshift
 
         m.d.comb += [

@@ -34,8 +34,9 @@ class ExportPlatform(SramPlatform):
         return delays.macro_instances()
 
 
-def generate_verilog(config: AcceleratorConfig, name: str = TOP_NAME) -> str:
-    """Verilog text of :class:`rtl.top.Accelerator` for ``config``, macros included.
+def generate_verilog(config: AcceleratorConfig, name: str = TOP_NAME, bench: bool = False) -> str:
+    """Verilog text of :class:`rtl.top.Accelerator` for ``config``, macros included
+    (``bench``: of :class:`rtl.dram_model.DramBench`, the accelerator with its DRAM model).
 
     Memories become instances of the ``qsim_sram`` macro (:mod:`rtl.sram`) and the array an
     instance of ``qsim_systolic_array`` (:mod:`rtl.array`), the delay lines ``qsim_delay``
@@ -49,6 +50,11 @@ def generate_verilog(config: AcceleratorConfig, name: str = TOP_NAME) -> str:
     from rtl.sram import sram_verilog
     from rtl.top import Accelerator
 
-    text = verilog.convert(Accelerator(config), name=name, platform=ExportPlatform(),
-                           emit_src=False)
+    if bench:  # with its DRAM model, for co-simulation (rtl.dram_model.DramBench)
+        from rtl.dram_model import DramBench
+
+        design = DramBench(config)
+    else:
+        design = Accelerator(config)
+    text = verilog.convert(design, name=name, platform=ExportPlatform(), emit_src=False)
     return text + sram_verilog() + delay_verilog() + "\n" + array_verilog(config)

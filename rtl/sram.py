@@ -20,7 +20,7 @@ Every word and ``rd_data`` start at zero.
 
 from __future__ import annotations
 
-from amaranth import ClockSignal, Const, Instance, Shape
+from amaranth import ClockSignal, Const, Instance, Shape, Signal
 
 __all__ = ["SRAM_MODULE", "SRAM_ARRAY", "sram_verilog", "SramPlatform"]
 
@@ -112,6 +112,7 @@ class SramPlatform:
             rp = reads[1]
             ports.update(i_rd2_en=rp.en, i_rd2_addr=rp.addr, o_rd2_data=rp.data)
         else:
-            ports.update(i_rd2_en=Const(0, 1), i_rd2_addr=Const(0, abits))
+            ports.update(i_rd2_en=Const(0, 1), i_rd2_addr=Const(0, abits),
+                         o_rd2_data=Signal(width, name="rd2_unused"))
         return Instance(SRAM_MODULE, p_WIDTH=width, p_DEPTH=depth, p_ABITS=abits,
                         p_TRANSPARENT=transparent, p_LANES=lanes, **ports)

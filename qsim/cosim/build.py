@@ -282,6 +282,12 @@ def ensure_build(config: AcceleratorConfig, waves: bool = False,
             _discard(directory)  # a build that died half way, or a damaged one
             directory.mkdir(parents=True)
             _build(config, directory, flavor, waves, root, key)
+            if build_key(config, waves, flavor) != key:
+                # a source file changed while the model was being built: what was compiled
+                # may not be what the key names, so it is not kept
+                raise SimulationError(
+                    f"the qsim sources changed during the Verilator build of "
+                    f"{config.describe()}; run again")
             elapsed = time.perf_counter() - t0
             binary = directory / _BINARIES[flavor]
             info = {"key": key, "config": config.to_dict(), "waves": waves, "flavor": flavor,
@@ -355,7 +361,7 @@ def _write_sources(config: AcceleratorConfig, directory: Path) -> tuple[Path, li
     waivers = directory / "verilator.vlt"
     public = directory / "public.vlt"
     try:
-        top.write_text(generate_verilog(config))
+        top.write_text(generate_verilog(config, bench=config.has_dram))
     except Exception as exc:  # Yosys (WebAssembly) failures surface here
         raise ToolchainError(f"generating Verilog for {config.describe()} failed: {exc}") from exc
     shutil.copyfile(_RTL_DIR / "verilator.vlt", waivers)
@@ -439,7 +445,7 @@ def _build_cocotb(directory: Path, top: Path, controls: list[Path], waves: bool,
     from qsim.cosim.procs import Terminated
 
     harness = directory / f"{HARNESS_NAME}.sv"
-    harness.write_text(harness_verilog())
+    harness.write_text(harness_verilog(dram=top.read_text().find("csr__awaddr") >= 0))
     args = list(BUILD_ARGS)
     if waves:
         # VCD rather than FST: Verilator's FST writer needs the system's lz4 headers, which a

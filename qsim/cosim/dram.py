@@ -39,7 +39,7 @@ def dram_bytes_from_words(words, width: int) -> bytes:
 def readback_dram_words(program: Program) -> int:
     """DRAM words to read back: the whole footprint."""
     width = program.config.dram_width
-    return -(-program.dram_footprint() // width)
+    return -(-min(program.dram_footprint(), program.config.dram_capacity) // width)
 
 
 def start_writes(program: Program) -> list[tuple[int, int]]:

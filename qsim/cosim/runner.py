@@ -60,8 +60,18 @@ def _job(program: Program, timeout_cycles: int | None) -> dict:
 
     if timeout_cycles is None:
         timeout_cycles = 2 * simulate_timing(program).cycles + 1000
-    return {"name": program.name, "images": program_images(program),
-            "reads": readback_words(program), "timeout_cycles": int(timeout_cycles)}
+    job = {"name": program.name, "images": program_images(program),
+           "reads": readback_words(program), "timeout_cycles": int(timeout_cycles)}
+    if program.config.has_dram:
+        from qsim.cosim.dram import dram_words, readback_dram_words, start_writes
+
+        # memories start cleared (as after reset); the program and its data are in DRAM
+        job["images"] = {key: [0] * len(words) for key, words in job["images"].items()
+                         if key != "cmd"}
+        job["dram"] = {"words": dram_words(program), "read": readback_dram_words(program),
+                       "latency": program.config.dram_latency,
+                       "start": start_writes(program)}
+    return job
 
 
 def _log_tail(log: Path) -> str:
@@ -179,7 +189,8 @@ def run_programs(programs: Sequence[Program], *, timeout_cycles: int | None = No
     from qsim.cosim.build import ensure_build
     from qsim.cosim.harness import CLOCK_PERIOD_NS
     from rtl.sram import SRAM_ARRAY
-    from qsim.hw import COUNTERS, memory_names
+    from qsim.hw import COUNTERS, csr_map, memory_names
+    from rtl.dram_model import DRAM_MEMORY_NAME
 
     timeout_cycles = check_timeout_cycles(timeout_cycles)
     if not programs:
@@ -197,6 +208,9 @@ def run_programs(programs: Sequence[Program], *, timeout_cycles: int | None = No
         "memory_names": memory_names(config),
         "sram_array": SRAM_ARRAY,
         "counters": list(COUNTERS),
+        "csr": csr_map(),
+        "dram_path": ["dram", DRAM_MEMORY_NAME],
+        "core_path": ["core"] if config.has_dram else [],
         "jobs": [_job(p, timeout_cycles) for p in programs],
     }
     with tempfile.TemporaryDirectory(prefix="qsim-cosim-") as private:
@@ -227,9 +241,17 @@ def run_programs(programs: Sequence[Program], *, timeout_cycles: int | None = No
                  "build_key": build.key}
         if waves_file is not None:
             extra["waves"] = str(waves_file)
-        results.append(RtlResult(counters={k: int(v) for k, v in out["counters"].items()}, acc=acc,
-                                 outputs=outputs, error=bool(out["error"]), memories=memories,
-                                 wall_s=total / len(programs), sim_wall_s=out["sim_s"], extra=extra))
+        result = RtlResult(counters={k: int(v) for k, v in out["counters"].items()}, acc=acc,
+                           outputs=outputs, error=bool(out["error"]), memories=memories,
+                           wall_s=total / len(programs), sim_wall_s=out["sim_s"], extra=extra)
+        if "dram" in out:
+            from qsim.cosim.dram import dram_bytes_from_words
+
+            result.dram = dram_bytes_from_words(out["dram"], config.dram_width)
+            result.error_code, result.error_cmd = out["error_code"], out["error_cmd"]
+            for name in program.dram_outputs:
+                result.outputs[name] = program.read_dram_output(name, result.dram)
+        results.append(result)
     return results
 
 
