@@ -166,3 +166,66 @@ def bench_utilization(arrays: tuple[tuple[int, int], ...] = ((4, 4), (8, 8), (3,
             "int4_over_int8_macs_per_cycle": ratios, "target": 0.95, "target_int4_ratio": 1.9,
             "meets_target": meets, "machine": machine(),
             "reference": "SCALE-Sim's weight-stationary model: 84.8% for 256^3 on 16x16"}
+
+
+def bench_estimate(points: int = 1000, workers: int = 2, repeats: int = 5) -> dict[str, Any]:
+    """Speed of network estimates with energy, and of a sweep, against the targets:
+
+    * ResNet-50 at batch 1 on the default 8 x 8 array, cycles and energy, in <= 0.5 s (the
+      median of ``repeats`` runs in a fresh process state each, the first run included
+      separately as ``cold_s``);
+    * a ``points``-point sweep over ResNet-50 (rows x cols x dataflow x precision x clock) on
+      ``workers`` local processes, in <= 120 s, timed from the sweep file to results.csv.
+    """
+    import statistics
+    import tempfile
+
+    from qsim.nn.estimate import estimate_network
+    from qsim.nn.zoo import resnet50
+    from qsim.sweep import parse_sweep, run_sweep
+
+    before = machine()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        est = estimate_network(resnet50(), AcceleratorConfig())  # a new graph each time
+        energy = est.energy_pj
+        times.append(time.perf_counter() - t0)
+    dims = [4, 6, 8, 12, 16, 24, 32, 48, 64]
+    clocks = [100.0, 200.0, 400.0, 800.0]
+    space = {"rows": dims, "cols": dims, "dataflow": ["ws", "os"], "precision": ["int8", "int4"],
+             "clock_mhz": clocks}
+    full = len(dims) ** 2 * 2 * 2 * len(clocks)  # 1296
+    space["clock_mhz"] = clocks[:max(1, min(len(clocks), -(-points * len(clocks) // full)))]
+    sweep = parse_sweep({"workload": {"network": "resnet50"}, "space": space}, "bench sweep")
+    n = len(sweep.points())
+    with tempfile.TemporaryDirectory() as out:
+        t0 = time.perf_counter()
+        summary = run_sweep(sweep, out, workers=workers, progress=False, plots=False)
+        sweep_s = time.perf_counter() - t0
+    est_s = statistics.median(times)
+    return {
+        "benchmark": "estimate",
+        "resnet50_estimate_s": round(est_s, 4), "resnet50_cold_s": round(times[0], 4),
+        "resnet50_cycles": est.cycles, "resnet50_energy_pj": round(energy, 1),
+        "sweep_points": n, "sweep_workers": workers, "sweep_s": round(sweep_s, 2),
+        "sweep_points_per_s": round(n / sweep_s, 1), "sweep_complete": summary["complete"],
+        "target_estimate_s": 0.5, "target_sweep_s": 120.0,
+        "machine": {**before, "load_avg_1min_after": machine()["load_avg_1min"]},
+        "meets_target": est_s <= 0.5 and sweep_s <= 120.0 and n >= 1000 and summary["complete"],
+    }
+
+
+def format_bench_estimate(r: dict[str, Any]) -> list[str]:
+    """The lines ``qsim bench estimate`` prints."""
+    return [
+        f"ResNet-50 estimate with energy  {r['resnet50_estimate_s'] * 1e3:.1f} ms (median), "
+        f"first {r['resnet50_cold_s'] * 1e3:.1f} ms; {r['resnet50_cycles']:,} cycles, "
+        f"{r['resnet50_energy_pj'] / 1e6:,.1f} uJ",
+        f"sweep over ResNet-50            {r['sweep_points']:,} points on {r['sweep_workers']} "
+        f"workers in {r['sweep_s']:.2f} s ({r['sweep_points_per_s']:,.1f} points/s)",
+        f"machine                         {r['machine']['cpu']}, {r['machine']['cores']} cores, "
+        f"load {r['machine']['load_avg_1min']}",
+        f"targets (estimate <= 0.5 s, 1,000-point sweep <= 120 s): "
+        f"{'met' if r['meets_target'] else 'NOT met'}",
+    ]

@@ -44,6 +44,11 @@ _CONFIG_FLAGS = {
     "requant": ("--requant", str, "post-processing unit: none, fixed-point or float32 (a GEMM's "
                                   "result is then requantized on chip with random per-column "
                                   "parameters from --seed)"),
+    "dram_width": ("--dram-width", int, "bytes per beat of the AXI4 bus to DRAM (4, 8, 16, 32, "
+                                        "64): operands start and results end in DRAM, moved by "
+                                        "the DMA engine (0: no bus interface)"),
+    "dram_latency": ("--dram-latency", int, "cycles of DRAM latency (1..4096; with --dram-width)"),
+    "dram_capacity": ("--dram-capacity", int, "bytes of the simulated DRAM (a power of two)"),
 }
 
 
@@ -157,8 +162,11 @@ def _gemm_operands(args: argparse.Namespace):
     return cfg, a.astype(np.int64), b.astype(np.int64)
 
 
-def _config_from(args: argparse.Namespace) -> AcceleratorConfig:
-    if args.config is not None:
+def _config_from(args: argparse.Namespace, base: AcceleratorConfig | None = None
+                 ) -> AcceleratorConfig:
+    if base is not None:
+        cfg = base  # e.g. a SCALE-Sim .cfg applied to --preset/--config; flags override it
+    elif args.config is not None:
         from qsim.io import read_text
 
         cfg = AcceleratorConfig.from_json(read_text(args.config))
@@ -248,6 +256,8 @@ def _cmd_cosim(args: argparse.Namespace) -> int:
     name = f"gemm{args.m}x{args.k}x{args.n}"
     expected = reference_gemm(a, b, cfg.acc_bits)
     requant = _gemm_requant(cfg, expected, args.seed)
+    if cfg.has_dram:
+        return _cosim_dram(args, cfg, a, b, expected, requant, name)
     plan = plan_gemm(cfg, a, b, name=name, label_single=False, requant=requant)
     if args.native:
         from qsim.cosim.native import run_native
@@ -295,60 +305,137 @@ def _cmd_cosim(args: argparse.Namespace) -> int:
     return EXIT_OK if report.agrees else EXIT_DISAGREE
 
 
-def _cmd_estimate(args: argparse.Namespace) -> int:
-    from qsim.compile import tile_gemm
+def _cosim_dram(args, cfg, a, b, expected, requant, name) -> int:
+    """``qsim cosim`` with a bus interface: one program, operands and results in DRAM."""
+    from qsim.compile_dram import compile_gemm_dram
+    from qsim.cosim.runner import compare, run_programs
 
-    _check_seed(args)
-    if args.network is not None:
-        return _estimate_network(args)
-    _check_gemm_args(args, "--network NAME")
-    cfg = _gemm_config(args)
-    tiling = tile_gemm(cfg, args.m, args.k, args.n, cfg.requant.value != "none")
-    t = tiling.estimate()
-    data = {"config": cfg.to_dict(), "m": args.m, "k": args.k, "n": args.n,
-            "programs": tiling.programs,
-            "block": {"m": tiling.block_m, "k": tiling.block_k, "n": tiling.block_n},
-            **t.counters(), "useful_macs": t.useful_macs, "utilization": t.utilization,
-            "seconds": t.seconds}
+    if args.native:
+        raise ConfigError("--native has no bus interface: co-simulation with --dram-width runs "
+                          "through cocotb")
+    program = compile_gemm_dram(cfg, a, b, name=name, requant=requant)
+    rtl = run_programs([program], timeout_cycles=args.timeout_cycles,
+                       waves=args.waves is not None, keep_dir=args.waves)[0]
+    report = compare(program, rtl)
+    import numpy as np
+
+    wrong = int(np.count_nonzero(rtl.outputs["C"] != expected))
+    data = report.to_dict()
+    data["mismatches"] += wrong
+    agrees = report.agrees and wrong == 0
+    data.update({"agrees": agrees, "config": cfg.to_dict(),
+                 "seed": None if args.inputs is not None else args.seed,
+                 "inputs": None if args.inputs is None else str(args.inputs), "programs": 1,
+                 "commands": len(program.commands), "wall_s": round(rtl.wall_s, 4),
+                 "simulator": "cocotb-verilator"})
+    if args.json:
+        print(json_text(data))
+    else:
+        _print_table([
+            ("config", cfg.describe()),
+            ("gemm", f"{args.m}x{args.k}x{args.n}"),
+            ("program", f"{len(program.commands)} commands, {program.dram_footprint()} DRAM bytes"),
+            ("elements compared", report.elements),
+            ("mismatches", data["mismatches"] + report.acc_mismatches + report.dram_mismatches),
+            ("DRAM bytes read", report.dram_bytes["read"]),
+            ("DRAM bytes written", report.dram_bytes["written"]),
+            ("model cycles", report.model_cycles),
+            ("RTL cycles", report.rtl_cycles),
+            ("wall time", f"{rtl.wall_s:.2f} s"),
+            ("result", "AGREE: bit-exact and cycle-exact" if agrees else "DISAGREE"),
+        ])
+        for line in report.first_mismatches:
+            print(f"  {line}")
+        for counter, (model, rtl_value) in report.counter_diffs.items():
+            print(f"  counter {counter}: model {model}, rtl {rtl_value}")
+    return EXIT_OK if agrees else EXIT_DISAGREE
+
+
+def _estimate_dram(args, cfg) -> int:
+    """``qsim estimate`` of a GEMM with a bus interface: the program compile_gemm_dram writes."""
+    from qsim.compile_dram import compile_gemm_dram
+    from qsim.timing import simulate_timing
+
+    import numpy as np
+
+    a = np.zeros((args.m, args.k), dtype=np.int64)
+    b = np.zeros((args.k, args.n), dtype=np.int64)
+    requant = _gemm_requant(cfg, a @ b, args.seed)
+    program = compile_gemm_dram(cfg, a, b, requant=requant)
+    t = simulate_timing(program)
+    data = {"config": cfg.to_dict(), "m": args.m, "k": args.k, "n": args.n, "programs": 1,
+            "commands": len(program.commands), **t.counters(), "dram_bytes": t.dram_bytes,
+            "useful_macs": t.useful_macs, "utilization": t.utilization, "seconds": t.seconds,
+            **_gemm_energy(cfg, t, args.tech)}
     if args.json:
         print(json_text(data))
     else:
         _print_table([("config", cfg.describe()), ("gemm", f"{args.m}x{args.k}x{args.n}"),
-                      ("programs", tiling.describe()),
+                      ("program", f"{len(program.commands)} commands"),
                       *((k, v) for k, v in t.counters().items()),
                       ("utilization", f"{t.utilization:.2%}"),
                       ("time", f"{t.seconds * 1e6:.2f} us at {cfg.clock_mhz:g} MHz")])
     return EXIT_OK
 
 
-def _estimate_network(args: argparse.Namespace) -> int:
-    from qsim.nn.estimate import estimate_network
-    from qsim.nn.zoo import NETWORKS
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    from qsim.compile import tile_gemm
+    from qsim.hw import DMA_COUNTERS
 
-    if args.network not in NETWORKS:
-        raise ConfigError(f"unknown network {args.network!r} (available: {', '.join(NETWORKS)})")
-    if args.batch < 1:
-        raise ConfigError(f"batch must be at least 1, not {args.batch}")
-    cfg = _config_from(args)
-    est = estimate_network(NETWORKS[args.network](), cfg, args.batch)
+    _check_seed(args)
+    if args.network is not None or args.onnx is not None or args.topology is not None:
+        return _estimate_network(args)
+    if args.gemm or args.scalesim_cfg is not None:
+        raise ConfigError("--gemm and --scalesim-cfg apply to --topology FILE.csv")
+    _check_gemm_args(args, "--network NAME")
+    cfg = _gemm_config(args)
+    if cfg.has_dram:
+        return _estimate_dram(args, cfg)
+    tiling = tile_gemm(cfg, args.m, args.k, args.n, cfg.requant.value != "none")
+    t = tiling.estimate()
+    data = {"config": cfg.to_dict(), "m": args.m, "k": args.k, "n": args.n,
+            "programs": tiling.programs,
+            "block": {"m": tiling.block_m, "k": tiling.block_k, "n": tiling.block_n},
+            **t.counters(), "dram_bytes": t.dram_bytes, "useful_macs": t.useful_macs,
+            "utilization": t.utilization,
+            "seconds": t.seconds, **_gemm_energy(cfg, t, args.tech)}
+    if args.json:
+        print(json_text(data))
+    else:
+        _print_table([("config", cfg.describe()), ("gemm", f"{args.m}x{args.k}x{args.n}"),
+                      ("programs", tiling.describe()),
+                      *((k, v) for k, v in t.counters().items() if k not in DMA_COUNTERS),
+                      ("utilization", f"{t.utilization:.2%}"),
+                      ("time", f"{t.seconds * 1e6:.2f} us at {cfg.clock_mhz:g} MHz")])
+    return EXIT_OK
+
+
+def _gemm_energy(cfg: AcceleratorConfig, timing, tech_path) -> dict:
+    from qsim.energy import ActionCounts, energy_fields, load_tech
+
+    return energy_fields(ActionCounts.from_timing(timing), cfg, load_tech(tech_path),
+                         timing.useful_macs)
+
+
+def _estimate_network(args: argparse.Namespace) -> int:
+    from qsim.energy import load_tech
+    from qsim.nn.estimate import estimate_gemms, format_estimate, workload_gemms
+
+    name, gemms = workload_gemms(network=args.network, topology=args.topology, gemm=args.gemm,
+                                 onnx=None if args.onnx is None else str(args.onnx),
+                                 batch=args.batch)
+    base = None
+    if args.scalesim_cfg is not None:
+        from qsim.scalesim import read_scalesim_cfg
+
+        base = _config_from(argparse.Namespace(config=args.config, preset=args.preset))
+        base = base.replace(**read_scalesim_cfg(args.scalesim_cfg).config_changes(base))
+    cfg = _config_from(args, base)
+    est = estimate_gemms(name, gemms, cfg, args.batch, load_tech(args.tech))
     if args.json:
         print(json_text(est.to_dict()))
         return EXIT_OK
-    _print_table([
-        ("config", cfg.describe()),
-        ("network", f"{est.network}, batch {est.batch}, {len(est.layers)} GEMM layers"),
-        ("MACs", f"{est.macs:,}"),
-        ("cycles", f"{est.cycles:,}"),
-        ("utilization", f"{est.utilization:.2%}"),
-        ("latency", f"{est.seconds * 1e3:.3f} ms at {cfg.clock_mhz:g} MHz"),
-        ("throughput", f"{est.inferences_per_s:,.1f} inferences/s"),
-    ])
-    if args.layers:
-        print()
-        width = max(len(l.name) for l in est.layers)
-        for l in est.layers:
-            print(f"{l.name:<{width}}  {l.kind:<8} m={l.gemm.m:<6} k={l.gemm.k:<5} n={l.gemm.n:<5} "
-                  f"x{l.gemm.count:<4} {l.cycles:>11,} cycles  {l.utilization:7.2%}")
+    print("\n".join(format_estimate(est, args.layers, args.energy or args.tech is not None)))
     return EXIT_OK
 
 
@@ -527,6 +614,22 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from qsim.sweep import format_summary, load_sweep, run_sweep
+
+    sweep = load_sweep(args.sweep)
+    summary = run_sweep(sweep, args.out, workers=args.workers, dask=args.dask,
+                        progress=sys.stderr.isatty(), plots=not args.no_plots)
+    print(json_text(summary) if args.json else "\n".join(format_summary(summary)))
+    return EXIT_OK
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from qsim.synth import run_command
+
+    return run_command(args, _config_from(args))
+
+
 def _cmd_presets(args: argparse.Namespace) -> int:
     if args.json:
         print(json_text({name: cfg.to_dict() for name, cfg in PRESETS.items()}))
@@ -543,11 +646,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.which in ("infer", "all"):
         from qsim.nn.bench_infer import bench_ort
 
-        for threads in (1, 0):
-            r = bench_ort(batch=256, repeats=30, threads=threads)
-            worst = max(m["ratio"] for m in r["models"].values())
-            results.append({**r, "meets_target": worst <= 3.0
-                            and all(m["mismatches"] == 0 for m in r["models"].values())})
+        results.append(bench_ort())  # batch 1 and 256, both engines on one thread
     if args.which in ("quant", "all"):
         from qsim.quant.bench import bench_int8_gemm
 
@@ -556,18 +655,23 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         results.append(bench_cosim(rows=args.rows, cols=args.cols))
     if args.which in ("utilization", "all"):
         results.append(bench_utilization())
+    if args.which in ("estimate", "all"):
+        from qsim.bench import bench_estimate
+
+        results.append(bench_estimate())
     if args.json:
         print(json_text(results))
     else:
         for r in results:
             print(f"== {r['benchmark']} ==")
-            if r["benchmark"] == "infer":
-                threads = r["threads"] or "default"
-                for name, m in r["models"].items():
-                    _print_table([(f"{name}, batch {r['batch']}, ORT threads {threads}",
-                                   f"onnxruntime {m['ort_s'] * 1e3:.3f} ms, qsim {m['qsim_s'] * 1e3:.3f} ms, "
-                                   f"ratio {m['ratio']:.2f}x, {m['mismatches']} mismatches")])
-                print(f"target: qsim within 3x of onnxruntime: {'met' if r['meets_target'] else 'NOT met'}")
+            if r["benchmark"] == "estimate":
+                from qsim.bench import format_bench_estimate
+
+                print("\n".join(format_bench_estimate(r)))
+            elif r["benchmark"] == "infer":
+                from qsim.nn.bench_infer import report_lines
+
+                print("\n".join(report_lines(r)))
             elif r["benchmark"] == "quant":
                 _print_table([
                     ("int8 GEMM", f"{r['size']}^3, median of {r['repeats']} interleaved runs, exact: {r['exact']}"),
@@ -642,8 +746,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--network", metavar="NAME",
                    help="estimate a whole network instead (resnet18, resnet50, mobilenet_v2, "
                         "bert_base_block)")
-    p.add_argument("--batch", type=int, default=1, help="batch size of --network (default 1)")
-    p.add_argument("--layers", action="store_true", help="with --network: one line per layer")
+    p.add_argument("--onnx", type=Path, metavar="MODEL.onnx",
+                   help="estimate an ONNX model instead (float or quantized)")
+    p.add_argument("--topology", metavar="FILE.csv",
+                   help="estimate a SCALE-Sim topology file instead (docs/scalesim.md)")
+    p.add_argument("--gemm", action="store_true",
+                   help="with --topology: the file is in SCALE-Sim's Layer, M, N, K format")
+    p.add_argument("--scalesim-cfg", type=Path, metavar="FILE.cfg",
+                   help="take rows, cols, dataflow and memory sizes from a SCALE-Sim .cfg "
+                        "(flags override it)")
+    p.add_argument("--batch", type=int, default=1,
+                   help="batch size of --network, --onnx or --topology (default 1)")
+    p.add_argument("--layers", action="store_true", help="with a network: one line per layer")
+    p.add_argument("--tech", type=Path, metavar="FILE.toml",
+                   help="technology table overriding the default 45 nm energies "
+                        "(docs/estimate.md); implies --energy")
+    p.add_argument("--energy", action="store_true",
+                   help="also print energy, pJ/MAC, TOPS/W and area (--json always has them)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_estimate)
 
@@ -652,6 +771,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, help="output file ('-' for stdout)")
     p.add_argument("--lint", action="store_true", help="also run verilator --lint-only -Wall")
     p.set_defaults(func=_cmd_rtl)
+
+    from qsim.synth import DEFAULT_FREQ_MHZ, target_name
+
+    p = sub.add_parser("synth", help="FPGA resources and post-route Fmax (Yosys and nextpnr from "
+                                     "PyPI; docs/synth.md)")
+    _add_config_options(p)
+    p.add_argument("--target", type=target_name, default="ecp5", metavar="{ecp5,ice40,gowin}",
+                   help="FPGA family (default ecp5)")
+    p.add_argument("--device", help="part (defaults: ecp5 LFE5U-85F-6BG381C, ice40 "
+                                     "iCE40UP5K-SG48, gowin GW2A-LV18PG256C8/I7)")
+    p.add_argument("--freq", type=float, default=DEFAULT_FREQ_MHZ, metavar="MHZ",
+                   help=f"target frequency for nextpnr (default {DEFAULT_FREQ_MHZ:g})")
+    p.add_argument("--no-cache", action="store_true", help="run the tools even if the result is cached")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("infer", help="integer-only inference of an ONNX model (float or quantized) "
                                       "or an int8 TFLite model")
@@ -689,12 +823,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "is appended)")
     p.set_defaults(func=_cmd_report)
 
+    p = sub.add_parser("sweep", help="evaluate a design space over one workload (docs/estimate.md)")
+    p.add_argument("sweep", type=Path, metavar="SWEEP.toml")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="results.csv, results.json, journal.jsonl and plots (resumes a sweep "
+                        "already there)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="local worker processes (default: the CPU count)")
+    p.add_argument("--dask", metavar="ADDRESS",
+                   help="run the points on a dask.distributed scheduler (tcp://host:8786)")
+    p.add_argument("--no-plots", action="store_true", help="write no plots")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.set_defaults(func=_cmd_sweep)
+
     p = sub.add_parser("presets", help="list the named accelerator configurations")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_presets)
 
     p = sub.add_parser("bench", help="speed and utilization benchmarks (prints figures and ratios)")
-    p.add_argument("which", choices=("infer", "quant", "cosim", "utilization", "all"))
+    p.add_argument("which", choices=("infer", "quant", "cosim", "utilization", "estimate", "all"))
     p.add_argument("--json", action="store_true")
     p.add_argument("--rows", type=int, default=32, help="cosim: array rows (default 32)")
     p.add_argument("--cols", type=int, default=32, help="cosim: array columns (default 32)")

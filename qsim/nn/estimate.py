@@ -1,37 +1,88 @@
-"""Cycle, utilization and throughput estimates of whole networks on one accelerator.
+"""Cycle, utilization, energy and throughput estimates of whole networks on one accelerator.
 
-Every matrix product of a graph (:meth:`qsim.nn.graph.Graph.gemms`) is costed with the
-timing model (:func:`qsim.timing.estimate_gemm`) as the compiler lowers it: one GEMM per
-convolution group, run one after another, each draining the pipeline before the next.
-Layers without a matrix product (pooling, element-wise, softmax) are assumed to run on the
-host and cost no accelerator cycles; the memories are not checked (a layer larger than the
-on-chip memories is estimated as if it fit).
+Every matrix product of a graph (:meth:`qsim.nn.graph.Graph.gemms`), or of any list of GEMMs
+(:func:`estimate_gemms`: SCALE-Sim topologies, sweeps), is costed with the timing model
+(:func:`qsim.timing.estimate_gemm`) as the compiler lowers it: one GEMM per convolution group,
+run one after another, each draining the pipeline before the next. Layers without a matrix
+product (pooling, element-wise, softmax) are assumed to run on the host and cost no
+accelerator cycles; the memories are not checked (a layer larger than the on-chip memories is
+estimated as if it fit).
+
+Energy (:mod:`qsim.energy`) prices the timing model's action counts of every layer.
+
+DRAM hook: every :class:`LayerEstimate` carries ``dram_bytes`` (``None``: not modelled yet)
+and ``dma_stall_cycles`` (0). Once the DRAM/DMA model exists, :func:`estimate_gemms` fills
+them per layer (see ``_layer_dram``); ``cycles`` then includes the stalls, the energy
+includes ``dram_bytes`` x the DRAM price, and the roofline uses the real bytes instead of the
+compulsory traffic (:attr:`LayerEstimate.compulsory_bytes`).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from qsim.config import AcceleratorConfig
+from qsim.energy import (HOROWITZ_45NM, ActionCounts, EnergyBreakdown, TechTable,
+                         area_mm2, energy_fields, energy_of)
 from qsim.nn.graph import GemmShape, Graph
 from qsim.timing import estimate_gemm
 
-__all__ = ["LayerEstimate", "NetworkEstimate", "estimate_network"]
+__all__ = ["LayerEstimate", "NetworkEstimate", "estimate_network", "estimate_gemms",
+           "DEFAULT_DRAM_GBPS"]
+
+#: DRAM bandwidth the roofline assumes until the accelerator's DRAM interface is modelled:
+#: one 64-bit DDR4-1600 channel, 1600 MT/s x 8 bytes = 12.8 GB/s.
+DEFAULT_DRAM_GBPS = 12.8
 
 
 @dataclass(frozen=True)
 class LayerEstimate:
+    """One GEMM layer: cycles, action counts and (later) DRAM traffic.
+
+    ``dram_bytes`` is ``None`` until the DRAM/DMA model supplies it; ``dma_stall_cycles`` is
+    then the part of ``cycles`` spent waiting for DRAM (0 until then).
+    """
+
     name: str
     kind: str
     gemm: GemmShape
     cycles: int
-    macs_per_cycle: int  # R x C of the accelerator
+    macs_per_cycle: int  # R x C of the accelerator (x 2 at int4)
+    counts: ActionCounts = field(default_factory=ActionCounts)
+    dram_bytes: int | None = None
+    dma_stall_cycles: int = 0
+    operand_bits: int = 8
 
     @property
     def utilization(self) -> float:
         """Useful MACs / (R x C x cycles), as for the whole network."""
         return self.gemm.macs / (self.macs_per_cycle * self.cycles) if self.cycles else 0.0
+
+    @property
+    def compulsory_bytes(self) -> int:
+        """Off-chip bytes if every operand crossed the DRAM interface once: A (M x K) and
+        B (K x N) at the operand precision, C (M x N) written back as 8-bit activations."""
+        g = self.gemm
+        operands = (g.m * g.k + g.k * g.n) * self.operand_bits // 8
+        return (operands + g.m * g.n) * g.count
+
+    @property
+    def offchip_bytes(self) -> int:
+        """Bytes the roofline places the layer by: the DRAM model's, else the compulsory ones."""
+        return self.dram_bytes if self.dram_bytes is not None else self.compulsory_bytes
+
+    @property
+    def ops_per_byte(self) -> float:
+        """Arithmetic intensity: 2 x useful MACs per off-chip byte."""
+        return 2 * self.gemm.macs / self.offchip_bytes if self.offchip_bytes else float("inf")
+
+    def energy(self, config: AcceleratorConfig, tech: TechTable = HOROWITZ_45NM) -> EnergyBreakdown:
+        counts = self.counts
+        if self.dram_bytes:
+            counts = counts + ActionCounts(dram_bytes=self.dram_bytes)
+        return energy_of(counts, config, tech)
 
 
 @dataclass
@@ -41,6 +92,8 @@ class NetworkEstimate:
     batch: int
     layers: list[LayerEstimate] = field(default_factory=list)
     wall_s: float = 0.0
+    tech: TechTable = HOROWITZ_45NM
+    dram_gbps: float = DEFAULT_DRAM_GBPS
 
     @property
     def cycles(self) -> int:
@@ -63,30 +116,190 @@ class NetworkEstimate:
     def inferences_per_s(self) -> float:
         return self.batch / self.seconds if self.cycles else float("inf")
 
+    @property
+    def tops(self) -> float:
+        """Delivered tera-operations per second (one MAC = two operations)."""
+        return 2 * self.macs / self.seconds / 1e12 if self.cycles else 0.0
+
+    @property
+    def counts(self) -> ActionCounts:
+        total = ActionCounts()
+        for layer in self.layers:
+            total = total + layer.counts
+        return total
+
+    @property
+    def dram_bytes(self) -> int | None:
+        """Total DRAM bytes; ``None`` until the DRAM model supplies every layer's."""
+        if any(layer.dram_bytes is None for layer in self.layers):
+            return None
+        return sum(layer.dram_bytes for layer in self.layers)
+
+    def energy(self) -> EnergyBreakdown:
+        counts = self.counts
+        dram = self.dram_bytes
+        if dram:
+            counts = counts + ActionCounts(dram_bytes=dram)
+        return energy_of(counts, self.config, self.tech)
+
+    @property
+    def energy_pj(self) -> float:
+        return self.energy().total_pj
+
+    @property
+    def pj_per_mac(self) -> float | None:
+        """Energy per useful MAC (padding MACs are paid for but not counted as useful)."""
+        return self.energy_pj / self.macs if self.macs else None
+
+    @property
+    def tops_per_w(self) -> float | None:
+        """Useful operations per joule / 1e12 = 2 / (pJ per MAC)."""
+        return 2.0 * self.macs / self.energy_pj if self.macs and self.energy_pj else None
+
+    @property
+    def area_mm2(self) -> float | None:
+        return area_mm2(self.config, self.tech)
+
+    def energy_fields(self) -> dict:
+        """``energy_pj``, ``energy_breakdown_pj``, ``pj_per_mac``, ``tops_per_w``, ``area_mm2``."""
+        counts = self.counts
+        if self.dram_bytes:
+            counts = counts + ActionCounts(dram_bytes=self.dram_bytes)
+        return energy_fields(counts, self.config, self.tech, self.macs)
+
     def to_dict(self) -> dict:
         return {
             "network": self.network, "batch": self.batch, "config": self.config.to_dict(),
             "cycles": self.cycles, "macs": self.macs, "seconds": self.seconds,
             "utilization": round(self.utilization, 6),
             "inferences_per_s": round(self.inferences_per_s, 3),
+            "tops": round(self.tops, 6),
+            **self.energy_fields(),
+            "dram_bytes": self.dram_bytes,
             "estimate_wall_s": round(self.wall_s, 6),
             "layers": [{"name": l.name, "kind": l.kind, "m": l.gemm.m, "k": l.gemm.k,
                         "n": l.gemm.n, "count": l.gemm.count, "macs": l.gemm.macs,
-                        "cycles": l.cycles, "utilization": round(l.utilization, 6)}
+                        "cycles": l.cycles, "utilization": round(l.utilization, 6),
+                        "energy_pj": round(l.energy(self.config, self.tech).total_pj, 3),
+                        "dram_bytes": l.dram_bytes, "dma_stall_cycles": l.dma_stall_cycles,
+                        "ops_per_byte": round(l.ops_per_byte, 3), **l.counts.to_dict()}
                        for l in self.layers],
         }
 
 
-def estimate_network(graph: Graph, config: AcceleratorConfig, batch: int = 1) -> NetworkEstimate:
-    """Cycles of every matrix product of ``graph`` at ``batch`` on ``config``."""
+def _layer_dram(config: AcceleratorConfig, gemm: GemmShape) -> tuple[int | None, int]:
+    """DRAM hook: (bytes moved, DMA stall cycles) of one GEMM layer.
+
+    ``(None, 0)`` until the DRAM/DMA model lands; it then returns what the timing model's
+    LOAD/STORE schedule gives for the layer's tiling (stall cycles are part of the cycles
+    :func:`estimate_gemm` reports, so they are not added again here).
+    """
+    return None, 0
+
+
+def estimate_gemms(name: str, gemms: Iterable[tuple[str, str, GemmShape]],
+                   config: AcceleratorConfig, batch: int = 1,
+                   tech: TechTable = HOROWITZ_45NM,
+                   dram_gbps: float = DEFAULT_DRAM_GBPS) -> NetworkEstimate:
+    """Cycles and action counts of ``(layer name, kind, GemmShape)`` products on ``config``."""
     t0 = time.perf_counter()
-    result = NetworkEstimate(graph.name, config, batch)
-    cache: dict[tuple[int, int, int], int] = {}
-    for layer, g in graph.gemms(batch):
+    result = NetworkEstimate(name, config, batch, tech=tech, dram_gbps=dram_gbps)
+    cache: dict[tuple[int, int, int], tuple[int, ActionCounts]] = {}
+    for layer_name, kind, g in gemms:
         key = (g.m, g.k, g.n)
         if key not in cache:
-            cache[key] = estimate_gemm(config, g.m, g.k, g.n).cycles
-        result.layers.append(LayerEstimate(layer.name, layer.kind, g, cache[key] * g.count,
-                                           config.macs_per_cycle))
+            t = estimate_gemm(config, g.m, g.k, g.n)
+            cache[key] = (t.cycles, ActionCounts.from_timing(t))
+        cycles, counts = cache[key]
+        if g.count != 1:
+            counts = ActionCounts(**{k: v * g.count for k, v in counts.to_dict().items()})
+        dram_bytes, stalls = _layer_dram(config, g)
+        result.layers.append(LayerEstimate(layer_name, kind, g, cycles * g.count,
+                                           config.macs_per_cycle, counts, dram_bytes, stalls,
+                                           config.input_format.bits))
     result.wall_s = time.perf_counter() - t0
     return result
+
+
+def estimate_network(graph: Graph, config: AcceleratorConfig, batch: int = 1,
+                     tech: TechTable = HOROWITZ_45NM,
+                     dram_gbps: float = DEFAULT_DRAM_GBPS) -> NetworkEstimate:
+    """Cycles, action counts and energy of every matrix product of ``graph`` at ``batch``."""
+    t0 = time.perf_counter()
+    gemms = [(layer.name, layer.kind, g) for layer, g in graph.gemms(batch)]
+    result = estimate_gemms(graph.name, gemms, config, batch, tech, dram_gbps)
+    result.wall_s = time.perf_counter() - t0
+    return result
+
+
+def workload_gemms(*, network: str | None = None, topology: str | None = None,
+                   gemm: bool = False, onnx: str | None = None, batch: int = 1
+                   ) -> tuple[str, list[tuple[str, str, GemmShape]]]:
+    """The name and the ``(layer, kind, GemmShape)`` list of exactly one workload at ``batch``:
+    a built-in network (:data:`qsim.nn.zoo.NETWORKS`), a SCALE-Sim topology CSV
+    (:func:`qsim.scalesim.read_topology`; ``batch`` multiplies M), or an ONNX model, float or
+    quantized (:func:`qsim.nn.onnx_import.load_onnx`, the import path of ``qsim infer``)."""
+    from pathlib import Path
+
+    from qsim.errors import ConfigError
+
+    given = [n for n, v in (("network", network), ("topology", topology), ("onnx", onnx))
+             if v is not None]
+    if len(given) != 1:
+        raise ConfigError("give exactly one workload: a network, a topology or an ONNX model"
+                          + (f" (got {', '.join(given)})" if given else ""))
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ConfigError(f"batch must be at least 1, not {batch}")
+    if gemm and topology is None:
+        raise ConfigError("--gemm (the Layer, M, N, K format) applies to a topology file only")
+    if network is not None:
+        from qsim.nn.zoo import NETWORKS
+
+        if network not in NETWORKS:
+            raise ConfigError(f"unknown network {network!r} (available: {', '.join(NETWORKS)})")
+        graph = NETWORKS[network]()
+    elif onnx is not None:
+        from qsim.nn.onnx_import import load_onnx
+
+        graph = load_onnx(onnx)
+        graph.name = graph.name or Path(onnx).stem
+    else:
+        from qsim.scalesim import read_topology
+
+        layers = read_topology(topology, gemm=gemm)
+        return Path(topology).stem, [(l.name, l.kind, l.at_batch(batch)) for l in layers]
+    return graph.name, [(layer.name, layer.kind, g) for layer, g in graph.gemms(batch)]
+
+
+def format_estimate(est: NetworkEstimate, layers: bool = False, energy: bool = False) -> list[str]:
+    """The lines ``qsim estimate`` prints for a network, topology or ONNX model."""
+    cfg = est.config
+    rows = [
+        ("config", cfg.describe()),
+        ("network", f"{est.network}, batch {est.batch}, {len(est.layers)} GEMM layers"),
+        ("MACs", f"{est.macs:,}"),
+        ("cycles", f"{est.cycles:,}"),
+        ("utilization", f"{est.utilization:.2%}"),
+        ("latency", f"{est.seconds * 1e3:.3f} ms at {cfg.clock_mhz:g} MHz"),
+        ("throughput", f"{est.inferences_per_s:,.1f} inferences/s"),
+    ]
+    if energy:
+        f = est.energy_fields()
+        parts = ", ".join(f"{k} {v / 1e6:,.1f}" for k, v in f["energy_breakdown_pj"].items() if v)
+        area = "not available (no area figures in the table)" if f["area_mm2"] is None \
+            else f"{f['area_mm2']:.3f} mm2"
+        rows += [("energy", f"{f['energy_pj'] / 1e6:,.1f} uJ ({parts} uJ; {est.tech.name})"),
+                 ("efficiency", f"{f['pj_per_mac']:.3f} pJ/MAC, {f['tops_per_w']:.3f} TOPS/W"),
+                 ("area", area)]
+    width = max(len(k) for k, _ in rows)
+    out = [f"{k:<{width}}  {v}" for k, v in rows]
+    if layers and est.layers:
+        out.append("")
+        width = max(len(l.name) for l in est.layers)
+        for l in est.layers:
+            line = (f"{l.name:<{width}}  {l.kind:<8} m={l.gemm.m:<6} k={l.gemm.k:<5} n={l.gemm.n:<5} "
+                    f"x{l.gemm.count:<4} {l.cycles:>11,} cycles  {l.utilization:7.2%}")
+            if energy:
+                line += f"  {l.energy(cfg, est.tech).total_pj / 1e6:10,.2f} uJ"
+            out.append(line)
+    return out
