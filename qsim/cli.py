@@ -353,16 +353,12 @@ def _cosim_dram(args, cfg, a, b, expected, requant, name) -> int:
 
 def _estimate_dram(args, cfg) -> int:
     """``qsim estimate`` of a GEMM with a bus interface: the program compile_gemm_dram writes."""
-    from qsim.compile_dram import compile_gemm_dram
-    from qsim.timing import simulate_timing
+    from qsim.compile_dram import plan_dram_gemm
+    from qsim.timing import timing_of_commands
 
-    import numpy as np
-
-    a = np.zeros((args.m, args.k), dtype=np.int64)
-    b = np.zeros((args.k, args.n), dtype=np.int64)
-    requant = _gemm_requant(cfg, a @ b, args.seed)
-    program = compile_gemm_dram(cfg, a, b, requant=requant)
-    t = simulate_timing(program)
+    plan = plan_dram_gemm(cfg, args.m, args.k, args.n, requant=cfg.requant.value != "none")
+    t = timing_of_commands(cfg, plan.commands, args.m * args.k * args.n)
+    program = plan
     data = {"config": cfg.to_dict(), "m": args.m, "k": args.k, "n": args.n, "programs": 1,
             "commands": len(program.commands), **t.counters(), "dram_bytes": t.dram_bytes,
             "useful_macs": t.useful_macs, "utilization": t.utilization, "seconds": t.seconds,

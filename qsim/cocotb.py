@@ -236,7 +236,7 @@ class QsimDriver:
         error_code = await self.read_register("ERROR_CODE")
         error_cmd = await self.read_register("ERROR_CMD")
         dram = self.read_dram(program.dram_footprint())
-        outputs = {name: program.read_dram_output(name, dram) for name in program.dram_outputs}
+        outputs = program.dram_outputs_from(dram)
         return RunResult(name=program.name, counters=counters, status=status,
                          error=bool(status & STATUS_ERROR), error_code=error_code,
                          error_cmd=error_cmd, dram=dram, outputs=outputs, sim_time_ns=sim_ns,

@@ -1,35 +1,64 @@
 """GEMMs whose operands start and results end in DRAM (a configuration with a bus interface).
 
-:func:`compile_gemm_dram` lowers ``A @ B`` as :func:`qsim.compile.compile_gemm` does and
-adds the data movement:
+:func:`plan_dram_gemm` lowers an M x K x N product to commands from its shape alone (the
+timing model and the network estimates use it); :func:`compile_gemm_dram` adds the data and
+returns a :class:`~qsim.program.Program`. The lowering:
 
-1. the program at DRAM byte 0, then A, B (each weight tile a LOAD moves, as its own region)
-   and the requantization parameters, each in its
-   on-chip memory's word format, every region aligned to 64 bytes (and to the bus width);
-2. ``LOAD`` A whole into the activation memory (and the parameters);
-3. weight-stationary: the weight tiles through two buffers of ``R`` words: the LOAD of tile
-   ``t + 1`` runs while MATMUL ``t`` streams (each MATMUL has ``wait`` set, so it starts once
-   its own tile has arrived); output-stationary: each N tile's ``KW`` weight words through two
-   buffers, each LOAD waiting for the MATMULs before it (an output-stationary MATMUL reads
-   its weights while it streams, so nothing finer is safe);
-4. ``STORE`` C (and the requantized Y) once every MATMUL has written it.
-
-The whole of A and C stay on chip, so the GEMM must fit the activation and accumulator
-memories as for :func:`compile_gemm`; only the weights are streamed.
+* DRAM holds the program at byte 0, then every piece a LOAD or STORE moves as its own
+  *chunk*, at an address aligned to 64 bytes (and to the bus width): a chunk is a run of
+  on-chip memory words in their DRAM format, so no transfer is ever misaligned;
+* the rows of A are cut into blocks that fit the activation and accumulator memories (all
+  of A's lane tiles and all of C's column tiles for the block's rows stay on chip);
+* per block: LOAD the block's A words, then, weight-stationary, the weight tiles through
+  two buffers of ``R`` words — the LOAD of tile ``t + 1`` overlaps MATMUL ``t``, every MATMUL
+  has ``wait`` set so that it starts once its own tile has arrived; output-stationary, each
+  column tile's ``KW`` weight words through two buffers, a LOAD waiting for the MATMULs before
+  it (they read their weights while they stream); then the REQUANTs (with a post-processing
+  unit) and the STOREs of the block's C (and Y) words, which wait for the MATMULs;
+* the next block's A LOAD waits for the previous block's work to finish.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from qsim.config import AcceleratorConfig, Dataflow
 from qsim.errors import ProgramError
-from qsim.program import (DramLayout, Halt, Load, MatrixLayout, Matmul, Program, Requant, Store,
-                          dram_word_bytes)
+from qsim.program import (Command, DramLayout, Halt, Load, MatrixLayout, Matmul, Program,
+                          Requant, Store, dram_word_bytes)
 
-__all__ = ["compile_gemm_dram", "REGION_ALIGN"]
+__all__ = ["DramGemmPlan", "plan_dram_gemm", "compile_gemm_dram", "REGION_ALIGN"]
 
 REGION_ALIGN = 64
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """``count`` words of on-chip memory ``memory`` kept in DRAM from byte ``addr``; they are
+    words ``first ..`` of the whole operand's image (:func:`qsim.compile.gemm_layouts`)."""
+
+    key: str
+    memory: str
+    addr: int
+    first: int
+    count: int
+
+
+@dataclass
+class DramGemmPlan:
+    """Commands and DRAM chunks of one GEMM (see the module docstring)."""
+
+    config: AcceleratorConfig
+    m: int
+    k: int
+    n: int
+    commands: list[Command]
+    inputs: dict[str, list[Chunk]] = field(default_factory=dict)  # "A", "B", "bias", ...
+    outputs: dict[str, list[Chunk]] = field(default_factory=dict)  # "C", "Y"
+    blocks: int = 1
+    dram_bytes: int = 0
 
 
 def _align(value: int, width: int) -> int:
@@ -37,111 +66,220 @@ def _align(value: int, width: int) -> int:
     return -(-value // step) * step
 
 
-def compile_gemm_dram(config: AcceleratorConfig, a: np.ndarray, b: np.ndarray,
-                      name: str = "gemm", requant=None) -> Program:
-    """Program computing ``a @ b`` with A and B read from DRAM and C (and Y with
-    ``requant``, see :func:`qsim.compile.compile_gemm`) written back to DRAM."""
-    from qsim.compile import compile_gemm
+def plan_dram_gemm(config: AcceleratorConfig, m: int, k: int, n: int,
+                   requant: bool = False) -> DramGemmPlan:
+    """The commands and DRAM placement of ``A[M,K] @ B[K,N]`` on ``config`` (no data)."""
+    from qsim.compile import gemm_layouts, requant_runs
 
     if not config.has_dram:
-        raise ProgramError("compile_gemm_dram needs a configuration with a bus interface "
+        raise ProgramError("a GEMM from DRAM needs a configuration with a bus interface "
                            "(dram_width)")
-    onchip_cfg = config.replace(dram_width=0, dram_latency=0)
-    onchip = compile_gemm(onchip_cfg, a, b, name=name, requant=requant)
+    a_lay, b_lay, c_lay = gemm_layouts(config, m, k, n)
+    r, c = config.rows, config.cols
     os_ = config.dataflow is Dataflow.OUTPUT_STATIONARY
-    r = config.rows
     width = config.dram_width
-    a_lay, a_data = onchip.inputs["A"]
-    b_lay, b_data = onchip.inputs["B"]
-    c_lay = onchip.outputs["C"]
-    matmuls = [c for c in onchip.commands if isinstance(c, Matmul)]
-    requants = [c for c in onchip.commands if isinstance(c, Requant)]
+    n_tiles = c_lay.lane_tiles
+    kw = b_lay.rows  # weight words per column tile (reduction words)
+    k_tiles = a_lay.lane_tiles if not os_ else 0
+    y_tiles = -(-n // config.act_lanes) if requant else 0
 
-    # DRAM placement: the program first, then A, B, parameters, C, Y
-    commands_estimate = 2 * len(matmuls) + len(requants) + 8
-    addr = _align(commands_estimate * dram_word_bytes(config, "cmd"), width)
-    dram_inputs: dict[str, tuple[DramLayout, np.ndarray]] = {}
-    dram_outputs: dict[str, DramLayout] = {}
-
-    def place(key: str, lay: MatrixLayout) -> DramLayout:
-        nonlocal addr
-        d = DramLayout(MatrixLayout(lay.memory, 0, lay.rows, lay.cols, lay.lanes,
-                                    lay.tile_stride, lay.padded_rows, lay.unsigned_bits), addr)
-        addr = _align(d.end(config), width)
-        return d
-
-    a_dram = place("A", a_lay)
-    dram_inputs["A"] = (a_dram, a_data)
-    # B as the weight words each LOAD moves, every chunk at an aligned address
-    b_words = b_lay.pack(b_data)
-    lanes = config.weight_lanes
-    chunk_addr: dict[int, int] = {}
-
-    def chunk(first: int, count: int) -> int:
-        """DRAM address of weight words ``first .. first + count - 1`` of B's image."""
-        if first not in chunk_addr:
-            lay = MatrixLayout("weight", 0, count, lanes, lanes, count)
-            d = place(f"B@{first}", lay)
-            dram_inputs[f"B@{first}"] = (d, b_words[first : first + count])
-            chunk_addr[first] = d.addr
-        return chunk_addr[first]
-    params = {}
-    for key in ("bias", "scale", "qctl"):
-        if key in onchip.inputs:
-            lay, data = onchip.inputs[key]
-            params[key] = (place(key, lay), lay)
-            dram_inputs[key] = (params[key][0], data)
-    c_dram = place("C", c_lay)
-    dram_outputs["C"] = c_dram
-    y_lay = onchip.outputs.get("Y")
-    y_dram = place("Y", y_lay) if y_lay is not None else None
-    if y_dram is not None:
-        dram_outputs["Y"] = y_dram
-
-    # on chip: A and C where compile_gemm put them, weights in two buffers after B's tiles
-    commands: list = [Load("act", a_dram.addr, a_lay.base, a_lay.words)]
-    for key, (d, lay) in params.items():
-        commands.append(Load(key, d.addr, lay.base, lay.words))
+    # block rows: all of A's and C's (and Y's) words of a block's rows fit on chip
     if os_:
-        span = b_lay.rows  # KW weight words per N tile
-        buffers = [0, span]
-        if 2 * span > config.weight_mem_words:
-            raise ProgramError(f"two buffers of {span} weight words do not fit the "
-                               f"{config.weight_mem_words}-word weight memory")
-        tile_of = [mm.weight_addr // b_lay.tile_stride for mm in matmuls]
-        loaded = -1
-        for mm, nt in zip(matmuls, tile_of):
-            first = nt != loaded
-            if first:
-                buf = buffers[nt % 2]
-                commands.append(Load("weight", chunk(nt * b_lay.tile_stride, span),
-                                     buf, span, wait=loaded >= 0))
-                loaded = nt
-            commands.append(Matmul(mm.act_addr, buffers[nt % 2], mm.acc_addr, mm.rows,
-                                   mm.accumulate, mm.inner, mm.step, mm.stride, mm.act_unsigned,
-                                   wait=first))
+        m_tiles = a_lay.lane_tiles  # the act lane tiles of A^T are M tiles
+        per_tile_act = kw + (y_tiles * r if requant else 0)
+        per_tile_acc = n_tiles * r
+        tiles = min(config.act_mem_words // per_tile_act, config.acc_mem_words // per_tile_acc,
+                    m_tiles)
+        block = tiles * r
     else:
-        if 2 * r > config.weight_mem_words:
-            raise ProgramError(f"two weight tiles of {r} words do not fit the "
-                               f"{config.weight_mem_words}-word weight memory")
+        per_row_act = k_tiles + y_tiles
+        block = min(config.act_mem_words // per_row_act, config.acc_mem_words // n_tiles, m)
+    weight_need = 2 * (kw if os_ else r)
+    if block < (r if os_ else 1) or weight_need > config.weight_mem_words:
+        raise ProgramError(
+            f"a {m}x{k}x{n} GEMM from DRAM does not fit the on-chip memories of "
+            f"{config.describe()}: one block needs more activation, accumulator or weight words "
+            f"than there are")
+    if config.requant.value != "none" and n_tiles > config.param_mem_words:
+        raise ProgramError(f"{n_tiles} column tiles need {n_tiles} words of each parameter "
+                           f"memory, which has {config.param_mem_words}")
 
-        def tile_load(t: int) -> Load:
-            return Load("weight", chunk(matmuls[t].weight_addr, r), (t % 2) * r, r)
+    commands: list[Command] = []
+    blocks = -(-m // block)
+    n_commands = 0
+    plan = DramGemmPlan(config, m, k, n, commands, blocks=blocks)
+    chunks: list[Chunk] = []
 
-        commands.append(tile_load(0))
-        for t, mm in enumerate(matmuls):
-            commands.append(Matmul(mm.act_addr, (t % 2) * r, mm.acc_addr, mm.rows,
-                                   mm.accumulate, mm.inner, mm.step, mm.stride, mm.act_unsigned,
-                                   wait=True))
-            if t + 1 < len(matmuls):
-                commands.append(tile_load(t + 1))
-    commands += requants
-    commands.append(Store("acc", c_dram.addr, c_lay.base, c_lay.words, wait=True))
-    if y_dram is not None:
-        commands.append(Store("act", y_dram.addr, y_lay.base, y_lay.words, wait=True))
+    def chunk(key: str, memory: str, first: int, count: int) -> Chunk:
+        ch = Chunk(key, memory, 0, first, count)
+        chunks.append(ch)
+        return ch
+
+    # a first pass builds commands with placeholder chunks; addresses are assigned after the
+    # program's length is known (the program comes first in DRAM)
+    pending: list[tuple[int, Chunk]] = []  # command index, chunk whose address it uses
+
+    def transfer(kind, ch: Chunk, sram_addr: int, wait: bool = False) -> None:
+        pending.append((len(commands), ch))
+        commands.append(kind(ch.memory, 0, sram_addr, ch.count, wait=wait))
+
+    b_chunks: dict[int, Chunk] = {}
+
+    def b_chunk(first: int, count: int) -> Chunk:
+        if first not in b_chunks:
+            b_chunks[first] = chunk("B", "weight", first, count)
+        return b_chunks[first]
+
+    params = []
+    if requant:
+        for key in ("bias", "scale", "qctl"):
+            ch = chunk(key, key, 0, n_tiles)
+            params.append(ch)
+            transfer(Load, ch, 0)
+    tile = 0  # weight tiles loaded so far (buffer = tile % 2)
+    for bi in range(blocks):
+        m0 = bi * block
+        rows = min(block, m - m0)
+        wait_block = bi > 0
+        if os_:
+            t0, t1 = m0 // r, -(-(m0 + rows) // r)
+            mtb = t1 - t0
+            ch = chunk("A", "act", t0 * kw, mtb * kw)
+            transfer(Load, ch, 0, wait=wait_block)
+            acc_stride = mtb * r
+            for nt in range(n_tiles):
+                buf = (nt % 2) * kw
+                transfer(Load, b_chunk(nt * kw, kw), buf, wait=nt > 0 or wait_block)
+                for mt in range(mtb):
+                    commands.append(Matmul(mt * kw, buf, nt * acc_stride + mt * r, kw,
+                                           wait=mt == 0))
+            y_base = mtb * kw
+            c_words = [(nt * m_tiles * r + t0 * r, nt * acc_stride, mtb * r)
+                       for nt in range(n_tiles)]
+        else:
+            for t in range(k_tiles):
+                transfer(Load, chunk("A", "act", t * m + m0, rows), t * rows, wait=wait_block and t == 0)
+            first = True
+            for nt in range(n_tiles):
+                for kt in range(k_tiles):
+                    buf = (tile % 2) * r
+                    if first:
+                        transfer(Load, b_chunk(nt * b_lay.tile_stride + kt * r, r), buf)
+                        first = False
+                    commands.append(Matmul(kt * rows, buf, nt * rows, rows, kt > 0, wait=True))
+                    tile += 1
+                    # the next tile's LOAD overlaps this MATMUL
+                    nxt = (nt, kt + 1) if kt + 1 < k_tiles else (nt + 1, 0)
+                    if nxt[0] < n_tiles:
+                        transfer(Load, b_chunk(nxt[0] * b_lay.tile_stride + nxt[1] * r, r),
+                                 (tile % 2) * r)
+            acc_stride = rows
+            y_base = k_tiles * rows
+            c_words = [(nt * m + m0, nt * rows, rows) for nt in range(n_tiles)]
+        if requant:
+            for nt, n0, n1 in requant_runs(config, n):
+                commands.append(Requant(
+                    acc_addr=nt * acc_stride,
+                    act_addr=y_base + (n0 // config.act_lanes) * rows,
+                    rows=rows, param_addr=nt, lanes=n1 - n0, src_lane=n0 - nt * c,
+                    dst_lane=n0 % config.act_lanes))
+        for first_word, sram, count in c_words:
+            ch = chunk("C", "acc", first_word, count)
+            transfer(Store, ch, sram, wait=True)
+        for yt in range(y_tiles):
+            ch = chunk("Y", "act", yt * m + m0, rows)
+            transfer(Store, ch, y_base + yt * rows, wait=True)
     commands.append(Halt())
-    if len(commands) > commands_estimate:
-        raise AssertionError("compile_gemm_dram: program longer than its DRAM region")
-    meta = dict(onchip.meta)
-    return Program(config=config, commands=tuple(commands), outputs={}, name=name, meta=meta,
+    n_commands = len(commands)
+
+    # DRAM placement: the program, then the chunks in order of first use
+    addr = _align(n_commands * dram_word_bytes(config, "cmd"), width)
+    placed: dict[int, Chunk] = {}
+    for ch in chunks:
+        placed[id(ch)] = Chunk(ch.key, ch.memory, addr, ch.first, ch.count)
+        addr = _align(addr + ch.count * dram_word_bytes(config, ch.memory), width)
+    for index, ch in pending:
+        old = commands[index]
+        commands[index] = type(old)(old.memory, placed[id(ch)].addr, old.sram_addr, old.words,
+                                    wait=old.wait)
+    for ch in chunks:  # each chunk object once (a weight tile reused by blocks is one chunk)
+        target = plan.outputs if ch.key in ("C", "Y") else plan.inputs
+        target.setdefault(ch.key, []).append(placed[id(ch)])
+    plan.dram_bytes = addr
+    return plan
+
+
+def compile_gemm_dram(config: AcceleratorConfig, a: np.ndarray, b: np.ndarray,
+                      name: str = "gemm", requant=None) -> Program:
+    """Program computing ``a @ b`` with A and B read from DRAM and C (and Y with ``requant``,
+    as :func:`qsim.compile.compile_gemm` describes it) written back to DRAM.
+
+    The Program's ``meta["dram_plan"]`` is the :class:`DramGemmPlan`;
+    :func:`dram_gemm_outputs` assembles C (and Y) from a DRAM image.
+    """
+    from qsim.compile import check_fits, gemm_layouts, pack_weight_pairs
+
+    a = np.asarray(a)
+    b = np.asarray(b)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise ProgramError(f"GEMM operands must be 2-D with equal inner dimensions, not "
+                           f"{a.shape} and {b.shape}")
+    m, k = a.shape
+    n = b.shape[1]
+    check_fits(a, config.input_format, "A")
+    check_fits(b, config.weight_format, "B")
+    plan = plan_dram_gemm(config, m, k, n, requant is not None)
+    a_lay, b_lay, _ = gemm_layouts(config, m, k, n)
+    os_ = config.dataflow is Dataflow.OUTPUT_STATIONARY
+    stored_a = pack_weight_pairs(config, a.T.astype(np.int64)) if os_ else a.astype(np.int64)
+    images = {"A": a_lay.pack(stored_a), "B": b_lay.pack(pack_weight_pairs(config, b.astype(np.int64)))}
+    if requant is not None:
+        for key in ("bias", "scale", "qctl"):
+            lay = MatrixLayout(key, 0, rows=1, cols=n, lanes=config.cols, tile_stride=1)
+            images[key] = lay.pack(np.asarray(getattr(requant, key), np.int64).reshape(1, n))
+    lanes = {"act": config.act_lanes, "weight": config.weight_lanes, "acc": config.cols,
+             "bias": config.cols, "scale": config.cols, "qctl": config.cols}
+    dram_inputs = {}
+    for key, chunks in plan.inputs.items():
+        for ch in chunks:
+            words = np.zeros((ch.count, lanes[ch.memory]), dtype=np.int64)
+            part = images[key][ch.first : ch.first + ch.count]
+            words[: len(part)] = part
+            lay = MatrixLayout(ch.memory, 0, ch.count, lanes[ch.memory], lanes[ch.memory], ch.count)
+            dram_inputs[f"{key}@{ch.first}"] = (DramLayout(lay, ch.addr), words)
+    dram_outputs = {}
+    for key, chunks in plan.outputs.items():
+        for ch in chunks:
+            lay = MatrixLayout(ch.memory, 0, ch.count, lanes[ch.memory], lanes[ch.memory], ch.count)
+            dram_outputs[f"{key}@{ch.first}"] = DramLayout(lay, ch.addr)
+    meta = {"op": "gemm", "m": m, "k": k, "n": n, "useful_macs": m * k * n, "dram_plan": plan}
+    if requant is not None:
+        meta["requant_unsigned"] = bool(requant.unsigned)
+    return Program(config=config, commands=tuple(plan.commands), name=name, meta=meta,
                    dram_inputs=dram_inputs, dram_outputs=dram_outputs)
+
+
+def dram_gemm_outputs(program: Program, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """C (and Y) assembled from the chunk outputs of :func:`compile_gemm_dram`'s program
+    (``outputs``: the model's or the RTL's decoded outputs, keyed ``"C@<first word>"``)."""
+    from qsim.compile import gemm_layouts
+
+    plan: DramGemmPlan = program.meta["dram_plan"]
+    cfg = program.config
+    m, k, n = plan.m, plan.k, plan.n
+    _, _, c_lay = gemm_layouts(cfg, m, k, n)
+    result = {}
+    for key, chunks in plan.outputs.items():
+        if key == "C":
+            lay = c_lay
+        else:
+            bits = cfg.input_format.bits
+            lay = MatrixLayout("act", 0, rows=m, cols=n, lanes=cfg.act_lanes, tile_stride=m,
+                               unsigned_bits=bits if program.meta.get("requant_unsigned") else 0)
+        image = np.zeros((lay.end, lay.lanes), dtype=np.int64)
+        for ch in chunks:
+            words = outputs[f"{key}@{ch.first}"]
+            stop = min(ch.first + ch.count, lay.end)
+            image[ch.first : stop] = words[: stop - ch.first]
+        result[key] = lay.unpack(image)
+    return result

@@ -95,8 +95,8 @@ def execute(program: Program) -> ModelResult:
             product = product + acc[target]
         acc[target] = wrap(product, acc_fmt)
     outputs = {name: lay.unpack(mem[lay.memory]) for name, lay in program.outputs.items()}
-    for name in program.dram_outputs:
-        outputs[name] = program.read_dram_output(name, dram)
+    if dram is not None:
+        outputs.update(program.dram_outputs_from(dram))
     return ModelResult(memories=mem, outputs=outputs, dram=dram)
 
 

@@ -674,6 +674,17 @@ class Program:
             image[lay.addr : lay.addr + len(data)] = data
         return image
 
+    def dram_outputs_from(self, image: bytes) -> dict[str, np.ndarray]:
+        """Every DRAM output decoded from a DRAM image; for a GEMM of
+        :func:`qsim.compile_dram.compile_gemm_dram` also ``C`` (and ``Y``) assembled from
+        its chunks."""
+        out = {name: self.read_dram_output(name, image) for name in self.dram_outputs}
+        if self.meta.get("dram_plan") is not None:
+            from qsim.compile_dram import dram_gemm_outputs
+
+            out.update(dram_gemm_outputs(self, out))
+        return out
+
     def read_dram_output(self, name: str, image: bytes) -> np.ndarray:
         """Decode output ``name`` from a DRAM image."""
         lay = self.dram_outputs[name]

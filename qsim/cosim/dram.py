@@ -140,6 +140,5 @@ def run_pysim_dram(program: Program, timeout_cycles: int | None = None) -> RtlRe
                     error_cmd=result["error_cmd"])
     out.outputs = {name: lay.unpack(out.memories[lay.memory])
                    for name, lay in program.outputs.items()}
-    for name in program.dram_outputs:
-        out.outputs[name] = program.read_dram_output(name, out.dram)
+    out.outputs.update(program.dram_outputs_from(out.dram))
     return out

@@ -187,14 +187,18 @@ class NetworkEstimate:
         }
 
 
-def _layer_dram(config: AcceleratorConfig, gemm: GemmShape) -> tuple[int | None, int]:
-    """DRAM hook: (bytes moved, DMA stall cycles) of one GEMM layer.
+def _layer_timing(config: AcceleratorConfig, gemm: GemmShape):
+    """Timing of one GEMM layer: with a bus interface the program
+    :func:`qsim.compile_dram.plan_dram_gemm` writes (operands from DRAM, blocks that fit the
+    on-chip memories, weight tiles streamed, DMA transfers and their stalls timed cycle by
+    cycle), else :func:`estimate_gemm` (operands assumed on chip)."""
+    if config.has_dram:
+        from qsim.compile_dram import plan_dram_gemm
+        from qsim.timing import timing_of_commands
 
-    ``(None, 0)`` until the DRAM/DMA model lands; it then returns what the timing model's
-    LOAD/STORE schedule gives for the layer's tiling (stall cycles are part of the cycles
-    :func:`estimate_gemm` reports, so they are not added again here).
-    """
-    return None, 0
+        plan = plan_dram_gemm(config, gemm.m, gemm.k, gemm.n)
+        return timing_of_commands(config, plan.commands, gemm.m * gemm.k * gemm.n)
+    return estimate_gemm(config, gemm.m, gemm.k, gemm.n)
 
 
 def estimate_gemms(name: str, gemms: Iterable[tuple[str, str, GemmShape]],
@@ -204,16 +208,18 @@ def estimate_gemms(name: str, gemms: Iterable[tuple[str, str, GemmShape]],
     """Cycles and action counts of ``(layer name, kind, GemmShape)`` products on ``config``."""
     t0 = time.perf_counter()
     result = NetworkEstimate(name, config, batch, tech=tech, dram_gbps=dram_gbps)
-    cache: dict[tuple[int, int, int], tuple[int, ActionCounts]] = {}
+    cache: dict[tuple[int, int, int], tuple[int, ActionCounts, int | None, int]] = {}
     for layer_name, kind, g in gemms:
         key = (g.m, g.k, g.n)
         if key not in cache:
-            t = estimate_gemm(config, g.m, g.k, g.n)
-            cache[key] = (t.cycles, ActionCounts.from_timing(t))
-        cycles, counts = cache[key]
+            t = _layer_timing(config, g)
+            dram = t.dram_reads + t.dram_writes if config.has_dram else None
+            cache[key] = (t.cycles, ActionCounts.from_timing(t), dram, t.wait_dma)
+        cycles, counts, dram_bytes, stalls = cache[key]
         if g.count != 1:
             counts = ActionCounts(**{k: v * g.count for k, v in counts.to_dict().items()})
-        dram_bytes, stalls = _layer_dram(config, g)
+            dram_bytes = None if dram_bytes is None else dram_bytes * g.count
+            stalls *= g.count
         result.layers.append(LayerEstimate(layer_name, kind, g, cycles * g.count,
                                            config.macs_per_cycle, counts, dram_bytes, stalls,
                                            config.input_format.bits))
