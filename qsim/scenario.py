@@ -64,7 +64,7 @@ __all__ = ["GemmWorkload", "NetworkWorkload", "Scenario", "WorkloadReport", "Sce
 
 _TABLES = {"scenario", "accelerator", "gemm", "network", "run"}
 _SCENARIO_KEYS = {"name", "description", "seed"}
-_GEMM_KEYS = {"name", "m", "k", "n"}
+_GEMM_KEYS = {"name", "m", "k", "n", "dram_width", "dram_latency"}
 _NETWORK_KEYS = {"name", "model", "inputs", "calibration", "weight_bits", "activation_format",
                  "semantics", "isa", "batch", "on_chip"}
 #: Built-in networks a scenario may name (float graphs quantized by the scenario's PTQ).
@@ -93,6 +93,14 @@ class GemmWorkload:
     m: int
     k: int
     n: int
+    dram_width: int = 0  # with a bus interface: operands from DRAM, results to DRAM
+    dram_latency: int = 0
+
+    def config_for(self, config: AcceleratorConfig) -> AcceleratorConfig:
+        """The scenario's accelerator, with this workload's bus interface if it has one."""
+        if not self.dram_width:
+            return config
+        return config.replace(dram_width=self.dram_width, dram_latency=self.dram_latency)
 
     def operands(self, config: AcceleratorConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         fa, fw = config.input_format, config.weight_format
@@ -293,11 +301,21 @@ def parse_scenario(data: dict[str, Any], source: str = "<scenario>") -> Scenario
             if key not in entry:
                 raise ConfigError(f"{where}: missing {key}")
         m, k, n = (_int(where, key, entry[key]) for key in ("m", "k", "n"))
+        dram = {key: _int(where, key, entry[key]) for key in ("dram_width", "dram_latency")
+                if key in entry}
+        if dram and set(dram) != {"dram_width", "dram_latency"}:
+            raise ConfigError(f"{where}: dram_width and dram_latency go together")
+        workload = GemmWorkload(str(entry.get("name", f"gemm{i}")), m, k, n, **dram)
         try:
-            tile_gemm(config, m, k, n)
+            if workload.dram_width:
+                from qsim.compile_dram import plan_dram_gemm
+
+                plan_dram_gemm(workload.config_for(config), m, k, n)
+            else:
+                tile_gemm(config, m, k, n)
         except QsimError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-        workloads.append(GemmWorkload(str(entry.get("name", f"gemm{i}")), m, k, n))
+        workloads.append(workload)
 
     networks = []
     for i, entry in enumerate(data.get("network", []), start=1):
@@ -382,6 +400,7 @@ class WorkloadReport:
     counter_diffs: dict[str, tuple[int, int]] | None = None
     sim_cycles_per_s: float | None = None
     programs: int = 1
+    dram_bytes: dict[str, int] | None = None  # read and written, with a bus interface
 
     @property
     def agrees(self) -> bool | None:
@@ -399,6 +418,7 @@ class WorkloadReport:
             "counter_diffs": None if self.counter_diffs is None else
             {k: list(v) for k, v in self.counter_diffs.items()},
             "sim_cycles_per_s": None if self.sim_cycles_per_s is None else round(self.sim_cycles_per_s, 1),
+            "dram_bytes": self.dram_bytes,
             "agrees": self.agrees,
         }
 
@@ -486,6 +506,40 @@ def _eta(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
+def _dram_gemm_model(w: GemmWorkload, cfg: AcceleratorConfig, a, b, rtl: bool) -> _Task:
+    """A GEMM whose operands start and results end in DRAM: its program, model and timing."""
+    from qsim.compile_dram import compile_gemm_dram
+    from qsim.model import execute, reference_gemm
+    from qsim.timing import simulate_timing
+
+    program = compile_gemm_dram(cfg, a, b, name=w.name)
+    expected = reference_gemm(a, b, cfg.acc_bits)
+    if not np.array_equal(execute(program).outputs["C"], expected):
+        raise QsimError(f"{w.name}: the model disagrees with the direct product (a qsim bug)")
+    timing = simulate_timing(program)
+    report = WorkloadReport(w.name, (w.m, w.k, w.n), w.m * w.n, timing.cycles,
+                            w.m * w.k * w.n / (cfg.macs_per_cycle * timing.cycles),
+                            dram_bytes=timing.dram_bytes)
+    return _Task("gemm-dram", w.name, [program], [timing.cycles], [w.name], report,
+                 check=expected, done=not rtl)
+
+
+def _dram_gemm_rtl(task: _Task, timeout_cycles: int | None) -> None:
+    from qsim.cosim.runner import compare, run_programs
+
+    program = task.programs[0]
+    result = run_programs([program], timeout_cycles=timeout_cycles)[0]
+    task.results.append(result)
+    cmp = compare(program, result)
+    report = task.report
+    report.rtl_cycles = cmp.rtl_cycles
+    wrong = int(np.count_nonzero(result.outputs["C"] != task.check))
+    report.mismatches = cmp.mismatches + cmp.acc_mismatches + cmp.dram_mismatches + wrong
+    report.counter_diffs = cmp.counter_diffs
+    report.sim_cycles_per_s = cmp.sim_cycles_per_s
+    task.done = True
+
+
 def _rtl_batches(tasks: list[_Task]) -> list[list[tuple[_Task, int]]]:
     """(task, program index) groups run in one simulator process each, in order.
 
@@ -497,6 +551,8 @@ def _rtl_batches(tasks: list[_Task]) -> list[list[tuple[_Task, int]]]:
     current: list[tuple[_Task, int]] = []
     cycles = 0
     for task in tasks:
+        if task.kind == "gemm-dram":
+            continue  # run on their own (another configuration)
         if task.kind == "network" and current:
             batches.append(current)
             current, cycles = [], 0
@@ -540,7 +596,7 @@ def run_scenario(scenario: Scenario, *, time_limit: float | None = None,
     names = [w.name for w in scenario.workloads] + [n.name for n in scenario.networks]
     done_names = {id(t) for t in finished}
     unfinished = [names[i] for i in range(total) if i >= len(tasks) or id(tasks[i]) not in done_names]
-    return ScenarioReport(scenario, [t.report for t in finished if t.kind == "gemm"],
+    return ScenarioReport(scenario, [t.report for t in finished if t.kind in ("gemm", "gemm-dram")],
                           time.perf_counter() - t0,
                           [t.report for t in finished if t.kind == "network"], stopped=stopped,
                           unfinished=unfinished if stopped else [], time_limit=limit)
@@ -575,6 +631,9 @@ def _run(scenario: Scenario, tasks: list[_Task], progress: Callable[[str], None]
     for i, w in enumerate(scenario.workloads, start=1):
         tell(f"model [{i}/{total}] {w.name} ({w.m}x{w.k}x{w.n})")
         a, b = w.operands(cfg, rng)
+        if w.dram_width:
+            tasks.append(_dram_gemm_model(w, w.config_for(cfg), a, b, scenario.rtl))
+            continue
         plan = plan_gemm(cfg, a, b, name=w.name, label_single=False)
         expected = reference_gemm(a, b, cfg.acc_bits)
         if not np.array_equal(plan.assemble([execute(p).outputs["C"] for p in plan.programs]), expected):
@@ -613,6 +672,11 @@ def _run(scenario: Scenario, tasks: list[_Task], progress: Callable[[str], None]
     for task in tasks:  # networks without any product have nothing to simulate
         if task.kind == "network" and not task.programs and not isinstance(task.check, _OnChip):
             _finish_network(task, [])
+    for n, task in enumerate(tasks, start=1):  # GEMMs from DRAM: their own configuration
+        if task.kind == "gemm-dram":
+            tell(f"RTL [{n}/{total}] {task.name}: operands from DRAM over the bus interface "
+                 f"(latency {task.programs[0].config.dram_latency})")
+            _dram_gemm_rtl(task, scenario.timeout_cycles)
     for n, task in enumerate(tasks, start=1):  # whole layers on chip: chain after chain
         if isinstance(task.check, _OnChip):
             tell(f"RTL [{n}/{total}] {task.name}: {len(task.check.run.chains)} chains on chip, "

@@ -22,9 +22,11 @@ def test_every_shipped_scenario_parses():
 def test_default_scenario_contents():
     s = load_scenario(ROOT / "scenarios" / "default.toml")
     assert (s.name, s.seed, s.rtl, s.config.rows, s.config.cols) == ("default", 2026, True, 8, 8)
-    assert [(w.name, w.m, w.k, w.n) for w in s.workloads] == [
-        ("square", 128, 128, 128), ("primes", 37, 101, 29), ("single-row", 1, 64, 64),
-        ("tall", 512, 72, 24)]
+    assert [(w.name, w.m, w.k, w.n, w.dram_width, w.dram_latency) for w in s.workloads] == [
+        ("square", 128, 128, 128, 0, 0), ("primes", 37, 101, 29, 0, 0),
+        ("single-row", 1, 64, 64, 0, 0), ("tall", 512, 72, 24, 0, 0),
+        ("from-dram", 96, 80, 40, 16, 40)]
+    assert s.workloads[-1].config_for(s.config).has_dram
     assert [(n.name, n.model, n.weight_bits, n.batch, n.on_chip) for n in s.networks] == [
         ("digits-cnn", "digits_cnn", 8, 8, False), ("digits-cnn-on-chip", "digits_cnn", 8, 8, True)]
 
@@ -60,8 +62,13 @@ def test_model_only_run_reports_exact_cycles():
      "inputs, isa, model, name, on_chip, semantics, weight_bits)"),
     ({"gemm": [{"m": 1, "k": 0, "n": 1}]}, "x.toml [[gemm]] 1: k must be an integer of at least 1, not 0"),
     ({"gemm": [{"m": 1, "k": 2}]}, "x.toml [[gemm]] 1: missing n"),
+    ({"gemm": [{"m": 1, "k": 2, "n": 3, "dram_width": 8}]},
+     "x.toml [[gemm]] 1: dram_width and dram_latency go together"),
+    ({"gemm": [{"m": 1, "k": 2, "n": 3, "dram_width": 12, "dram_latency": 5}]},
+     "x.toml [[gemm]] 1: dram_width must be one of 0, 4, 8, 16, 32, 64 bytes (0: no bus "
+     "interface), not 12"),
     ({"gemm": [{"m": 1, "k": 2, "n": 3, "dtype": "int8"}]},
-     "x.toml [[gemm]] 1: unknown key(s) dtype (allowed: k, m, n, name)"),
+     "x.toml [[gemm]] 1: unknown key(s) dtype (allowed: dram_latency, dram_width, k, m, n, name)"),
     ({"accelerator": {"rows": 1}, "gemm": [{"m": 1, "k": 1, "n": 1}]},
      "x.toml [accelerator]: rows must be between 2 and 64, not 1"),
     ({"accelerator": {"preset": "big"}, "gemm": [{"m": 1, "k": 1, "n": 1}]},
