@@ -1,20 +1,20 @@
 """Cycle, utilization, energy and throughput estimates of whole networks on one accelerator.
 
 Every matrix product of a graph (:meth:`qsim.nn.graph.Graph.gemms`), or of any list of GEMMs
-(:func:`estimate_gemms`: SCALE-Sim topologies, sweeps), is costed with the timing model
-(:func:`qsim.timing.estimate_gemm`) as the compiler lowers it: one GEMM per convolution group,
-run one after another, each draining the pipeline before the next. Layers without a matrix
-product (pooling, element-wise, softmax) are assumed to run on the host and cost no
-accelerator cycles; the memories are not checked (a layer larger than the on-chip memories is
-estimated as if it fit).
+(:func:`estimate_gemms`: SCALE-Sim topologies, sweeps), is costed with the timing model as the
+compiler lowers it: one GEMM per convolution group, run one after another, each draining the
+pipeline before the next. Layers without a matrix product (pooling, element-wise, softmax)
+are assumed to run on the host and cost no accelerator cycles.
+
+Without a bus interface (``dram_width`` 0) a layer is :func:`qsim.timing.estimate_gemm`:
+operands assumed on chip, the memories not checked. With one, a layer is the program
+:func:`qsim.compile_dram.plan_dram_gemm` writes for it (rows in blocks that fit the on-chip
+memories, weights streamed from DRAM), timed command by command: ``cycles`` include the
+transfers and the stalls waiting for them (``dma_stall_cycles``), ``dram_bytes`` are the bytes
+moved over the DRAM bus, the energy prices them and the roofline uses them. The cosim tests
+check these cycles against the RTL running the same programs.
 
 Energy (:mod:`qsim.energy`) prices the timing model's action counts of every layer.
-
-DRAM hook: every :class:`LayerEstimate` carries ``dram_bytes`` (``None``: not modelled yet)
-and ``dma_stall_cycles`` (0). Once the DRAM/DMA model exists, :func:`estimate_gemms` fills
-them per layer (see ``_layer_dram``); ``cycles`` then includes the stalls, the energy
-includes ``dram_bytes`` x the DRAM price, and the roofline uses the real bytes instead of the
-compulsory traffic (:attr:`LayerEstimate.compulsory_bytes`).
 """
 
 from __future__ import annotations
@@ -41,8 +41,10 @@ DEFAULT_DRAM_GBPS = 12.8
 class LayerEstimate:
     """One GEMM layer: cycles, action counts and (later) DRAM traffic.
 
-    ``dram_bytes`` is ``None`` until the DRAM/DMA model supplies it; ``dma_stall_cycles`` is
-    then the part of ``cycles`` spent waiting for DRAM (0 until then).
+    With a bus interface (``config.dram_width``) ``dram_bytes`` is the bytes the layer's
+    LOAD/STOREs move over the DRAM bus and ``dma_stall_cycles`` the cycles commands waited for
+    the DMA engine (part of ``cycles``); without one ``dram_bytes`` is ``None`` (operands are
+    assumed on chip) and the stalls 0.
     """
 
     name: str

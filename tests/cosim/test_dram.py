@@ -202,3 +202,27 @@ def test_verilator_stops_at_the_faulting_command():
     rtl = run_programs([program], timeout_cycles=5000)[0]
     assert rtl.error
     assert (rtl.error_code, rtl.error_cmd) == (ERROR_CODES["bus"], info.value.command)
+
+
+@pytest.mark.verilator
+def test_network_estimate_cycles_are_the_rtl_cycles_with_dram():
+    """qsim estimate's per-layer cycles with a bus interface (DRAM-bound layers included) are
+    what the RTL measures for the same GEMMs run from DRAM."""
+    from qsim.cosim.runner import run_programs
+    from qsim.nn.estimate import estimate_gemms
+    from qsim.nn.graph import GemmShape
+
+    cfg = _cfg(4, 6, 4, 150, act_mem_words=64, acc_mem_words=48)  # slow DRAM, small memories
+    shapes = [("fc", "linear", GemmShape(m=3, k=40, n=13)),        # one row block, DRAM-bound
+              ("conv", "conv", GemmShape(m=30, k=9, n=7))]         # several row blocks
+    est = estimate_gemms("layers", shapes, cfg)
+    rng = np.random.default_rng(5)
+    for layer, (_, _, g) in zip(est.layers, shapes):
+        a = rng.integers(-128, 128, (g.m, g.k))
+        b = rng.integers(-128, 128, (g.k, g.n))
+        program = compile_gemm_dram(cfg, a, b)
+        rtl = run_programs([program])[0]
+        assert rtl.counters["cycles"] == layer.cycles
+        assert rtl.counters["dram_reads"] + rtl.counters["dram_writes"] == layer.dram_bytes
+        np.testing.assert_array_equal(rtl.outputs["C"], a @ b)
+    assert est.layers[1].cycles > 0 and program.meta["dram_plan"].blocks > 1
