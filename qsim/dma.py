@@ -157,11 +157,16 @@ def store_cycles(words: int, word_bytes: int, width: int, addr_offset: int, late
         to_read -= int(rd)
 
 
+@lru_cache(maxsize=65536)
+def _transfer(config: AcceleratorConfig, store: bool, memory: str, offset: int,
+              words: int) -> Transfer:
+    fn = store_cycles if store else load_cycles
+    return fn(words, dram_word_bytes(config, memory), config.dram_width, offset,
+              config.dram_latency, config.max_burst, config.dma_outstanding)
+
+
 def transfer(config: AcceleratorConfig, store: bool, memory: str, dram_addr: int,
              words: int) -> Transfer:
     """Cost of one LOAD (``store`` false) or STORE of ``words`` words of ``memory``."""
-    width = config.dram_width
-    grid = config.max_burst * width
-    fn = store_cycles if store else load_cycles
-    return fn(words, dram_word_bytes(config, memory), width, dram_addr % grid,
-              config.dram_latency, config.max_burst, config.dma_outstanding)
+    return _transfer(config, store, memory, dram_addr % (config.max_burst * config.dram_width),
+                     words)

@@ -46,6 +46,7 @@ matrix layout that decodes it says it is unsigned (``MatrixLayout.unsigned_bits`
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping, Sequence, Union
@@ -503,6 +504,7 @@ def memory_word_bits(config: AcceleratorConfig, memory: str) -> int:
     return bits[memory]
 
 
+@functools.lru_cache(maxsize=4096)
 def dram_word_bytes(config: AcceleratorConfig, memory: str) -> int:
     """Bytes one word of ``memory`` takes in DRAM: its bits packed little-endian, lane 0
     first, padded to whole bytes."""
