@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
 import numpy as np
@@ -64,7 +64,8 @@ from qsim.quant.isa import resolve_isa, u8s8_saturates
 from qsim.quant.kernels import ISA_DEPENDENT, conv_columns, conv_geometry, conv_integer, matmul_integer
 from qsim.quant.ops import dequantize, quantize
 from qsim.quant.params import QuantParams
-from qsim.quant.requant import (LITERT_SEMANTICS, Semantics, float32_multiplier, litert_requantize,
+from qsim.quant.requant import (LITERT_GEMM_OPS, LITERT_SEMANTICS, Semantics, float32_multiplier,
+                                litert_optimized_add, litert_requantize,
                                 multiply_by_quantized_multiplier, quantize_multiplier, requantize,
                                 requantize_float32)
 
@@ -158,6 +159,9 @@ class _Context:
     semantics: Semantics
     backend: AccumulatorBackend
     isa: str = "exact"  # a concrete instruction path (qsim.quant.isa), never "auto"
+    #: The TFLite operator of each layer (``graph.meta["tflite_ops"]``) where the graph came
+    #: from a .tflite file: ``litert-optimized`` picks a kernel's arithmetic from it.
+    ops: Mapping[str, str] | None = None
 
 
 #: The context of each (semantics, isa) argument pair with the default backend (its parse
@@ -202,12 +206,12 @@ def run(graph: Graph, feeds: Mapping[str, np.ndarray], semantics: Semantics | st
         if backend is None and isinstance(semantics, (str, Semantics)) and isinstance(isa, str):
             _DEFAULT_CONTEXTS[(semantics, isa)] = ctx
     if ctx.semantics is Semantics.LITERT_OPTIMIZED:
-        for layer in graph.layers:
-            if not_exact_under_litert_optimized(layer):
-                raise layer._fail(
-                    "is not modelled exactly under litert-optimized (LiteRT's builtin optimized "
-                    "depthwise, quantize, requantize, dequantize, mean and add kernels round "
-                    "differently; measured against LiteRT 2.3); use litert or litert-reference")
+        refused = first_not_exact_under_litert_optimized(graph)
+        if refused is not None:
+            raise refused._fail(LITERT_OPTIMIZED_REFUSAL)
+        ops = graph.meta.get("tflite_ops") if isinstance(graph.meta, Mapping) else None
+        if ops and ctx.ops is not ops:
+            ctx = replace(ctx, ops=ops)
     if _PLANS and not keep and type(ctx.backend) is ExactBackend:
         result = _planned_run(graph, feeds, ctx)
         if result is not None:
@@ -241,22 +245,71 @@ def _run_layers(graph: Graph, values: dict[str, np.ndarray], ctx: _Context, keep
 
 
 # Layers whose litert-optimized kernels qsim does not reproduce exactly (see docs/tflite.md);
-# a Conv2d only when it is a depthwise convolution (CONV_2D runs ruy, which is modelled).
+# a quantized Add or Conv2d only in the cases not_exact_under_litert_optimized names.
 _NOT_EXACT_OPTIMIZED = (L.Quantize, L.Rescale, L.Dequantize, L.GlobalAvgPool)
 
+#: The error of a layer :func:`run` refuses under ``litert-optimized`` (after its name).
+LITERT_OPTIMIZED_REFUSAL = (
+    "is not modelled exactly under litert-optimized (LiteRT's builtin optimized quantize, "
+    "requantize, dequantize, mean, mul, broadcasting add and non-int8 add and depthwise kernels "
+    "round differently; measured against LiteRT 2.3); use litert or litert-reference")
 
-def not_exact_under_litert_optimized(layer: Layer) -> bool:
-    """Whether ``run`` refuses ``layer`` under ``litert-optimized``: a quantized depthwise
-    convolution, quantize, requantize, dequantize, mean or add. (The optimized int8 ADD keeps
-    more precision than the reference kernel: with an input-to-output scale ratio 2**-24 below
-    one half it rounds 74 of 4,608 recorded near-ties the other way, LiteRT 2.3.)"""
-    if isinstance(layer, L.Add):
+
+def not_exact_under_litert_optimized(layer: Layer, types: Mapping | None = None,
+                                     ops: Mapping[str, str] | None = None) -> bool:
+    """Whether ``run`` refuses ``layer`` under ``litert-optimized``: a quantized quantize,
+    requantize, dequantize, mean or mul layer, a quantized add that broadcasts (or is not
+    int8), a depthwise convolution that is not int8.
+
+    ``types`` are the graph's tensor types (:meth:`Graph.infer`): an int8 ADD is modelled when
+    its inputs have the same shape once the shorter is extended with leading ones (LiteRT's
+    ``ProcessBroadcastShapes`` then takes the element-wise kernel); without ``types`` every
+    quantized add counts as broadcasting. ``ops`` is ``graph.meta["tflite_ops"]`` (which
+    convolutions are ``DEPTHWISE_CONV_2D``); without it, a convolution with one input channel
+    per group (more than one group) is. The builtin optimized MUL differs from the reference
+    arithmetic on 10,255 of 491,520 measured values (LiteRT 2.3); its rule is not modelled.
+    """
+    if isinstance(layer, L.Mul):
         return layer.output_params is not None
+    if isinstance(layer, L.Add):
+        if layer.output_params is None:
+            return False
+        if layer.input_params is None or not all(_is_int8(p) for p in (*layer.input_params,
+                                                                         layer.output_params)):
+            return True
+        return types is None or _extended_shape(types[layer.inputs[0]].shape,
+                                                types[layer.inputs[1]].shape) is None
     if not getattr(layer, "quantized", True):
         return False
     if isinstance(layer, L.Conv2d):
-        return _litert_op(layer) == "DEPTHWISE_CONV_2D"
+        return _litert_op(layer, ops) == "DEPTHWISE_CONV_2D" and not (
+            _is_int8(layer.input_params) and _is_int8(layer.output_params)
+            and layer.weight is not None and layer.weight.dtype == np.int8)
     return isinstance(layer, _NOT_EXACT_OPTIMIZED)
+
+
+def first_not_exact_under_litert_optimized(graph: Graph) -> Layer | None:
+    """The first layer of ``graph`` that ``run`` refuses under ``litert-optimized`` (the one
+    its error names), or ``None``: :func:`not_exact_under_litert_optimized` with the graph's
+    types and TFLite operators."""
+    types = graph.infer()
+    ops = graph.meta.get("tflite_ops") if isinstance(graph.meta, Mapping) else None
+    return next((layer for layer in graph.layers
+                 if not_exact_under_litert_optimized(layer, types, ops)), None)
+
+
+def _is_int8(params: QuantParams | None) -> bool:
+    return params is not None and params.fmt.name == "int8"
+
+
+def _extended_shape(a: tuple, b: tuple) -> tuple | None:
+    """The common shape of ``a`` and ``b`` when they are equal once the shorter is extended
+    with leading ones (no broadcasting; an unknown axis equals only an unknown one), else
+    ``None``."""
+    rank = max(len(a), len(b))
+    a = (1,) * (rank - len(a)) + tuple(a)
+    b = (1,) * (rank - len(b)) + tuple(b)
+    return a if a == b else None
 
 
 def check_feeds(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -494,9 +547,11 @@ def _exact_gemm(layer, prep: _PreparedGemm, acc: np.ndarray, ctx: _Context, chan
         shape[channel_axis] = -1
         acc = acc + prep.bias.reshape(shape)
     if ctx.semantics in LITERT_SEMANTICS:
+        # the operator's own rule (litert-optimized: ruy for CONV_2D and FULLY_CONNECTED, the
+        # optimized depthwise output stage for DEPTHWISE_CONV_2D, whatever its group count)
         y = litert_requantize(acc, np.float32(prep.x_p.scale), prep.w_p.scale, np.float32(prep.y_p.scale),
                               int(prep.y_p.zero_point), prep.y_p.fmt, ctx.semantics,
-                              op=_litert_op(layer), channel_axis=channel_axis)
+                              op=_litert_op(layer, ctx.ops), channel_axis=channel_axis)
     else:
         y = requantize(acc, np.float32(prep.x_p.scale), prep.w_p.scale, np.float32(prep.y_p.scale),
                        int(prep.y_p.zero_point), prep.y_p.fmt, ctx.semantics, channel_axis=channel_axis,
@@ -504,9 +559,15 @@ def _exact_gemm(layer, prep: _PreparedGemm, acc: np.ndarray, ctx: _Context, chan
     return _int_out(np.clip(y, *prep.clamp), prep.y_p.fmt)
 
 
-def _litert_op(layer) -> str:
-    """The TFLite kernel a conv or linear layer is: a Linear is ``FULLY_CONNECTED``, a
-    convolution with one input channel per group (more than one group) ``DEPTHWISE_CONV_2D``."""
+def _litert_op(layer, ops: Mapping[str, str] | None = None) -> str:
+    """The TFLite kernel a conv or linear layer is: the operator it was imported from when
+    ``ops`` (``graph.meta["tflite_ops"]``) names it (a ``DEPTHWISE_CONV_2D`` with one input
+    channel is a convolution with one group, and still LiteRT's depthwise kernel); otherwise
+    a Linear is ``FULLY_CONNECTED``, a convolution with one input channel per group (more than
+    one group) ``DEPTHWISE_CONV_2D``."""
+    op = ops.get(layer.name) if ops else None
+    if op in LITERT_GEMM_OPS:
+        return op
     if isinstance(layer, L.Linear):
         return "FULLY_CONNECTED"
     if layer.groups > 1 and layer.groups == layer.in_channels:
@@ -657,6 +718,8 @@ def _add(layer: L.Add, inputs, ctx):
     py = layer.output_params
     if ctx.semantics in LITERT_SEMANTICS:
         lo, hi = _activation_bounds(layer, layer.activation, py, "half_away")
+        if ctx.semantics is Semantics.LITERT_OPTIMIZED and _extended_shape(a.shape, b.shape) is None:
+            raise layer._fail(LITERT_OPTIMIZED_REFUSAL)  # run refuses it first; a guard
         y = _litert_add(_centered(a, pa), _centered(b, pb), pa, pb, py, ctx.semantics)
         return [_int_out(np.clip(y, lo, hi), py.fmt)]
     if ctx.semantics is Semantics.ONNXRUNTIME:
@@ -1065,11 +1128,23 @@ def _litert_add(a: np.ndarray, b: np.ndarray, pa: QuantParams, pb: QuantParams, 
     """int8 ``ADD`` of zero-point-free inputs ``a``, ``b``: int64 outputs with the zero point,
     before the activation clamp.
 
-    ``litert-reference``/``litert-optimized``: TFLite's kernel (``left_shift = 20``, each input
-    scaled by ``s_i / (2 max(s_a, s_b))``, the sum by ``2 max / (2**20 s_out)``, each with
-    ``MultiplyByQuantizedMultiplier``). ``litert``: XNNPACK's ``qs8`` add (multipliers
-    ``round(s_i / s_out * 2**shift)`` with 20 significant bits, one rounding half up).
+    ``litert-reference``: TFLite's kernel (``left_shift = 20``, each input scaled by
+    ``s_i / (2 max(s_a, s_b))``, the sum by ``2 max / (2**20 s_out)``, each with
+    ``MultiplyByQuantizedMultiplier``). ``litert-optimized`` (inputs of one shape, up to
+    leading ones): the builtin optimized kernel,
+    :func:`qsim.quant.requant.litert_optimized_add`, on the flat tensor in TFLite's element
+    order (a 4-D IR tensor is NCHW: NHWC is its TFLite order). ``litert``: XNNPACK's ``qs8``
+    add (multipliers ``round(s_i / s_out * 2**shift)`` with 20 significant bits, one rounding
+    half up).
     """
+    if semantics is Semantics.LITERT_OPTIMIZED:
+        shape = _extended_shape(a.shape, b.shape)
+        a, b = a.reshape(shape), b.reshape(shape)
+        if len(shape) == 4:  # the IR's NCHW, added in TFLite's NHWC order
+            y = litert_optimized_add(a.transpose(0, 2, 3, 1), b.transpose(0, 2, 3, 1), pa.scale,
+                                     pb.scale, py.scale, int(py.zero_point))
+            return y.transpose(0, 3, 1, 2)
+        return litert_optimized_add(a, b, pa.scale, pb.scale, py.scale, int(py.zero_point))
     sa, sb, so = (np.float32(p.scale) for p in (pa, pb, py))
     if semantics is Semantics.LITERT:
         ra, rb = np.float32(sa / so), np.float32(sb / so)

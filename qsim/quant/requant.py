@@ -473,8 +473,9 @@ def litert_requantize(acc: np.ndarray, in_scale: float, weight_scale: np.ndarray
     ``litert-optimized``
         ``CONV_2D``, ``FULLY_CONNECTED`` (ruy): ``SaturatingRoundingDoublingHighMul`` of
         ``acc << left_shift`` and TFLite's ``qm``, then ``(v + 2**(e-1)) >> e`` (half up; the
-        reference rounds half away); ``DEPTHWISE_CONV_2D``: as ``litert-reference`` (not exact:
-        the engine refuses it).
+        reference rounds half away); ``DEPTHWISE_CONV_2D``: the optimized depthwise output
+        stage, :func:`litert_optimized_depthwise_requantize` (ruy's rounding in complete
+        blocks of 8 output channels along ``channel_axis``, the reference's on the others).
     ``litert-reference``
         ``CONV_2D``, ``DEPTHWISE_CONV_2D``: ``MultiplyByQuantizedMultiplier`` (double
         rounding, as :func:`requantize`'s ``litert-reference``); ``FULLY_CONNECTED``:
@@ -484,9 +485,10 @@ def litert_requantize(acc: np.ndarray, in_scale: float, weight_scale: np.ndarray
     kind = Semantics.parse(semantics)
     if op not in LITERT_GEMM_OPS:
         raise ConfigError(f"op must be one of {', '.join(LITERT_GEMM_OPS)}, not {op!r}")
-    if kind is Semantics.LITERT_OPTIMIZED and op != "DEPTHWISE_CONV_2D":
-        return _ruy_requantize(acc, in_scale, weight_scale, out_scale, out_zero_point, out_fmt,
-                               channel_axis)
+    if kind is Semantics.LITERT_OPTIMIZED:
+        rule = litert_optimized_depthwise_requantize if op == "DEPTHWISE_CONV_2D" else _ruy_requantize
+        return rule(acc, in_scale, weight_scale, out_scale, out_zero_point, out_fmt,
+                    channel_axis=channel_axis)
     if kind is not Semantics.LITERT_REFERENCE or op != "FULLY_CONNECTED":
         return requantize(acc, in_scale, weight_scale, out_scale, out_zero_point, out_fmt, kind,
                           channel_axis=channel_axis)
@@ -512,7 +514,7 @@ def _tflite_operands(acc, in_scale, weight_scale, out_scale, out_zero_point, out
     return fmt, zp, values, qm, shift
 
 
-def _ruy_requantize(acc, in_scale, weight_scale, out_scale, out_zero_point, out_fmt, channel_axis):
+def _ruy_requantize(acc, in_scale, weight_scale, out_scale, out_zero_point, out_fmt, *, channel_axis=-1):
     """ruy's requantization (LiteRT's optimized ``CONV_2D`` and ``FULLY_CONNECTED`` on x86):
     TFLite's multiplier, ``x << left_shift``, ``SaturatingRoundingDoublingHighMul`` and then a
     rounding right shift that rounds half *up* (``(v + 2**(e-1)) >> e``), where the reference
@@ -525,6 +527,93 @@ def _ruy_requantize(acc, in_scale, weight_scale, out_scale, out_zero_point, out_
     right = np.maximum(-shift, 0)
     half = np.where(right > 0, np.int64(1) << np.maximum(right - 1, 0), 0)
     return saturate(((high + half) >> right) + zp, fmt)
+
+
+def litert_optimized_depthwise_requantize(acc: np.ndarray, in_scale: float,
+                                          weight_scale: np.ndarray | float, out_scale: float,
+                                          out_zero_point: int, out_fmt: IntFormat | str, *,
+                                          channel_axis: int = -1) -> np.ndarray:
+    """LiteRT's builtin optimized int8 ``DEPTHWISE_CONV_2D`` output stage (``litert-optimized``).
+
+    The optimized kernel requantizes its int32 accumulators by blocks of 8 output channels:
+    channel ``c`` of ``C`` in a complete block (``c < 8 * (C // 8)``) takes the vector path,
+    ``SaturatingRoundingDoublingHighMul(acc << left_shift, qm)`` and then a rounding right
+    shift that rounds half *up* (``(v + 2**(e-1)) >> e``, as ruy's; :func:`litert_requantize`
+    ``op="CONV_2D"``); the leftover channels (``c >= 8 * (C // 8)``, all of them when
+    ``C < 8``) take TFLite's scalar ``MultiplyByQuantizedMultiplier``, whose second rounding
+    is half away from zero (the reference kernels' arithmetic). The two differ only on
+    negative ties of the second step. ``qm, shift`` are TFLite's per-channel multipliers.
+    Measured against LiteRT 2.3.0 on x86-64 (AVX2; docs/tflite.md). Returns int64 values in
+    ``out_fmt`` (before the fused activation).
+    """
+    fmt, zp, values, qm, shift = _tflite_operands(acc, in_scale, weight_scale, out_scale,
+                                                  out_zero_point, out_fmt, channel_axis)
+    channels = values.shape[channel_axis] if values.ndim else 1
+    index = _channel_view(np.arange(channels, dtype=np.int64), values.shape, channel_axis, "channel")
+    shifted = values << np.maximum(shift, 0)
+    check_fits(shifted, INT32, "x * 2**left_shift")
+    high = saturating_rounding_doubling_high_mul(shifted, qm)
+    right = np.maximum(-shift, 0)
+    half = np.where(right > 0, np.int64(1) << np.maximum(right - 1, 0), 0)
+    vector = (high + half) >> right
+    scalar = rounding_divide_by_pot(high, right)
+    return saturate(np.where(index < 8 * (channels // 8), vector, scalar) + zp, fmt)
+
+
+def litert_optimized_add(a: np.ndarray, b: np.ndarray, a_scale: float, b_scale: float,
+                         out_scale: float, out_zero_point: int) -> np.ndarray:
+    """LiteRT's builtin optimized int8 ``ADD`` without broadcasting (``litert-optimized``).
+
+    ``a`` and ``b`` are the zero-point-free inputs (``x - zp``) of equal shape in TFLite's
+    (NHWC, row-major) element order. TFLite's parameters: ``left_shift = 20``,
+    ``twice = 2 max(s_a, s_b)``, input multipliers ``qm_i, shift_i`` of ``s_i / twice`` and
+    output ``qm_o, shift_o`` of ``twice / (2**20 s_out)`` (:func:`quantize_multiplier`).
+    The kernel adds the flat tensor in blocks of 16 elements: for element ``k`` of ``n``
+    with ``k < 16 * (n // 16)`` the vector path shifts each input left by ``20 + shift_i``
+    *before* ``SaturatingRoundingDoublingHighMul(., qm_i)`` (one rounding, where the scalar
+    path rounds twice), sums, ``SaturatingRoundingDoublingHighMul(., qm_o)`` and
+    ``RoundingDivideByPOT(., -shift_o)`` (half away), narrows to int16 (wrapping) and adds the
+    zero point in int16; the leftover elements take the reference arithmetic
+    (``MultiplyByQuantizedMultiplier`` of ``x << 20`` per input, then of the sum). Returns
+    int64 values with the zero point (before the activation clamp and the int8 saturation).
+    """
+    x = _int_array(a, "a")
+    y = _int_array(b, "b")
+    if x.shape != y.shape:
+        raise ConfigError(f"litert_optimized_add needs equal shapes, not {x.shape} and {y.shape}")
+    sa, sb, so = (np.float64(np.float32(v)) for v in (a_scale, b_scale, out_scale))
+    twice = 2.0 * max(sa, sb)
+    qa, ea = quantize_multiplier(sa / twice)
+    qb, eb = quantize_multiplier(sb / twice)
+    qo, eo = quantize_multiplier(twice / (float(1 << 20) * so))
+    flat_x, flat_y = x.reshape(-1), y.reshape(-1)
+    n = flat_x.size
+    cut = 16 * (n // 16)
+    out = np.empty(n, np.int64)
+    # vector path: one rounding per input
+    va = saturating_rounding_doubling_high_mul(_wrap32(_shift_left(flat_x[:cut], 20 + int(ea))), qa)
+    vb = saturating_rounding_doubling_high_mul(_wrap32(_shift_left(flat_y[:cut], 20 + int(eb))), qb)
+    total = saturating_rounding_doubling_high_mul(_wrap32(va + vb), qo)
+    v = rounding_divide_by_pot(total, -int(eo))
+    v16 = ((v + (1 << 15)) & 0xFFFF) - (1 << 15)
+    out[:cut] = ((v16 + int(out_zero_point) + (1 << 15)) & 0xFFFF) - (1 << 15)
+    # leftover elements: the reference kernel's arithmetic
+    sa_ = multiply_by_quantized_multiplier(flat_x[cut:] << 20, qa, ea)
+    sb_ = multiply_by_quantized_multiplier(flat_y[cut:] << 20, qb, eb)
+    out[cut:] = multiply_by_quantized_multiplier(sa_ + sb_, qo, eo) + int(out_zero_point)
+    return out.reshape(x.shape)
+
+
+def _shift_left(values: np.ndarray, count: int) -> np.ndarray:
+    """NEON's ``vshlq_s32`` by one count: left for ``count >= 0``, else an arithmetic right
+    shift (``20 + shift_i`` is negative only when one input scale is over 2**20 times the
+    other's)."""
+    return values << count if count >= 0 else values >> -count
+
+
+def _wrap32(values: np.ndarray) -> np.ndarray:
+    """int64 ``values`` as a 32-bit lane holds them (two's complement, no saturation)."""
+    return ((values + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
 
 
 def _onnx(acc, s_in, s_w, s_out, zp, fmt):

@@ -24,7 +24,34 @@ bert_block = pytest.importorskip("qsim.examples.bert_block")
 
 # ORT 1.32 may route the Gelu op through a fused AVX512F kernel (MlasComputeGeluErf), which qsim
 # does not model; the Erf op and the Erf-pattern GELU use MLAS's FMA3 erf kernel on every CPU.
+# On such CPUs the Gelu-op checks are bounded instead of exact (never skipped):
+#   * GELU(x) = 0.5 x (1 + erf(x / sqrt 2)). Both kernels evaluate erf to within a few float32
+#     ulp of values in [-1, 1] (absolute error below 2**-22), and the rest is three float32
+#     operations, so their GELUs differ by at most 0.5 |x| 2**-22 + 2 ulp(y) <= 2**-21 max(1, |x|)
+#     (GELU_BOUND). Infinities and NaN must still agree exactly.
+#   * In the quantized block a GELU value within that distance of a QuantizeLinear rounding
+#     boundary may take the neighbouring code (one code, and rarely: the distance is ~1e-6 of a
+#     quantum ~1e-2); through the next MatMul, the residual Add and LayerNormalization a one-code
+#     change moves the block's outputs by far less than one output quantum, so an output code
+#     changes by at most one and only near its own boundary: at most BLOCK_CODES_MAX of the 1,024
+#     outputs may differ, each by one code. Not measured here (no AVX512F CPU at hand).
+# Every other CPU keeps the exact checks.
 AVX512 = detect_isa() in ("avx512bw", "avx512-vnni", "amx-int8")
+GELU_BOUND = 2.0 ** -21
+BLOCK_CODES_MAX = 16
+
+
+def within_one_code(ours, theirs, quantum) -> None:
+    """The AVX512F bound of the quantized block: at most BLOCK_CODES_MAX values differ, each by
+    one code (``quantum`` for dequantized floats, 1 for integer tensors)."""
+    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+    diff = np.abs(ours - theirs)
+    assert np.count_nonzero(diff) <= BLOCK_CODES_MAX
+    assert np.all(diff <= quantum * (1 + 2.0 ** -20))
+
+
+def _initializer(model, name):
+    return next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == name)
 
 
 def session(model):
@@ -94,8 +121,6 @@ def test_qdq_block_equals_ort(models, embeddings, gelu, variant):
     """ORT fuses every QDQ group of the uint8 model into QLinearMatMul (weights and the two
     activation products), QLinearAdd and QLinearSoftmax; LayerNormalization, Div and the GELU
     run in float between DequantizeLinear and QuantizeLinear. Every output value is equal."""
-    if gelu == "op" and AVX512:
-        pytest.skip("ORT's Gelu op may use MLAS's AVX512F GELU kernel, which qsim does not model")
     model = models(gelu, variant)
     graph = load_onnx(model)
     assert graph.meta["format"] == "qdq"
@@ -104,6 +129,9 @@ def test_qdq_block_equals_ort(models, embeddings, gelu, variant):
     assert [layer.op for layer in graph.layers if layer.kind == "onnx_op"].count("QLinearSoftmax") == 1
     ours = run(graph, {"x": embeddings}).outputs["y"]
     theirs = session(model).run(None, {"x": embeddings})[0]
+    if gelu == "op" and AVX512:  # MLAS's AVX512F GELU kernel: the bound explained above
+        within_one_code(ours, theirs, float(_initializer(model, "output.norm_scale")))
+        return
     assert differing(ours, theirs) == 0
 
 
@@ -113,8 +141,6 @@ def test_qoperator_block_matches_ort(models, embeddings, gelu, variant):
     """In the QOperator model the last LayerNormalization writes the float output: the integer
     tensor before it equals ORT's exactly, the float output differs by a few ulp where
     qsim's LayerNormalization rounds differently (docs/onnx.md)."""
-    if gelu == "op" and AVX512:
-        pytest.skip("ORT's Gelu op may use MLAS's AVX512F GELU kernel, which qsim does not model")
     model = models(gelu, variant)
     probe = type(model)()
     probe.CopyFrom(model)
@@ -127,8 +153,16 @@ def test_qoperator_block_matches_ort(models, embeddings, gelu, variant):
     assert graph.meta["format"] == "qoperator"
     result = run(graph, {"x": embeddings}, keep=True)
     residual, theirs = session(probe).run(["output.residual_quantized", "y"], {"x": embeddings})
-    assert np.array_equal(result.values["output.residual_quantized"], residual)
     ours = result.outputs["y"]
+    if gelu == "op" and AVX512:  # MLAS's AVX512F GELU kernel: the bound explained above
+        within_one_code(result.values["output.residual_quantized"], residual, 1)
+        # y is LayerNormalization of the residual: a one-code change of one residual value
+        # moves its row's outputs by at most ~|y| 2 / sqrt(64) of a code's share, so bound it
+        # by the rows that hold a differing residual code
+        rows = np.any(result.values["output.residual_quantized"] != residual, axis=-1)
+        assert np.allclose(ours[~rows], theirs[~rows], rtol=0, atol=1e-6)
+        return
+    assert np.array_equal(result.values["output.residual_quantized"], residual)
     assert np.allclose(ours, theirs, rtol=0, atol=1e-6)  # 4 ulp at |y| in [2, 4)
 
 
@@ -180,15 +214,20 @@ def _float_values(rng, count):
 
 @pytest.mark.parametrize("op", ["Erf", "Gelu"])
 def test_erf_and_gelu_equal_ort(op, rng):
-    if op == "Gelu" and AVX512:
-        pytest.skip("ORT's Gelu op may use MLAS's AVX512F GELU kernel, which qsim does not model")
     x = _float_values(rng, 20000)
     model = one_node(helper.make_node(op, ["x"], ["y"]),
                      [helper.make_tensor_value_info("x", TensorProto.FLOAT, [x.size])],
                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [x.size])])
     theirs = session(model).run(None, {"x": x})[0]
-    assert differing(onnx_ops.evaluate(op, [x], {}, 20)[0], theirs) == 0
     ours = run(load_onnx(model), {"x": x}).outputs["y"]
+    if op == "Gelu" and AVX512:  # MLAS's AVX512F GELU kernel: within GELU_BOUND, see above
+        for value in (onnx_ops.evaluate(op, [x], {}, 20)[0], ours):
+            finite = np.isfinite(theirs)
+            assert differing(value[~finite], theirs[~finite]) == 0
+            bound = GELU_BOUND * np.maximum(1.0, np.abs(x[finite].astype(np.float64)))
+            assert np.all(np.abs(value[finite].astype(np.float64) - theirs[finite]) <= bound)
+        return
+    assert differing(onnx_ops.evaluate(op, [x], {}, 20)[0], theirs) == 0
     assert differing(ours, theirs) == 0
 
 

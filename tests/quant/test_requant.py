@@ -733,5 +733,30 @@ def test_litert_optimized_gemms_round_like_ruy():
     for op in ("CONV_2D", "FULLY_CONNECTED"):
         assert litert_requantize(*args, "litert-optimized", op=op).tolist() == [-1, 2, 0, 1, -2]
     assert litert_requantize(*args, "litert-reference", op="CONV_2D").tolist() == [-2, 2, -1, 1, -3]
-    # depthwise keeps the reference arithmetic (the engine refuses it under litert-optimized)
+    # depthwise: fewer than 8 output channels (here 5, along the last axis) all take the
+    # reference rounding of the optimized kernel's leftover channels
     assert litert_requantize(*args, "litert-optimized", op="DEPTHWISE_CONV_2D").tolist() == [-2, 2, -1, 1, -3]
+
+
+def test_litert_optimized_depthwise_rounds_by_blocks_of_8_channels():
+    """LiteRT's optimized DEPTHWISE_CONV_2D output stage: channels in complete blocks of 8 round
+    half up (ruy's vector rounding), the leftover channels half away
+    (MultiplyByQuantizedMultiplier); litert_requantize routes litert-optimized
+    DEPTHWISE_CONV_2D there."""
+    from qsim.quant.requant import litert_optimized_depthwise_requantize, litert_requantize
+
+    ties = np.array([-12, 12, -4, 4, -20])  # M = 2**-3: -1.5, 1.5, -0.5, 0.5, -2.5
+    up, away = [-1, 2, 0, 1, -2], [-2, 2, -1, 1, -3]
+    for channels in (1, 3, 8, 13, 17):
+        per_channel = np.repeat(ties[:, None], channels, axis=1)  # (5, C): a column per channel
+        for axis, acc in ((-1, per_channel), (0, per_channel.T.copy()),
+                          (1, np.repeat(per_channel[:, :, None], 2, axis=2))):
+            args = (acc, 2.0 ** -4, [2.0 ** -6] * channels, 2.0 ** -7, 0, "int8")
+            y = litert_optimized_depthwise_requantize(*args, channel_axis=axis)
+            assert np.array_equal(y, litert_requantize(*args, "litert-optimized",
+                                                       op="DEPTHWISE_CONV_2D", channel_axis=axis))
+            columns = np.moveaxis(y, axis, -1).reshape(-1, channels) if axis != 1 else \
+                y.transpose(0, 2, 1).reshape(-1, channels)
+            for c in range(channels):
+                want = up if c < 8 * (channels // 8) else away
+                assert columns[:, c].tolist() == (want if axis != 1 else [v for v in want for _ in (0, 1)])
