@@ -193,11 +193,13 @@ def plan_dram_gemm(config: AcceleratorConfig, m: int, k: int, n: int,
     n_commands = len(commands)
 
     # DRAM placement: the program, then the chunks in order of first use
-    addr = _align(n_commands * dram_word_bytes(config, "cmd"), width)
+    sizes = {mem: dram_word_bytes(config, mem)
+             for mem in ("cmd", "act", "weight", "acc", "bias", "scale", "qctl")}
+    addr = _align(n_commands * sizes["cmd"], width)
     placed: dict[int, Chunk] = {}
     for ch in chunks:
         placed[id(ch)] = Chunk(ch.key, ch.memory, addr, ch.first, ch.count)
-        addr = _align(addr + ch.count * dram_word_bytes(config, ch.memory), width)
+        addr = _align(addr + ch.count * sizes[ch.memory], width)
     for index, ch in pending:
         old = commands[index]
         commands[index] = type(old)(old.memory, placed[id(ch)].addr, old.sram_addr, old.words,

@@ -184,6 +184,8 @@ def _run(config: AcceleratorConfig, commands, origin: int = 0) -> _Run:
     dma_free = origin
     dma_act_load = False  # the last LOAD/STORE writes the activation memory
     never = -1
+    grid = config.max_burst * config.dram_width if config.has_dram else 1
+    costs: dict = {}  # transfer costs by shape (hashing the configuration is not free)
 
     def wait(take: int, ready: int, post_end: int, dma_end: int, rest: str) -> None:
         """Split a command's wait over the counters as the RTL does, cycle by cycle: the
@@ -208,7 +210,10 @@ def _run(config: AcceleratorConfig, commands, origin: int = 0) -> _Run:
             if wait_flag:
                 take = drained(take)
             wait(take, ready, post_free if needs_post else never, dma_free, "wait_drain")
-            cost = transfer(config, isinstance(cmd, Store), cmd.memory, cmd.dram_addr, cmd.words)
+            key = (isinstance(cmd, Store), cmd.memory, cmd.dram_addr % grid, cmd.words)
+            cost = costs.get(key)
+            if cost is None:
+                cost = costs[key] = transfer(config, *key)
             dma_free = take + cost.cycles
             dma_act_load = loads_act
             transfers.append(TransferSchedule(take, dma_free, cost.beats))
