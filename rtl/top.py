@@ -323,6 +323,23 @@ class Accelerator(wiring.Component):
                              port.en.eq(dma.rd_en & (dma.mem_now == MEMORY_IDS[key]))]
             m.d.comb += dma.rd_data.eq(Mux(dma.mem_now == MEMORY_IDS["acc"],
                                            acc_rd2.data.as_value(), act_rd2.data.as_value()))
+            self.probes.update({
+                "dma_take": ctrl.dma_start,
+                "dma_busy": dma.busy,
+                "ar_valid": dma.bus.arvalid,
+                "ar_len": dma.bus.arlen,
+                "r_valid": dma.bus.rvalid,
+                "r_ready": dma.bus.rready,
+                "dma_write": dma.wr_en,
+                "dma_waddr": dma.wr_addr,
+                "dma_read": dma.rd_en,
+                "aw_valid": dma.bus.awvalid,
+                "w_valid": dma.bus.wvalid,
+                "w_last": dma.bus.wlast,
+                "b_valid": dma.bus.bvalid,
+                "dma_done": dma.done,
+                "dma_wait": ctrl.wait_dma,
+            })
             dma_events = {"loads": ctrl.load_taken, "stores": ctrl.store_taken,
                           "dram_reads": Mux(dma.read_beat, cfg.dram_width, 0),
                           "dram_writes": Mux(dma.write_beat, cfg.dram_width, 0),

@@ -65,6 +65,33 @@ def os_two_tiles() -> str:
 
 DIAGRAMS = {"two-tiles": two_tiles, "requant": requant_after_gemm, "os-two-tiles": os_two_tiles}
 
+DRAM_PROBES = ["busy", "dma_take", "dma_busy", "ar_valid", "ar_len", "r_valid", "r_ready",
+               "dma_write", "dma_waddr", "dma_wait", "take", "act_read", "acc_write", "dma_read",
+               "aw_valid", "w_valid", "w_last", "b_valid", "done"]
+DRAM_QUALIFY = {"ar_len": "ar_valid", "dma_waddr": "dma_write"}
+
+
+def dram_load_matmul_store() -> str:
+    """LOAD A (3 words), LOAD B (2 words), MATMUL with wait, STORE C with wait, on a 2 x 2
+    array with a 4-byte bus, 2 cycles of DRAM latency and bursts of at most 2 beats; from the
+    end of the program fetch (cycle 17) on."""
+    from qsim.program import DramLayout, Halt, Load, MatrixLayout, Matmul, Program, Store
+
+    cfg = TINY.replace(dram_width=4, dram_latency=2, dram_capacity=4096, max_burst=2)
+    a = np.array([[1, 2], [3, 4], [5, 6]])
+    b = np.array([[1, 0], [0, 1]])
+    program = Program(
+        cfg, [Load("act", 0x40, 0, 3), Load("weight", 0x80, 0, 2), Matmul(0, 0, 0, 3, wait=True),
+              Store("acc", 0xC0, 0, 3, wait=True), Halt()],
+        dram_inputs={"A": (DramLayout(MatrixLayout("act", 0, 3, 2, 2, 3), 0x40), a),
+                     "B": (DramLayout(MatrixLayout("weight", 0, 2, 2, 2, 2), 0x80), b)},
+        dram_outputs={"C": DramLayout(MatrixLayout("acc", 0, 3, 2, 2, 3), 0xC0)})
+    return timing_diagram(program, DRAM_PROBES, qualify=DRAM_QUALIFY, first=17)
+
+
+#: Diagrams of docs/dram.md.
+DRAM_DIAGRAMS = {"dram-load-matmul-store": dram_load_matmul_store}
+
 if __name__ == "__main__":
-    for name, make in DIAGRAMS.items():
+    for name, make in {**DIAGRAMS, **DRAM_DIAGRAMS}.items():
         print(f"<!-- diagram: {name} -->\n```text\n{make()}\n```")

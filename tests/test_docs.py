@@ -121,6 +121,17 @@ def test_timing_diagrams_match_the_rtl():
         assert match.group(1).rstrip("\n") == make(), f"diagram {name} differs from the RTL trace"
 
 
+@pytest.mark.amaranth
+def test_dram_timing_diagram_matches_the_rtl():
+    from tests.docs_support import DRAM_DIAGRAMS
+
+    text = (ROOT / "docs" / "dram.md").read_text()
+    for name, make in DRAM_DIAGRAMS.items():
+        match = re.search(rf"<!-- diagram: {name} -->\n```text\n(.*?)```", text, re.DOTALL)
+        assert match, f"diagram {name} missing from docs/dram.md"
+        assert match.group(1).rstrip("\n") == make(), f"diagram {name} differs from the RTL trace"
+
+
 @pytest.mark.parametrize("path, index", list(_cases("toml")))
 def test_toml_examples_are_valid_scenarios(path, index):
     import tomllib

@@ -49,6 +49,25 @@ def start_writes(program: Program) -> list[tuple[int, int]]:
             (regs["CTRL"], 1)]
 
 
+async def csr_write(ctx, csr, offset: int, value: int) -> None:
+    """One AXI4-Lite register write in Amaranth's simulator (address and data together)."""
+    ctx.set(csr.awaddr, offset)
+    ctx.set(csr.wdata, value)
+    ctx.set(csr.wstrb, 0xF)
+    ctx.set(csr.awvalid, 1)
+    ctx.set(csr.wvalid, 1)
+    ctx.set(csr.bready, 1)
+    while not ctx.get(csr.awready):
+        await ctx.tick()
+    await ctx.tick()
+    ctx.set(csr.awvalid, 0)
+    ctx.set(csr.wvalid, 0)
+    while not ctx.get(csr.bvalid):
+        await ctx.tick()
+    await ctx.tick()
+    ctx.set(csr.bready, 0)
+
+
 def run_pysim_dram(program: Program, timeout_cycles: int | None = None) -> RtlResult:
     """Run ``program`` on the DRAM bench in Amaranth's simulator (small designs only)."""
     from amaranth.sim import Simulator
@@ -71,21 +90,7 @@ def run_pysim_dram(program: Program, timeout_cycles: int | None = None) -> RtlRe
         ctx.set(bench.dram_latency, cfg.dram_latency)
 
         async def write(offset: int, value: int) -> None:
-            ctx.set(csr.awaddr, offset)
-            ctx.set(csr.wdata, value)
-            ctx.set(csr.wstrb, 0xF)
-            ctx.set(csr.awvalid, 1)
-            ctx.set(csr.wvalid, 1)
-            ctx.set(csr.bready, 1)
-            while not ctx.get(csr.awready):
-                await ctx.tick()
-            await ctx.tick()
-            ctx.set(csr.awvalid, 0)
-            ctx.set(csr.wvalid, 0)
-            while not ctx.get(csr.bvalid):
-                await ctx.tick()
-            await ctx.tick()
-            ctx.set(csr.bready, 0)
+            await csr_write(ctx, csr, offset, value)
 
         async def read(offset: int) -> int:
             ctx.set(csr.araddr, offset)

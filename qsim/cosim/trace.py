@@ -23,23 +23,37 @@ def trace_program(program: Program, probes: Sequence[str], max_cycles: int = 200
 
     from rtl.top import Accelerator
 
-    top = Accelerator(program.config)
-    for key, image in program.initial_images().items():
-        top.memories[key].init = [list(row) for row in image.tolist()]
-    top.memories["cmd"].init = program.encoded()
+    cfg = program.config
+    if cfg.has_dram:  # the accelerator with its DRAM model, started over the registers
+        from qsim.cosim.dram import csr_write, dram_words, start_writes
+        from rtl.dram_model import DramBench
+
+        design = DramBench(cfg)
+        design.dram.data.init = dram_words(program)
+        top = design.core
+    else:
+        design = top = Accelerator(cfg)
+        for key, image in program.initial_images().items():
+            top.memories[key].init = [list(row) for row in image.tolist()]
+        top.memories["cmd"].init = program.encoded()
     rows: list[dict[str, int]] = []
 
     async def bench(ctx):
-        ctx.set(top.start, 1)
+        if cfg.has_dram:
+            ctx.set(design.dram_latency, cfg.dram_latency)
+            writes = start_writes(program)
+            for offset, value in writes[:-1]:
+                await csr_write(ctx, design.csr, offset, value)
+        ctx.set(design.start, 1)
         await ctx.tick()
-        ctx.set(top.start, 0)
+        ctx.set(design.start, 0)
         for _ in range(max_cycles):
             rows.append({name: _value(ctx.get(top.probes[name])) for name in probes})
             if ctx.get(top.done):
                 return
             await ctx.tick()
 
-    sim = Simulator(top)  # elaborates the design, which fills in top.probes
+    sim = Simulator(design)  # elaborates the design, which fills in top.probes
     unknown = [p for p in probes if p not in top.probes]
     if unknown:
         raise KeyError(f"unknown probe(s) {', '.join(unknown)}; known: {', '.join(top.probes)}")
@@ -77,7 +91,8 @@ def timing_diagram(program: Program, probes: Sequence[str], labels: dict[str, st
         cells = []
         for c in cycles:
             v = trace[c][probe]
-            if probe.endswith(("read", "write", "busy", "done", "take", "wait")):
+            if probe.endswith(("read", "write", "busy", "done", "take", "wait", "valid", "ready",
+                               "last")):
                 cells.append(" ‾‾‾" if v else " ___")
             elif probe in qualify and not trace[c][qualify[probe]]:
                 cells.append("   .")
