@@ -20,7 +20,7 @@ from __future__ import annotations
 from amaranth import Array, Module, Signal
 from amaranth.hdl import MemoryData
 from amaranth.lib import memory, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import In
 
 from qsim.config import AcceleratorConfig
 from qsim.program import DRAM_ADDR_BITS

@@ -47,8 +47,11 @@ def test_default_scenario_end_to_end(capsys):
     code = main(["run", str(ROOT / "scenarios" / "default.toml"), "--json"])
     data = json.loads(capsys.readouterr().out)
     assert code == 0 and data["agrees"] is True
-    assert [w["mismatches"] for w in data["workloads"]] == [0, 0, 0, 0]
+    assert [w["mismatches"] for w in data["workloads"]] == [0, 0, 0, 0, 0]
     assert [w["rtl_cycles"] for w in data["workloads"]] == [w["model_cycles"] for w in data["workloads"]]
+    from_dram = data["workloads"][-1]  # operands in DRAM, over the bus interface
+    assert from_dram["name"] == "from-dram" and from_dram["dram_bytes"]["read"] > 0
+    assert all(w["dram_bytes"] is None for w in data["workloads"][:-1])
     net, on_chip = data["networks"]
     assert (net["network"], net["output_mismatches"], net["rtl_mismatches"], net["agrees"]) == \
         ("digits-cnn", 0, 0, True)

@@ -96,8 +96,12 @@ def test_clock_does_not_shape_the_verilog():
 
     cfg = AcceleratorConfig(rows=2, cols=3, act_mem_words=8, weight_mem_words=8, acc_mem_words=8,
                             cmd_mem_words=4)
-    assert NOT_IN_VERILOG == ("clock_mhz",)
+    assert NOT_IN_VERILOG == ("clock_mhz", "dram_latency")
     assert generate_verilog(cfg) == generate_verilog(cfg.replace(clock_mhz=1234.5))
+    # the DRAM latency is an input of the simulated DRAM model, not a parameter of the design
+    bus = cfg.replace(dram_width=8, dram_latency=3, dram_capacity=4096)
+    assert generate_verilog(bus, bench=True) == generate_verilog(bus.replace(dram_latency=200),
+                                                                 bench=True)
 
 
 def _descendant_groups(pid: int) -> dict[int, str]:
