@@ -614,7 +614,9 @@ def test_time_limit_stops_like_ctrl_c(tmp_path, capsys, fake_rtl, monkeypatch):
 def test_ctrl_c_on_a_real_process(tmp_path):
     """SIGINT to `qsim run`: the finished workloads are printed and the exit status is 130."""
     text = "[accelerator]\npreset = 'tiny-4x4'\nact_mem_words = 262144\nacc_mem_words = 262144\n"
-    text += "".join(f"[[gemm]]\nname = 'g{i}'\nm = 4000\nk = 64\nn = 64\n" for i in range(40))
+    # workloads long enough (16000 x 64 x 64 each) that the signal, sent once the third one
+    # starts, arrives before the last one ends even on a loaded machine
+    text += "".join(f"[[gemm]]\nname = 'g{i}'\nm = 16000\nk = 64\nn = 64\n" for i in range(40))
     path = _scenario(tmp_path, text + "[run]\nrtl = false\n")
     proc = subprocess.Popen([sys.executable, "-m", "qsim.cli", "run", str(path), "--progress"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)

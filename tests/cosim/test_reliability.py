@@ -392,8 +392,11 @@ def test_cache_root_follows_the_documented_rule(monkeypatch, tmp_path):
 
 def test_build_key_ignores_only_what_does_not_shape_the_verilog():
     base = build_mod.build_key(CFG)
-    assert build_mod.NOT_IN_VERILOG == ("clock_mhz",)
+    assert build_mod.NOT_IN_VERILOG == ("clock_mhz", "dram_latency")
     assert build_mod.build_key(CFG.replace(clock_mhz=733.0)) == base
+    bus = CFG.replace(dram_width=8, dram_latency=3, dram_capacity=4096)
+    assert build_mod.build_key(bus.replace(dram_latency=200)) == build_mod.build_key(bus) != base
+    assert build_mod.build_key(bus.replace(dram_width=16)) != build_mod.build_key(bus)
     assert build_mod.build_key(CFG.replace(acc_mem_words=32)) != base
     assert build_mod.build_key(CFG.replace(acc_bits=16)) != base
     assert build_mod.build_key(CFG, waves=True) != base
