@@ -611,18 +611,26 @@ def test_time_limit_stops_like_ctrl_c(tmp_path, capsys, fake_rtl, monkeypatch):
     assert (code, data["status"], data["time_limit_s"], data["unfinished"]) == (130, "time-limit", 1.5, ["mlp"])
 
 
+def _terminal_signals() -> None:
+    """In the child, SIGINT as a terminal delivers it: not blocked, default disposition (the
+    test process may have inherited another state from the libraries earlier tests loaded)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_on_a_real_process(tmp_path):
     """SIGINT to `qsim run`: the finished workloads are printed and the exit status is 130."""
     text = "[accelerator]\npreset = 'tiny-4x4'\nact_mem_words = 262144\nacc_mem_words = 262144\n"
-    # workloads long enough (16000 x 64 x 64 each) that the signal, sent once the third one
-    # starts, arrives before the last one ends even on a loaded machine
-    text += "".join(f"[[gemm]]\nname = 'g{i}'\nm = 16000\nk = 64\nn = 64\n" for i in range(40))
+    # enough work (400 workloads of 4000 x 64 x 64) that the signal, sent once the third one
+    # starts, arrives long before the last one ends even on a loaded machine
+    text += "".join(f"[[gemm]]\nname = 'g{i}'\nm = 4000\nk = 64\nn = 64\n" for i in range(400))
     path = _scenario(tmp_path, text + "[run]\nrtl = false\n")
     proc = subprocess.Popen([sys.executable, "-m", "qsim.cli", "run", str(path), "--progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            preexec_fn=_terminal_signals)
     try:
         for line in proc.stderr:
-            if line.startswith("qsim run: model [3/40]"):
+            if line.startswith("qsim run: model [3/400]"):
                 break
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
@@ -630,6 +638,6 @@ def test_ctrl_c_on_a_real_process(tmp_path):
         proc.kill()
     assert proc.returncode == 130, err
     rows = [line.split()[0] for line in out.splitlines()[2:-1]]
-    assert rows[:2] == ["g0", "g1"] and len(rows) < 40
-    assert re.match(rf"interrupted \(Ctrl-C\): {len(rows)} of 40 workloads finished; no verdict for "
+    assert rows[:2] == ["g0", "g1"] and len(rows) < 400
+    assert re.match(rf"interrupted \(Ctrl-C\): {len(rows)} of 400 workloads finished; no verdict for "
                     rf"g{len(rows)}, ", out.splitlines()[-1])
