@@ -15,20 +15,12 @@ __all__ = ["pack_words", "unpack_words"]
 
 def pack_words(image: np.ndarray, bits: int) -> list[int]:
     """Rows of ``image`` (words x lanes, signed values) as unsigned integers."""
+    from qsim.program import image_to_words
+
     image = np.asarray(image, dtype=np.int64)
     if image.ndim != 2:
         raise ValueError(f"a memory image must be 2-D (words x lanes), not {image.shape}")
-    if bits in (8, 16, 32, 64):
-        raw = image.astype(f"<i{bits // 8}").view(f"<u{bits // 8}")
-        return [int.from_bytes(row.tobytes(), "little") for row in raw]
-    mask = (1 << bits) - 1
-    out = []
-    for row in image.tolist():
-        word = 0
-        for lane, value in enumerate(row):
-            word |= (value & mask) << (lane * bits)
-        out.append(word)
-    return out
+    return image_to_words(image, IntFormat(bits, True))
 
 
 def unpack_words(words: list[int], lanes: int, bits: int, signed: bool = True) -> np.ndarray:
