@@ -27,7 +27,7 @@ import numpy as np
 from qsim.config import AcceleratorConfig, Dataflow
 from qsim.errors import ProgramError
 from qsim.program import (Command, DramLayout, Halt, Load, MatrixLayout, Matmul, Program,
-                          Requant, Store, dram_word_bytes)
+                          Requant, Store, dram_word_bytes, memory_lanes)
 
 __all__ = ["DramGemmPlan", "plan_dram_gemm", "compile_gemm_dram", "REGION_ALIGN"]
 
@@ -58,7 +58,6 @@ class DramGemmPlan:
     inputs: dict[str, list[Chunk]] = field(default_factory=dict)  # "A", "B", "bias", ...
     outputs: dict[str, list[Chunk]] = field(default_factory=dict)  # "C", "Y"
     blocks: int = 1
-    dram_bytes: int = 0
 
 
 def _align(value: int, width: int) -> int:
@@ -106,7 +105,6 @@ def plan_dram_gemm(config: AcceleratorConfig, m: int, k: int, n: int,
 
     commands: list[Command] = []
     blocks = -(-m // block)
-    n_commands = 0
     plan = DramGemmPlan(config, m, k, n, commands, blocks=blocks)
     chunks: list[Chunk] = []
 
@@ -115,13 +113,13 @@ def plan_dram_gemm(config: AcceleratorConfig, m: int, k: int, n: int,
         chunks.append(ch)
         return ch
 
-    # a first pass builds commands with placeholder chunks; addresses are assigned after the
-    # program's length is known (the program comes first in DRAM)
-    pending: list[tuple[int, Chunk]] = []  # command index, chunk whose address it uses
+    # a transfer's DRAM address is known only once the program's length is (the program comes
+    # first in DRAM): its place in the command list is held until then
+    pending: list[tuple[int, type, Chunk, int, bool]] = []  # index, kind, chunk, sram, wait
 
     def transfer(kind, ch: Chunk, sram_addr: int, wait: bool = False) -> None:
-        pending.append((len(commands), ch))
-        commands.append(kind(ch.memory, 0, sram_addr, ch.count, wait=wait))
+        pending.append((len(commands), kind, ch, sram_addr, wait))
+        commands.append(None)
 
     b_chunks: dict[int, Chunk] = {}
 
@@ -130,12 +128,9 @@ def plan_dram_gemm(config: AcceleratorConfig, m: int, k: int, n: int,
             b_chunks[first] = chunk("B", "weight", first, count)
         return b_chunks[first]
 
-    params = []
     if requant:
         for key in ("bias", "scale", "qctl"):
-            ch = chunk(key, key, 0, n_tiles)
-            params.append(ch)
-            transfer(Load, ch, 0)
+            transfer(Load, chunk(key, key, 0, n_tiles), 0)
     tile = 0  # weight tiles loaded so far (buffer = tile % 2)
     for bi in range(blocks):
         m0 = bi * block
@@ -200,14 +195,11 @@ def plan_dram_gemm(config: AcceleratorConfig, m: int, k: int, n: int,
     for ch in chunks:
         placed[id(ch)] = Chunk(ch.key, ch.memory, addr, ch.first, ch.count)
         addr = _align(addr + ch.count * sizes[ch.memory], width)
-    for index, ch in pending:
-        old = commands[index]
-        commands[index] = type(old)(old.memory, placed[id(ch)].addr, old.sram_addr, old.words,
-                                    wait=old.wait)
+    for index, kind, ch, sram_addr, wait in pending:
+        commands[index] = kind(ch.memory, placed[id(ch)].addr, sram_addr, ch.count, wait=wait)
     for ch in chunks:  # each chunk object once (a weight tile reused by blocks is one chunk)
         target = plan.outputs if ch.key in ("C", "Y") else plan.inputs
         target.setdefault(ch.key, []).append(placed[id(ch)])
-    plan.dram_bytes = addr
     return plan
 
 
@@ -239,8 +231,7 @@ def compile_gemm_dram(config: AcceleratorConfig, a: np.ndarray, b: np.ndarray,
         for key in ("bias", "scale", "qctl"):
             lay = MatrixLayout(key, 0, rows=1, cols=n, lanes=config.cols, tile_stride=1)
             images[key] = lay.pack(np.asarray(getattr(requant, key), np.int64).reshape(1, n))
-    lanes = {"act": config.act_lanes, "weight": config.weight_lanes, "acc": config.cols,
-             "bias": config.cols, "scale": config.cols, "qctl": config.cols}
+    lanes = memory_lanes(config)
     dram_inputs = {}
     for key, chunks in plan.inputs.items():
         for ch in chunks:

@@ -134,7 +134,7 @@ def store_cycles(words: int, word_bytes: int, width: int, addr_offset: int, late
         wvalid = credit > 0 and beats_left > 0 and (n >= width or (all_in and n > 0))
         aw = aw_issued < len(bursts) and aw_open < outstanding
         b_hs = b_next < len(b_due) and b_due[b_next] <= t
-        if b_hs and aw_open == 1 and aw_issued == len(bursts) and beats_left == 0 and not aw:
+        if b_hs and aw_open == 1 and aw_issued == len(bursts) and beats_left == 0:
             return Transfer(t, beats, len(bursts))
         wlast = wvalid and in_burst + 1 == bursts[burst]
         n_after = n - min(n, width) if wvalid else n
@@ -157,16 +157,11 @@ def store_cycles(words: int, word_bytes: int, width: int, addr_offset: int, late
         to_read -= int(rd)
 
 
-@lru_cache(maxsize=65536)
-def _transfer(config: AcceleratorConfig, store: bool, memory: str, offset: int,
-              words: int) -> Transfer:
-    fn = store_cycles if store else load_cycles
-    return fn(words, dram_word_bytes(config, memory), config.dram_width, offset,
-              config.dram_latency, config.max_burst, config.dma_outstanding)
-
-
 def transfer(config: AcceleratorConfig, store: bool, memory: str, dram_addr: int,
              words: int) -> Transfer:
-    """Cost of one LOAD (``store`` false) or STORE of ``words`` words of ``memory``."""
-    return _transfer(config, store, memory, dram_addr % (config.max_burst * config.dram_width),
-                     words)
+    """Cost of one LOAD (``store`` false) or STORE of ``words`` words of ``memory`` (the
+    simulations below are memoised by shape)."""
+    fn = store_cycles if store else load_cycles
+    return fn(words, dram_word_bytes(config, memory), config.dram_width,
+              dram_addr % (config.max_burst * config.dram_width), config.dram_latency,
+              config.max_burst, config.dma_outstanding)

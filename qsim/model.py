@@ -25,9 +25,9 @@ import numpy as np
 
 from qsim.config import Dataflow
 from qsim.numerics import int_matmul, wrap
-from qsim.program import (Load, Matmul, Program, Requant, Store, act_addresses, bytes_to_words,
-                          dma_fault, dram_word_bytes, image_to_words, requantize_lanes,
-                          words_to_bytes, words_to_image)
+from qsim.program import (DmaCommand, Load, Matmul, Program, Requant, act_addresses,
+                          bytes_to_words, dma_fault, dram_word_bytes, image_to_words,
+                          requantize_lanes, words_to_bytes, words_to_image)
 
 __all__ = ["ModelResult", "execute", "reference_gemm", "weight_tile", "os_tile"]
 
@@ -52,15 +52,13 @@ def execute(program: Program) -> ModelResult:
     formats = program.memory_formats()
     lanes = program.memory_lanes()
     for index, cmd in enumerate(program.commands):
-        if isinstance(cmd, (Load, Store)):
+        if isinstance(cmd, DmaCommand):
             fault = dma_fault(cfg, index, cmd)
             if fault is not None:
                 raise fault
             wb = dram_word_bytes(cfg, cmd.memory)
             span = slice(cmd.dram_addr, cmd.dram_addr + cmd.words * wb)
             rows = slice(cmd.sram_addr, cmd.sram_addr + cmd.words)
-            if len(dram) < span.stop:
-                dram.extend(bytes(span.stop - len(dram)))
             if isinstance(cmd, Load):
                 words = bytes_to_words(bytes(dram[span]), wb)
                 mem[cmd.memory][rows] = words_to_image(words, lanes[cmd.memory],

@@ -64,6 +64,7 @@ __all__ = [
     "Requant",
     "Load",
     "Store",
+    "DmaCommand",
     "DramLayout",
     "LOAD_MEMORIES",
     "STORE_MEMORIES",
@@ -196,16 +197,17 @@ class Requant:
 
 
 @dataclass(frozen=True)
-class Load:
-    """Copy ``words`` memory words from DRAM byte address ``dram_addr`` into ``memory`` at
-    word ``sram_addr`` (only on a configuration with a bus interface, ``dram_width > 0``).
+class DmaCommand:
+    """A transfer of ``words`` words of ``memory`` (from word ``sram_addr``) to or from DRAM
+    byte address ``dram_addr``: a :class:`Load` or a :class:`Store` (only on a configuration
+    with a bus interface, ``dram_width > 0``).
 
-    In DRAM a word of memory ``memory`` takes ``qsim.hw.dram_word_bytes`` bytes (its lanes
-    packed little-endian, padded to whole bytes) and the words follow one another. The DMA
-    engine runs one LOAD or STORE at a time, next to the compute commands: the command is
-    taken as soon as the DMA engine is free and the next command is fetched at once.
-    ``wait`` holds the command until every earlier compute command has finished (its last
-    result written); without it a LOAD may overlap earlier MATMULs and REQUANTs, and
+    In DRAM a word of memory ``memory`` takes :func:`dram_word_bytes` bytes (its lanes packed
+    little-endian, padded to whole bytes) and the words follow one another. The DMA engine
+    runs one LOAD or STORE at a time, next to the compute commands: the command is taken as
+    soon as the DMA engine is free and the next command is fetched at once. ``wait`` holds the
+    command until every earlier compute command has finished (its last result written);
+    without it a transfer may overlap earlier MATMULs and REQUANTs, and
     :meth:`Program.validate` rejects a program in which that overlap could race.
     """
 
@@ -215,19 +217,17 @@ class Load:
     words: int
     wait: bool = False
 
+
+@dataclass(frozen=True)
+class Load(DmaCommand):
+    """Copy words from DRAM into ``memory`` (act, weight or a parameter memory)."""
+
     opcode = Opcode.LOAD
 
 
 @dataclass(frozen=True)
-class Store:
-    """Copy ``words`` words of ``memory`` (``acc`` or ``act``) from word ``sram_addr`` to DRAM
-    byte address ``dram_addr``; as :class:`Load` otherwise."""
-
-    memory: str
-    dram_addr: int
-    sram_addr: int
-    words: int
-    wait: bool = False
+class Store(DmaCommand):
+    """Copy words of ``memory`` (``acc`` or ``act``) to DRAM."""
 
     opcode = Opcode.STORE
 
@@ -324,7 +324,7 @@ class CommandLayout:
         """The command as an unsigned integer of :attr:`width` bits."""
         if isinstance(command, Halt):
             return int(Opcode.HALT)
-        if isinstance(command, (Load, Store)):
+        if isinstance(command, DmaCommand):
             if "mem" not in self.fields:
                 raise ProgramError(f"cannot encode {command!r}: the configuration has no bus "
                                    f"interface (dram_width 0)")
@@ -494,6 +494,14 @@ class MatrixLayout:
         return out
 
 
+def memory_lanes(config: AcceleratorConfig) -> dict[str, int]:
+    """Lanes of a word of each data memory the configuration has."""
+    lanes = {"act": config.act_lanes, "weight": config.weight_lanes, "acc": config.cols}
+    if config.requant is not RequantMode.NONE:
+        lanes.update({m: config.cols for m in PARAM_MEMORIES})
+    return lanes
+
+
 def memory_word_bits(config: AcceleratorConfig, memory: str) -> int:
     """Bits of one word of ``memory`` (``cmd`` included)."""
     bits = {"act": config.act_word_bits, "weight": config.weight_word_bits,
@@ -542,6 +550,11 @@ def image_to_words(image: np.ndarray, fmt: IntFormat) -> list[int]:
 def words_to_image(words: Sequence[int], lanes: int, fmt: IntFormat) -> np.ndarray:
     """Inverse of :func:`image_to_words` (lanes read back in ``fmt``'s signedness)."""
     bits = fmt.bits
+    if bits in (8, 16, 32, 64):
+        size = bits // 8
+        raw = b"".join(int(w).to_bytes(lanes * size, "little") for w in words)
+        dtype = f"<{'i' if fmt.signed else 'u'}{size}"
+        return np.frombuffer(raw, dtype=dtype).reshape(len(words), lanes).astype(np.int64)
     mask = (1 << bits) - 1
     out = np.array([[(int(w) >> (lane * bits)) & mask for lane in range(lanes)] for w in words],
                    dtype=np.int64).reshape(len(words), lanes)
@@ -641,8 +654,8 @@ class Program:
         self.validate()
 
     @property
-    def dma_commands(self) -> Iterator[Load | Store]:
-        return (c for c in self.commands if isinstance(c, (Load, Store)))
+    def dma_commands(self) -> Iterator[DmaCommand]:
+        return (c for c in self.commands if isinstance(c, DmaCommand))
 
     def program_bytes(self) -> int:
         """Bytes the command words take in DRAM."""
@@ -678,13 +691,13 @@ class Program:
 
     def dram_outputs_from(self, image: bytes) -> dict[str, np.ndarray]:
         """Every DRAM output decoded from a DRAM image; for a GEMM of
-        :func:`qsim.compile_dram.compile_gemm_dram` also ``C`` (and ``Y``) assembled from
-        its chunks."""
+        :func:`qsim.compile_dram.compile_gemm_dram`, ``C`` (and ``Y``) assembled from the
+        chunks it is stored in (the chunks themselves are compared as the DRAM image)."""
         out = {name: self.read_dram_output(name, image) for name in self.dram_outputs}
         if self.meta.get("dram_plan") is not None:
             from qsim.compile_dram import dram_gemm_outputs
 
-            out.update(dram_gemm_outputs(self, out))
+            return dram_gemm_outputs(self, out)
         return out
 
     def read_dram_output(self, name: str, image: bytes) -> np.ndarray:
@@ -748,11 +761,7 @@ class Program:
         return formats
 
     def memory_lanes(self) -> dict[str, int]:
-        cfg = self.config
-        lanes = {"act": cfg.act_lanes, "weight": cfg.weight_lanes, "acc": cfg.cols}
-        if cfg.requant is not RequantMode.NONE:
-            lanes.update({m: cfg.cols for m in PARAM_MEMORIES})
-        return lanes
+        return memory_lanes(self.config)
 
     def memory_depths(self) -> dict[str, int]:
         """Words of each memory the configuration has (``cmd`` included)."""
@@ -804,7 +813,7 @@ class Program:
             if getattr(c, "wait", False) and not cfg.has_dram:
                 raise ProgramError(f"command {i}: wait orders a command against the DMA engine, "
                                    f"which a configuration without a bus interface does not have")
-            if isinstance(c, (Load, Store)):
+            if isinstance(c, DmaCommand):
                 self._check_dma_command(i, c, depths)
                 continue
             if isinstance(c, Matmul):
@@ -888,7 +897,7 @@ class Program:
         elif self.dram_inputs or self.dram_outputs:
             raise ProgramError("DRAM inputs and outputs need a bus interface (dram_width)")
 
-    def _check_dma_command(self, i: int, c: Load | Store, depths: dict[str, int]) -> None:
+    def _check_dma_command(self, i: int, c: DmaCommand, depths: dict[str, int]) -> None:
         cfg = self.config
         kind = type(c).__name__
         if not cfg.has_dram:
@@ -958,7 +967,7 @@ class Program:
 def command_accesses(config: AcceleratorConfig, command) -> list[tuple[str, int, int, bool]]:
     """``(memory, first word, last word, writes)`` of every on-chip range a command uses
     (activation words as the range from the lowest to the highest)."""
-    if isinstance(command, (Load, Store)):
+    if isinstance(command, DmaCommand):
         return [(command.memory, command.sram_addr, command.sram_addr + command.words - 1,
                  isinstance(command, Load))]
     addresses = act_addresses(command)
@@ -997,7 +1006,7 @@ def check_races(program: Program) -> None:
     for i, c in enumerate(program.commands):
         if isinstance(c, Halt):
             continue
-        unit, other = ("dma", "compute") if isinstance(c, (Load, Store)) else ("compute", "dma")
+        unit, other = ("dma", "compute") if isinstance(c, DmaCommand) else ("compute", "dma")
         if c.wait:
             pending[other] = []
         accesses = command_accesses(cfg, c)

@@ -54,7 +54,7 @@ from qsim.config import AcceleratorConfig
 from qsim.hw import (COUNTERS, array_latency, buffer_release_delay, is_output_stationary,
                      os_tile_spacing, os_write_latency, ppu_latency)
 from qsim.dma import transfer
-from qsim.program import Halt, Load, Matmul, Program, Requant, Store
+from qsim.program import DmaCommand, Halt, Load, Matmul, Program, Requant, Store
 
 __all__ = ["TimingResult", "TileSchedule", "PostSchedule", "timing_of", "simulate_timing",
            "estimate_gemm"]
@@ -203,7 +203,7 @@ def _run(config: AcceleratorConfig, commands, origin: int = 0) -> _Run:
     for cmd in commands:
         ready = prev_take + 1
         wait_flag = getattr(cmd, "wait", False)
-        if isinstance(cmd, (Load, Store)):
+        if isinstance(cmd, DmaCommand):
             loads_act = isinstance(cmd, Load) and cmd.memory == "act"
             needs_post = loads_act or wait_flag
             take = max(ready, dma_free, post_free if needs_post else ready)
@@ -343,7 +343,7 @@ def timing_of_commands(config: AcceleratorConfig, commands, useful_macs: int | N
     run = _run(config, commands, origin)
     matmuls = [c for c in commands if isinstance(c, Matmul)]
     requants = [c for c in commands if isinstance(c, Requant)]
-    dma = [c for c in commands if isinstance(c, (Load, Store))]
+    dma = [c for c in commands if isinstance(c, DmaCommand)]
     streamed = sum(c.rows for c in matmuls)
     post_rows = sum(c.rows for c in requants)
     if is_output_stationary(config):  # a weight word per step, R accumulator words per tile

@@ -30,16 +30,18 @@ def dma_memories(config: AcceleratorConfig) -> list[str]:
     return mems + ["cmd"]
 
 
+def _deepest(config: AcceleratorConfig) -> int:
+    """Words of the deepest memory the DMA engine reaches (the command memory included)."""
+    return max(config.act_mem_words, config.weight_mem_words, config.acc_mem_words,
+               config.param_mem_words, config.cmd_mem_words)
+
+
 def sram_addr_bits(config: AcceleratorConfig) -> int:
-    depths = [config.act_mem_words, config.weight_mem_words, config.acc_mem_words,
-              config.param_mem_words, config.cmd_mem_words]
-    return max(d - 1 for d in depths).bit_length()
+    return (_deepest(config) - 1).bit_length()
 
 
 def words_bits(config: AcceleratorConfig) -> int:
-    depths = [config.act_mem_words, config.weight_mem_words, config.acc_mem_words,
-              config.param_mem_words, config.cmd_mem_words]
-    return max(depths).bit_length()
+    return _deepest(config).bit_length()
 
 
 class DmaEngine(wiring.Component):

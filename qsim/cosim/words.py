@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qsim.numerics import IntFormat, wrap
+from qsim.numerics import IntFormat
 
 __all__ = ["pack_words", "unpack_words"]
 
@@ -25,15 +25,9 @@ def pack_words(image: np.ndarray, bits: int) -> list[int]:
 
 def unpack_words(words: list[int], lanes: int, bits: int, signed: bool = True) -> np.ndarray:
     """Inverse of :func:`pack_words`: ``len(words)`` x ``lanes`` int64 array."""
-    if bits in (8, 16, 32, 64):
-        size = bits // 8
-        raw = b"".join(int(w).to_bytes(lanes * size, "little") for w in words)
-        dtype = f"<{'i' if signed else 'u'}{size}"
-        return np.frombuffer(raw, dtype=dtype).reshape(len(words), lanes).astype(np.int64)
-    mask = (1 << bits) - 1
-    fields = np.array([[(int(w) >> (lane * bits)) & mask for lane in range(lanes)] for w in words],
-                      dtype=np.int64).reshape(len(words), lanes)
-    return wrap(fields, IntFormat(bits, True)) if signed else fields
+    from qsim.program import words_to_image
+
+    return words_to_image(words, lanes, IntFormat(bits, signed))
 
 
 def program_images(program) -> dict[str, list[int]]:
