@@ -111,24 +111,15 @@ def test_console_examples(path, index, monkeypatch, tmp_path):
 
 
 @pytest.mark.amaranth
-def test_timing_diagrams_match_the_rtl():
-    from tests.docs_support import DIAGRAMS
+@pytest.mark.parametrize("page, diagrams", [("microarchitecture.md", "DIAGRAMS"),
+                                            ("dram.md", "DRAM_DIAGRAMS")])
+def test_timing_diagrams_match_the_rtl(page, diagrams):
+    from tests import docs_support
 
-    text = (ROOT / "docs" / "microarchitecture.md").read_text()
-    for name, make in DIAGRAMS.items():
+    text = (ROOT / "docs" / page).read_text()
+    for name, make in getattr(docs_support, diagrams).items():
         match = re.search(rf"<!-- diagram: {name} -->\n```text\n(.*?)```", text, re.DOTALL)
-        assert match, f"diagram {name} missing from docs/microarchitecture.md"
-        assert match.group(1).rstrip("\n") == make(), f"diagram {name} differs from the RTL trace"
-
-
-@pytest.mark.amaranth
-def test_dram_timing_diagram_matches_the_rtl():
-    from tests.docs_support import DRAM_DIAGRAMS
-
-    text = (ROOT / "docs" / "dram.md").read_text()
-    for name, make in DRAM_DIAGRAMS.items():
-        match = re.search(rf"<!-- diagram: {name} -->\n```text\n(.*?)```", text, re.DOTALL)
-        assert match, f"diagram {name} missing from docs/dram.md"
+        assert match, f"diagram {name} missing from docs/{page}"
         assert match.group(1).rstrip("\n") == make(), f"diagram {name} differs from the RTL trace"
 
 
