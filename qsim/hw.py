@@ -17,7 +17,24 @@ __all__ = [
     "array_latency", "array_input_bits", "ppu_stages", "ppu_latency", "PPU_SATURATE",
     "is_output_stationary", "os_tile_spacing", "os_write_latency", "write_meta_delay",
     "CSR_REGISTERS", "CSR_COUNTER_BASE", "csr_map", "CSR_ID", "DMA_COUNTERS",
+    "OPERAND_READ_LATENCY", "CMD_FETCH_LATENCY", "ACC_READ_STAGES", "pe_product_stages",
 ]
+
+#: Cycles from an activation- or weight-memory read to its word in a register that feeds
+#: the array: the block RAM's synchronous read, then a register (the RAM's output is slow
+#: on FPGAs: 5.8 ns clock-to-output on an ECP5 at speed grade 6, so nothing computes on it).
+OPERAND_READ_LATENCY = 2
+
+#: Cycles from the fetcher's first command-memory read to the first command being decodable:
+#: the synchronous read, then the fetch register the controller decodes. The fetcher reads
+#: ahead (the read data is a second queue entry), so later commands still follow their
+#: predecessor's take by one cycle.
+CMD_FETCH_LATENCY = 2
+
+#: Stages of the accumulator write-back: the read of the word a row adds to, a register on
+#: the read data, then the add and the write. Rows writing a word in the two cycles before
+#: have their sums forwarded instead of the (older) memory word.
+ACC_READ_STAGES = 2
 
 #: Value of the ``ID`` register ("qSIM" in ASCII).
 CSR_ID = 0x7153494D
@@ -105,21 +122,32 @@ def memory_names(config: AcceleratorConfig) -> dict[str, str]:
 def buffer_release_delay(config: AcceleratorConfig) -> int:
     """Cycles after a tile's last issue before its weight buffer may be reloaded.
 
-    The last activation of a tile reaches PE (r, c) ``1 + r + c`` cycles after its issue; the
-    loader writes row ``r`` of a buffer ``2 + r`` cycles after taking the command, visible one
-    cycle later. The write must not become visible before the last use in column C - 1.
+    The last activation of a tile reaches PE (r, c) ``L + r + c`` cycles after its issue
+    (``L`` = :data:`OPERAND_READ_LATENCY`); the loader writes row ``r`` of a buffer
+    ``1 + L + r`` cycles after taking the command, visible one cycle later. The write must not
+    become visible before the last use in column C - 1. Weights and activations have the same
+    read latency, so it cancels.
     """
     return max(config.cols - 3, 0)
 
 
-def array_latency(config: AcceleratorConfig) -> int:
-    """Cycles from an activation-memory read to the accumulator write of its row: ``R + C``.
+def pe_product_stages(config: AcceleratorConfig) -> int:
+    """Register stages between a PE's multiplier and its adder: 1 in the weight-stationary PE
+    (:class:`rtl.pe.ProcessingElement`), 0 in the output-stationary one."""
+    return 0 if is_output_stationary(config) else 1
 
-    One cycle of memory latency, ``r`` cycles of input skew and ``R - r`` down the columns to
-    the bottom of the array (``R + 1`` in all, every row), ``C - 1 - c`` of deskew after
-    ``c`` cycles across, and one write-back stage.
+
+def array_latency(config: AcceleratorConfig) -> int:
+    """Weight-stationary: cycles from an activation-memory read to the accumulator write of
+    its row, ``R + C + 2``.
+
+    Two cycles of read latency (:data:`OPERAND_READ_LATENCY`), then ``R + C - 1`` for every
+    row ``r`` and column ``c`` (``r`` cycles of input skew, ``R - 1 - r`` down the columns
+    to the bottom of the array, ``c`` across and ``C - 1 - c`` of deskew), one more for the
+    PE's product register (:func:`pe_product_stages`), ending in the cycle of the
+    write-back's write stage.
     """
-    return config.rows + config.cols
+    return config.rows + config.cols + OPERAND_READ_LATENCY - 1 + pe_product_stages(config)
 
 
 def is_output_stationary(config: AcceleratorConfig) -> bool:
@@ -142,27 +170,28 @@ def os_tile_spacing(config: AcceleratorConfig) -> int:
 def os_write_latency(config: AcceleratorConfig) -> int:
     """Output-stationary: cycles from a MATMUL's last activation/weight issue to the
     accumulator write of its first output row (row ``j`` is written ``j`` cycles later):
-    ``R + C + 1``.
+    ``R + C + 2``.
 
-    One cycle of memory latency, ``R - 1`` cycles of skew to the bottom row, ``c`` across to
-    column ``c``, one register to the column's drain load, one to the top drain register,
-    ``C - 1 - c`` of deskew; the write-back's write stage is that cycle.
+    Two cycles of read latency (:data:`OPERAND_READ_LATENCY`), ``R - 1`` cycles of skew to
+    the bottom row, ``c`` across to column ``c``, one register to the column's drain load, one
+    to the top drain register, ``C - 1 - c`` of deskew; the write-back's write stage is that
+    cycle.
     """
-    return config.rows + config.cols + 1
+    return config.rows + config.cols + OPERAND_READ_LATENCY
 
 
 def write_meta_delay(config: AcceleratorConfig) -> int:
     """Depth of the metadata pipeline from the controller to the write-back's read stage.
 
     Weight-stationary: a row issued at ``s`` is written at ``s + array_latency``, its
-    metadata enters at ``s`` and the write stage follows the read stage by one cycle:
-    ``array_latency - 1``. Output-stationary: the controller's drain engine emits a tile's
-    first row one cycle after the last issue, so ``os_write_latency - 2``. Both are
-    ``R + C - 1``.
+    metadata enters at ``s`` and the write stage follows the read stage by
+    :data:`ACC_READ_STAGES` cycles: ``array_latency - 2``. Output-stationary: the controller's
+    drain engine emits a tile's first row one cycle after the last issue, so
+    ``os_write_latency - 3``. Both are ``R + C - 1``.
     """
     if is_output_stationary(config):
-        return os_write_latency(config) - 2
-    return array_latency(config) - 1
+        return os_write_latency(config) - 1 - ACC_READ_STAGES
+    return array_latency(config) - ACC_READ_STAGES
 
 
 def array_input_bits(config: AcceleratorConfig) -> int:

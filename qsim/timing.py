@@ -4,7 +4,8 @@ The controller (:mod:`rtl.controller`) runs three engines, fetch, weight loader 
 streamer, that hand commands forward through one-entry slots, plus the post-processing engine
 for REQUANT commands. Their local rules give a recurrence over the commands. With R = rows,
 C = cols, cycle 0 the first cycle the accelerator is busy, ``ready_j = T_{j-1} + 1`` the cycle
-command ``j`` reaches the head of the fetch queue (``ready_0 = 1``), and for a Matmul ``T_i``
+command ``j`` reaches the fetch register (``ready_0 = 2``, ``qsim.hw.CMD_FETCH_LATENCY``: the
+command memory's read, then the register the controller decodes), and for a Matmul ``T_i``
 the cycle the loader takes it, ``S_i`` its first activation issue and ``E_i = S_i + rows_i``::
 
     T_i = max(T_{i-1} + R,                    the loader reads R weight rows per tile
@@ -17,16 +18,16 @@ where ``i - 1`` and ``i - 2`` are earlier Matmuls of the same *segment* (the Mat
 the last Requant). The first Matmul of a segment is taken at ``T = max(ready, P)``, where
 ``P`` is the first cycle the post-processing unit is free (0 before any Requant), and starts
 at ``T + 2``. A Requant waits for its segment to drain: it is taken at
-``T_q = max(ready, L)``, where ``L = E_last - 1 + R + C`` is the cycle of the last
+``T_q = max(ready, L)``, where ``L = E_last - 1 + R + C + 2`` is the cycle of the last
 accumulator write of the segment's Matmuls (``ready`` alone without Matmuls, or
 ``max(ready, P)`` right after another Requant); it reads one accumulator word per cycle from
 ``T_q + 1`` and writes its last activation word at ``W_q = T_q + rows + D``
 (``D = qsim.hw.ppu_latency``), so ``P = W_q + 1``.
 
 The HALT command is taken at ``T_halt = T_last + R`` after a Matmul, ``P`` after a Requant
-and 1 without commands; the last busy cycle is ``max(L, T_halt + 1)`` (``L`` of the final
+and 2 without commands; the last busy cycle is ``max(L, T_halt + 1)`` (``L`` of the final
 segment, if it has Matmuls): an activation issued at cycle ``s`` is written back at
-``s + R + C`` (``qsim.hw.array_latency``). The cycle count is that last cycle plus one.
+``s + R + C + 2`` (``qsim.hw.array_latency``). The cycle count is that last cycle plus one.
 
 A command at the head of the queue that is not taken waits; its wait ``T_j - ready_j`` is
 counted as ``wait_ppu`` after a Requant, ``wait_drain`` for a Requant after Matmuls and
@@ -38,7 +39,7 @@ S_{i-1} - 1)``, and streamed one activation and one weight word per cycle from
 ``S_i = max(T_i + 2, E_{i-1} + max(0, G - rows_i))``, where ``G = qsim.hw.os_tile_spacing``
 (``R``) keeps consecutive last issues ``G`` apart (drain registers and the accumulator pair);
 its ``R`` output rows are written from ``E_i - 1 + qsim.hw.os_write_latency`` on, one per cycle,
-so its last write is ``E_i + 2R + C - 1``. HALT is taken as soon as it is ready.
+so its last write is ``E_i + 2R + C``. HALT is taken as soon as it is ready.
 
 This is the only timing model in qsim; estimates, energy and design-space sweeps use it, and
 the cycle-exact co-simulation tests compare it with the RTL's own counters.
@@ -51,7 +52,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from qsim.config import AcceleratorConfig
-from qsim.hw import (COUNTERS, array_latency, buffer_release_delay, is_output_stationary,
+from qsim.hw import (CMD_FETCH_LATENCY, COUNTERS, array_latency, buffer_release_delay, is_output_stationary,
                      os_tile_spacing, os_write_latency, ppu_latency)
 from qsim.dma import transfer
 from qsim.program import DmaCommand, Halt, Load, Matmul, Program, Requant, Store
@@ -179,7 +180,8 @@ def _run(config: AcceleratorConfig, commands, origin: int = 0) -> _Run:
     waits = {"wait_array": 0, "wait_drain": 0, "wait_ppu": 0, "wait_dma": 0}
     seg: list[TileSchedule] = []  # Matmuls of the current segment
     last_matmul_take = None
-    prev_take = origin  # ready = prev_take + 1; the first command is ready at origin + 1
+    # ready = prev_take + 1; the first command is ready CMD_FETCH_LATENCY cycles after origin
+    prev_take = origin + CMD_FETCH_LATENCY - 1
     post_free = origin
     dma_free = origin
     dma_act_load = False  # the last LOAD/STORE writes the activation memory
@@ -417,9 +419,10 @@ def estimate_gemm(config: AcceleratorConfig, m: int, k: int, n: int,
         accumulate = np.tile(np.arange(k_tiles) > 0, n_tiles) & (not os_)
         return timing_of(config, np.full(tiles, rows, dtype=np.int64), accumulate, m * k * n)
     cycles, last_take = _uniform(config, rows, tiles)
-    # Each Matmul after the first is ready the cycle after the previous take, so the waits
-    # add up to the last take minus the tiles; HALT then waits for the loader (R - 1 cycles,
-    # weight-stationary) or not at all (output-stationary).
+    # The first Matmul is ready at CMD_FETCH_LATENCY and each later one the cycle after the
+    # previous take, so the waits add up to the last take minus the tiles minus
+    # CMD_FETCH_LATENCY - 1; HALT then waits for the loader (R - 1 cycles, weight-stationary)
+    # or not at all (output-stationary).
     halt_wait = _halt_take(config, last_take) - last_take - 1
     if os_:
         counts = dict(weight_reads=tiles * rows, acc_reads=0, acc_writes=tiles * config.rows)
@@ -428,5 +431,6 @@ def estimate_gemm(config: AcceleratorConfig, m: int, k: int, n: int,
                       acc_writes=tiles * m)
     return TimingResult(
         config=config, cycles=cycles, act_reads=tiles * rows, matmuls=tiles,
-        useful_macs=m * k * n, wait_array=last_take - tiles + halt_wait, **counts,
+        useful_macs=m * k * n,
+        wait_array=last_take - tiles - (CMD_FETCH_LATENCY - 1) + halt_wait, **counts,
     )

@@ -3,9 +3,12 @@
 Three small engines work concurrently, handing commands forward through one-entry slots
 (a fourth, the post-processing engine, runs REQUANT commands on its own):
 
-* **fetch** reads the command memory. Its synchronous read port's data register is the
-  one-entry fetch queue: a new read is issued when the queue is empty or its command is
-  being taken.
+* **fetch** reads the command memory into a two-entry queue: the synchronous read port's
+  data (the memory's output, never decoded) and the fetch register behind it, which the
+  engines decode. The word read moves into the fetch register when that is empty or its
+  command is being taken, and a new read is issued whenever the read data moves on (or
+  holds nothing), so after the first command each command is decodable the cycle after its
+  predecessor's take (:data:`qsim.hw.CMD_FETCH_LATENCY`).
 * **loader** takes a ``Matmul`` from the fetch queue, posts its streaming parameters into the
   stream slot, and reads the ``rows`` words of its weight tile, one per cycle, into the idle
   weight buffer of the array (alternating buffers 0 and 1).
@@ -230,14 +233,18 @@ class Controller(wiring.Component):
         cfg = self.config
         lay = self.layout
 
+        # the fetch register: the command the engines decode
+        fq = Signal(lay.width)
+
         def field(name):
             f = lay[name]
-            return self.cmd_data[f.offset : f.offset + f.width]
+            return fq[f.offset : f.offset + f.width]
 
         busy = self.busy
         halted = Signal()
         # fetch
         pc = Signal(cfg.cmd_addr_bits)
+        rd_valid = Signal()  # the command memory's read data holds the next command
         fq_valid = Signal()
         # loader
         loading = Signal()
@@ -273,7 +280,8 @@ class Controller(wiring.Component):
         # bus interface: program fetch at start, LOAD/STORE through the DMA engine
         dram = cfg.has_dram
         prologue = Signal()
-        fq_index = Signal(32)  # index of the command in the fetch queue
+        fq_index = Signal(32)  # index of the command in the fetch register
+        rd_index = Signal(32)  # ... and of the one in the read data
         dma_index = Signal(32)  # index of the LOAD/STORE the DMA engine runs
         dma_act_load = Signal()  # ... and whether it writes the activation memory
         if dram:
@@ -325,6 +333,11 @@ class Controller(wiring.Component):
         take_dma = take_dma & ~misaligned
         take = take_matmul | take_requant | take_stop | take_dma
         waiting = fetched & ~take
+        # the read data moves into the fetch register; a new read refills it
+        advance = rd_valid & (~fq_valid | take) & ~take_stop
+        read = busy & ~halted & ~prologue & ~take_stop & (~rd_valid | advance)
+        if cfg.cmd_mem_words & (cfg.cmd_mem_words - 1):  # the read-ahead stays in range
+            read = read & (pc != cfg.cmd_mem_words)
         stalled_post = waiting & needs_post & post_busy
         stalled_dma = waiting & ~stalled_post & needs_dma & ~dma_free
 
@@ -339,7 +352,7 @@ class Controller(wiring.Component):
         m.d.comb += [
             self.launch.eq(~busy & self.start),
             self.cmd_addr.eq(pc),
-            self.cmd_en.eq(busy & ~halted & ~prologue & ~take_stop & (~fq_valid | take)),
+            self.cmd_en.eq(read),
             self.act_addr.eq(cur.act),
             self.act_en.eq(active),
             *issue,
@@ -406,20 +419,20 @@ class Controller(wiring.Component):
                     m.d.sync += [self.error_code.eq(Mux(is_dma, ERROR_CODES["misaligned"],
                                                         ERROR_CODES["opcode"])),
                                  self.error_cmd.eq(fq_index)]
-                with m.If(self.cmd_en):
-                    m.d.sync += fq_index.eq(pc)
         else:
             with m.If(self.launch):
                 m.d.sync += [self.error_code.eq(0), self.error_cmd.eq(0)]
             with m.Elif(busy & take_stop & ~is_halt):
                 m.d.sync += [self.error_code.eq(ERROR_CODES["opcode"]), self.error_cmd.eq(fq_index)]
-            with m.If(busy & self.cmd_en):
-                m.d.sync += fq_index.eq(pc)
+        with m.If(busy & read):
+            m.d.sync += rd_index.eq(pc)
+        with m.If(busy & advance):
+            m.d.sync += [fq.eq(self.cmd_data), fq_index.eq(rd_index)]
 
         with m.If(self.launch):
             m.d.sync += [
                 busy.eq(1), self.done.eq(0), self.error.eq(bad_program), halted.eq(bad_program),
-                pc.eq(0), fq_valid.eq(0),
+                pc.eq(0), fq_valid.eq(0), rd_valid.eq(0),
                 loading.eq(0), next_buf.eq(0), slot_valid.eq(0), active.eq(0),
                 buf_busy.eq(0), inflight.eq(0), post_busy.eq(0), post_reading.eq(0),
             ]
@@ -428,8 +441,12 @@ class Controller(wiring.Component):
             m.d.sync += [count.eq(0) for count in buf_count]
         with m.Elif(busy):
             # fetch
-            with m.If(self.cmd_en):
-                m.d.sync += [pc.eq(pc + 1), fq_valid.eq(1)]
+            with m.If(read):
+                m.d.sync += [pc.eq(pc + 1), rd_valid.eq(1)]
+            with m.Elif(advance):
+                m.d.sync += rd_valid.eq(0)
+            with m.If(advance):
+                m.d.sync += fq_valid.eq(1)
             with m.Elif(take):
                 m.d.sync += fq_valid.eq(0)
             with m.If(take_stop):

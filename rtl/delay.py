@@ -83,13 +83,16 @@ def delay_verilog() -> str:
     """Verilog of :data:`DELAY_MODULE`: ``o`` is ``i`` delayed by ``DELAY`` (>= 1) cycles of
     ``clk``; a synchronous ``rst`` clears every stage, and every stage starts at zero.
 
-    The stages are a ring of ``DELAY`` words with one pointer: each cycle reads the oldest word
-    and writes the new one in its place, so a line costs the simulator the same whatever its
-    depth (a shift register moves every stage every cycle: at 32 x 32 the input skew and the
-    output deskew alone were about a thousand register moves per cycle).
+    The output is a register, so nothing downstream of a delay line starts at a multiplexer.
+    Before it, the other ``DELAY - 1`` stages are a ring of words with one pointer: each cycle
+    moves the oldest word into the output register and writes the new one in its place, so a
+    line costs the simulator the same whatever its depth (a shift register moves every stage
+    every cycle: at 32 x 32 the input skew and the output deskew alone were about a thousand
+    register moves per cycle).
     """
     return f"""
-// {DELAY_MODULE}: one delay line of DELAY >= 1 stages, kept as a ring (see rtl/delay.py).
+// {DELAY_MODULE}: one delay line of DELAY >= 1 stages: a ring of DELAY - 1 words and an
+// output register (see rtl/delay.py).
 module {DELAY_MODULE} #(
   parameter WIDTH = 1,
   parameter DELAY = 1
@@ -99,27 +102,39 @@ module {DELAY_MODULE} #(
   input wire [WIDTH-1:0] i,
   output wire [WIDTH-1:0] o
 );
-  localparam PBITS = DELAY > 1 ? $clog2(DELAY) : 1;
-  localparam integer LAST32 = DELAY - 1;
-  localparam [PBITS-1:0] LAST = LAST32[PBITS-1:0];
-  reg [WIDTH-1:0] ring [0:DELAY-1];
-  reg [PBITS-1:0] ptr;
-  integer k;
-  initial begin
-    for (k = 0; k < DELAY; k = k + 1)
-      ring[k] = {{WIDTH{{1'b0}}}};
-    ptr = {{PBITS{{1'b0}}}};
-  end
-  always @(posedge clk) begin
-    if (rst) begin
-      for (k = 0; k < DELAY; k = k + 1)
-        ring[k] <= {{WIDTH{{1'b0}}}};
-      ptr <= {{PBITS{{1'b0}}}};
-    end else begin
-      ring[ptr] <= i;
-      ptr <= (ptr == LAST) ? {{PBITS{{1'b0}}}} : ptr + 1'b1;
+  reg [WIDTH-1:0] out;
+  initial out = {{WIDTH{{1'b0}}}};
+  assign o = out;
+  generate
+    if (DELAY == 1) begin : direct
+      always @(posedge clk)
+        out <= rst ? {{WIDTH{{1'b0}}}} : i;
+    end else begin : ring_buffer
+      localparam DEPTH = DELAY - 1;
+      localparam PBITS = DEPTH > 1 ? $clog2(DEPTH) : 1;
+      localparam integer LAST32 = DEPTH - 1;
+      localparam [PBITS-1:0] LAST = LAST32[PBITS-1:0];
+      reg [WIDTH-1:0] ring [0:DEPTH-1];
+      reg [PBITS-1:0] ptr;
+      integer k;
+      initial begin
+        for (k = 0; k < DEPTH; k = k + 1)
+          ring[k] = {{WIDTH{{1'b0}}}};
+        ptr = {{PBITS{{1'b0}}}};
+      end
+      always @(posedge clk) begin
+        if (rst) begin
+          for (k = 0; k < DEPTH; k = k + 1)
+            ring[k] <= {{WIDTH{{1'b0}}}};
+          ptr <= {{PBITS{{1'b0}}}};
+          out <= {{WIDTH{{1'b0}}}};
+        end else begin
+          ring[ptr] <= i;
+          out <= ring[ptr];
+          ptr <= (ptr == LAST) ? {{PBITS{{1'b0}}}} : ptr + 1'b1;
+        end
+      end
     end
-  end
-  assign o = ring[ptr];
+  endgenerate
 endmodule
 """

@@ -9,25 +9,34 @@ from amaranth.lib.wiring import In, Out
 
 from rtl.checks import reject
 
-__all__ = ["ProcessingElement", "OutputStationaryPE", "pe_shapes"]
+__all__ = ["ProcessingElement", "OutputStationaryPE", "pe_shapes", "product_bits"]
 
 
 class ProcessingElement(wiring.Component):
     """Multiply-accumulate cell with a double-buffered stationary weight.
 
-    Each cycle the PE multiplies the activation arriving from the left by the weight held in
-    the buffer that ``sel_in`` names, adds the partial sum arriving from above, and registers
-    the result for the PE below. The activation and its buffer selector are registered for the
-    PE to the right. While one buffer is in use, the other can be written through ``w_data``
-    and ``w_we``; the selector travels with the activations, so the switch to a new weight tile
-    happens in each PE exactly when the first activation of that tile reaches it.
+    Each cycle the PE multiplies the activation arriving from the left by its current weight
+    and registers the product (:func:`product_bits` wide); the product registered in the
+    cycle before is added to the partial sum arriving from above and the sum registered for
+    the PE below. The multiplier's operands are registers and the multiplier and the adder
+    are in different cycles (on an FPGA the multiplier is a DSP block with slow routing to
+    the fabric); every column sum leaves the array one cycle later than without the product
+    register (:func:`qsim.hw.pe_product_stages`).
+
+    The current weight is a register too: each cycle it takes the buffer that ``sel_in``
+    names, as that buffer will read after this cycle's write (``sel_in`` selects the weight
+    for the activation of the *next* cycle, so it runs one cycle ahead of ``a_in``). The
+    activation and the selector are registered for the PE to the right. While one buffer is
+    in use, the other can be written through ``w_data`` and ``w_we``; the selector travels
+    with the activations, so the switch to a new weight tile happens in each PE exactly when
+    the first activation of that tile reaches it.
 
     Ports
     -----
     a_in : In(signed(input_bits))
         Activation from the left neighbour (or the input skew for column 0).
     sel_in : In(1)
-        Weight buffer used for ``a_in``.
+        Weight buffer used for the next cycle's ``a_in``.
     psum_in : In(signed(acc_bits))
         Partial sum from the PE above (zero for row 0).
     w_data : In(signed(weight_bits))
@@ -37,7 +46,8 @@ class ProcessingElement(wiring.Component):
     a_out, sel_out : Out
         ``a_in`` and ``sel_in`` delayed by 1 cycle.
     psum_out : Out(signed(acc_bits))
-        ``psum_in + a_in * w[sel_in]`` delayed by 1 cycle, wrapped to ``acc_bits``.
+        ``psum_in`` plus the product of the previous cycle's ``a_in * w[sel_in]``, delayed by
+        1 cycle, wrapped to ``acc_bits``.
     """
 
     def __init__(self, input_bits: int, weight_bits: int, acc_bits: int, products: int = 1) -> None:
@@ -67,17 +77,30 @@ class ProcessingElement(wiring.Component):
             m.d.sync += w0.eq(self.w_data)
         with m.If(self.w_we[1]):
             m.d.sync += w1.eq(self.w_data)
+        # the weight of the next cycle: the selected buffer after this cycle's write
+        weight = Signal(w_shape)
+        m.d.sync += weight.eq(Mux(self.sel_in, Mux(self.w_we[1], self.w_data, w1),
+                                  Mux(self.w_we[0], self.w_data, w0)))
         if self.products == 1:
-            pairs = [(self.a_in, Mux(self.sel_in, w1, w0))]
+            pairs = [(self.a_in, weight)]
         else:
-            pairs = [(self.a_in[j], Mux(self.sel_in, w1[j], w0[j])) for j in range(self.products)]
+            pairs = [(self.a_in[j], weight[j]) for j in range(self.products)]
+        product = Signal(signed(product_bits(self.input_bits, self.weight_bits, self.products,
+                                             self.acc_bits)))
         m.d.sync += [
             self.a_out.eq(self.a_in),
             self.sel_out.eq(self.sel_in),
+            product.eq(sum(a * w for a, w in pairs)),
             # Truncation to acc_bits is the two's-complement wrap of the hardware adder.
-            self.psum_out.eq(self.psum_in + sum(a * w for a, w in pairs)),
+            self.psum_out.eq(self.psum_in + product),
         ]
         return m
+
+
+def product_bits(input_bits: int, weight_bits: int, products: int, acc_bits: int) -> int:
+    """Width of a PE's registered product: one signed product, or the sum of ``products``,
+    at most ``acc_bits`` (the adder wraps to ``acc_bits``, so higher bits never matter)."""
+    return min(input_bits + weight_bits + (products - 1).bit_length(), acc_bits)
 
 
 def check_pe_widths(component, input_bits: int, weight_bits: int, acc_bits: int,

@@ -43,11 +43,18 @@ class Accelerator(wiring.Component):
     from an activation-memory read issued at cycle ``s`` to its accumulator write is::
 
         s            act read issued (controller)
-        s+1          act word out of memory -> input skew (row r delayed r cycles)
-        s+1+r+c      activation at PE (r, c)
-        s+1+R+c      column c sum leaves the array -> deskew (C-1-c cycles)
-        s+R+C-1      accumulator read (if accumulating)
-        s+R+C        accumulator write
+        s+1          act word out of memory -> register (sign/zero extension)
+        s+2          input skew (row r delayed r cycles)
+        s+2+r+c      activation at PE (r, c)
+        s+3+r+c      its product in the PE's product register
+        s+3+R+c      column c sum leaves the array -> deskew (C-1-c cycles)
+        s+R+C        accumulator read (if accumulating)
+        s+R+C+1      accumulator word out of memory -> register
+        s+R+C+2      accumulator write
+
+    Weight rows follow the same two cycles of read latency into their buffers, and the
+    command memory's read data is registered before the controller decodes it
+    (:data:`qsim.hw.OPERAND_READ_LATENCY`, :data:`qsim.hw.CMD_FETCH_LATENCY`).
 
     With a post-processing unit, a REQUANT's accumulator read issued at cycle ``p`` is
     written into the activation memory at ``p + D`` (``D = qsim.hw.ppu_latency``: one cycle of
@@ -108,7 +115,7 @@ class Accelerator(wiring.Component):
         weight_rd = weight_mem.read_port()
         cmd_rd = cmd_mem.read_port()
         acc_wr = acc_mem.write_port()
-        acc_rd = acc_mem.read_port(transparent_for=(acc_wr,))
+        acc_rd = acc_mem.read_port()  # the write-back forwards recent writes
         dram = cfg.has_dram
         act_wr = act_mem.write_port(granularity=1) if (has_ppu or dram) else None
 
@@ -137,12 +144,14 @@ class Accelerator(wiring.Component):
             weight_rd.en.eq(ctrl.weight_en),
         ]
 
-        # Activations: one cycle of memory latency, then the triangular skew.
+        # Activations: one cycle of memory latency, a register, then the triangular skew.
         issue_valid = Signal()
         issue_buf = Signal()
         issue_unsigned = Signal()
         m.d.sync += [issue_valid.eq(ctrl.act_en), issue_buf.eq(ctrl.issue_buf),
                      issue_unsigned.eq(ctrl.issue_unsigned)]
+        a_word = Signal(data.ArrayLayout(a_shape, rows))
+        sel_word = Signal()
 
         def element(lane):
             """Activation lane ``lane`` of the word read, zero- or sign-extended by one bit."""
@@ -150,11 +159,12 @@ class Accelerator(wiring.Component):
             return Mux(issue_valid, Mux(issue_unsigned, raw.as_unsigned(), raw), 0)
 
         for r in range(rows):
-            m.d.comb += [
-                act_skew.i[r].eq(element(r) if p == 1 else Cat(*(
-                    element(r * p + j).as_signed()[: array_input_bits(cfg)] for j in range(p)))),
-                sel_skew.i[r].eq(issue_buf),
-            ]
+            m.d.sync += a_word[r].eq(element(r) if p == 1 else Cat(*(
+                element(r * p + j).as_signed()[: array_input_bits(cfg)] for j in range(p))))
+            # weight-stationary PEs take their buffer selector a cycle ahead of the activation
+            m.d.comb += [act_skew.i[r].eq(a_word[r]),
+                         sel_skew.i[r].eq(sel_word if os_ else issue_buf)]
+        m.d.sync += sel_word.eq(issue_buf)
         m.d.comb += [array.a_in.eq(act_skew.o), array.sel_in.eq(sel_skew.o)]
 
         if os_:
@@ -163,25 +173,35 @@ class Accelerator(wiring.Component):
             m.submodules.w_skew = w_skew = DelayLines(w_shape, range(cols))
             m.submodules.last_skew = last_skew = DelayLines(1, [rows - 1])
             issue_last = Signal()
-            m.d.sync += issue_last.eq(ctrl.issue_last)
+            last_word = Signal()
+            w_word = Signal(data.ArrayLayout(w_shape, cols))
+            m.d.sync += [issue_last.eq(ctrl.issue_last), last_word.eq(issue_last),
+                         w_word.as_value().eq(Mux(issue_valid, weight_rd.data.as_value(), 0))]
             m.d.comb += [
-                w_skew.i.as_value().eq(Mux(issue_valid, weight_rd.data.as_value(), 0)),
+                w_skew.i.eq(w_word),
                 array.w_in.eq(w_skew.o),
-                last_skew.i[0].eq(issue_last),
+                last_skew.i[0].eq(last_word),
                 array.last_in.eq(last_skew.o[0]),
                 deskew.i.eq(array.d_out),
             ]
         else:
-            # Weights: the row read at cycle u is written into its buffer during cycle u + 1.
+            # Weights: the row read at cycle u is registered in u + 1 and written into its
+            # buffer during cycle u + 2.
             load_valid = Signal()
             load_row = Signal(range(rows))
             load_buf = Signal()
+            write_valid = Signal()
+            write_row = Signal(range(rows))
+            write_buf = Signal()
+            w_word = Signal.like(array.w_data)
             m.d.sync += [load_valid.eq(ctrl.weight_en), load_row.eq(ctrl.load_row),
-                         load_buf.eq(ctrl.load_buf)]
-            m.d.comb += array.w_data.as_value().eq(weight_rd.data.as_value())  # same lane order
+                         load_buf.eq(ctrl.load_buf), write_valid.eq(load_valid),
+                         write_row.eq(load_row), write_buf.eq(load_buf),
+                         w_word.as_value().eq(weight_rd.data.as_value())]  # same lane order
+            m.d.comb += array.w_data.eq(w_word)
             for r in range(rows):
-                hit = load_valid & (load_row == r)
-                m.d.comb += array.w_we[r].eq(Cat(hit & ~load_buf, hit & load_buf))
+                hit = write_valid & (write_row == r)
+                m.d.comb += array.w_we[r].eq(Cat(hit & ~write_buf, hit & write_buf))
             m.d.comb += deskew.i.eq(array.psum_out)
 
         # Column sums (drained tiles): deskew, then read-modify-write of the accumulator memory.

@@ -13,11 +13,12 @@ CFG = AcceleratorConfig()  # 8 x 8
 
 def test_single_row_gemm_cycle_by_cycle():
     t = estimate_gemm(CFG, 1, 1, 1)
-    # take at 1, first issue at 3, write back at 3 + R + C = 19 -> 20 busy cycles
-    assert t.schedule == [TileSchedule(take=1, start=3, end=4)]
-    assert t.cycles == 20
-    # HALT is ready at cycle 2 and taken at 1 + R = 9 (the loader reads 8 rows): 7 waits
-    assert t.counters() == {"cycles": 20, "act_reads": 1, "weight_reads": 8, "acc_reads": 0,
+    # ready at 2 (CMD_FETCH_LATENCY), take at 2, first issue at 4, write back at
+    # 4 + R + C + 2 = 22 (qsim.hw.array_latency) -> 23 busy cycles
+    assert t.schedule == [TileSchedule(take=2, start=4, end=5)]
+    assert t.cycles == 23
+    # HALT is ready at cycle 3 and taken at 2 + R = 10 (the loader reads 8 rows): 7 waits
+    assert t.counters() == {"cycles": 23, "act_reads": 1, "weight_reads": 8, "acc_reads": 0,
                             "acc_writes": 1, "matmuls": 1, "requants": 0, "act_writes": 0,
                             "ppu_outputs": 0, "wait_array": 7, "wait_drain": 0, "wait_ppu": 0,
                             "loads": 0, "stores": 0, "dram_reads": 0, "dram_writes": 0,
@@ -26,15 +27,15 @@ def test_single_row_gemm_cycle_by_cycle():
 
 def test_short_tiles_are_loader_bound():
     t = estimate_gemm(CFG, 3, 20, 9)
-    assert [s.take for s in t.schedule] == [1, 9, 17, 25, 33, 41]
-    assert [s.start for s in t.schedule] == [3, 11, 19, 27, 35, 43]
-    assert t.cycles == 46 - 1 + 16 + 1
+    assert [s.take for s in t.schedule] == [2, 10, 18, 26, 34, 42]
+    assert [s.start for s in t.schedule] == [4, 12, 20, 28, 36, 44]
+    assert t.cycles == 47 - 1 + 18 + 1
 
 
 def test_long_tiles_stream_back_to_back():
     t = estimate_gemm(CFG, 100, 16, 8)
-    assert t.schedule == [TileSchedule(1, 3, 103), TileSchedule(9, 103, 203)]
-    assert t.cycles == 203 + 16
+    assert t.schedule == [TileSchedule(2, 4, 104), TileSchedule(10, 104, 204)]
+    assert t.cycles == 204 + 18
 
 
 def test_buffer_release_bounds_the_third_take():
@@ -45,15 +46,16 @@ def test_buffer_release_bounds_the_third_take():
     assert takes[2] == t.schedule[0].end + 13
 
 
-def test_empty_program_takes_three_cycles():
-    assert simulate_timing(Program(CFG, (Halt(),))).cycles == 3
+def test_empty_program_takes_four_cycles():
+    # HALT is decodable at cycle 2 and taken; busy until cycle 3
+    assert simulate_timing(Program(CFG, (Halt(),))).cycles == 4
 
 
 def test_utilization_256_cubed_on_8x8():
     t = estimate_gemm(CFG, 256, 256, 256)
-    assert t.cycles == 262163
+    assert t.cycles == 262166
     assert t.useful_macs == 256**3
-    assert t.utilization == pytest.approx(256**3 / (64 * 262163))
+    assert t.utilization == pytest.approx(256**3 / (64 * 262166))
     assert t.utilization >= 0.90
 
 
@@ -70,9 +72,10 @@ def test_counts_for_hand_written_program():
     program = Program(cfg, (Matmul(0, 0, 0, 5), Matmul(0, 0, 0, 1, accumulate=True),
                             Matmul(5, 2, 5, 2, accumulate=True), Halt()))
     t = simulate_timing(program)
-    # T = 1, 3, 8 (the third take waits for buffer 0: E_0 + 0); S = 3, 8, 10; last write 11 + R + C = 16
-    # waits: 0, 2 - 1 = 1 and 8 - 4 = 4 cycles, then HALT ready at 9, taken at 8 + R = 10
-    assert t.counters() == {"cycles": 17, "act_reads": 8, "weight_reads": 6, "acc_reads": 3,
+    # T = 2, 4, 9 (the third take waits for buffer 0: E_0 + 0); S = 4, 9, 11; last write
+    # 12 + R + C + 2 = 19; waits: 0, 4 - 3 = 1 and 9 - 5 = 4 cycles, then HALT ready at 10,
+    # taken at 9 + R = 11
+    assert t.counters() == {"cycles": 20, "act_reads": 8, "weight_reads": 6, "acc_reads": 3,
                             "acc_writes": 8, "matmuls": 3, "requants": 0, "act_writes": 0,
                             "ppu_outputs": 0, "wait_array": 6, "wait_drain": 0, "wait_ppu": 0,
                             "loads": 0, "stores": 0, "dram_reads": 0, "dram_writes": 0,
@@ -110,13 +113,13 @@ def test_requant_after_a_gemm_cycle_by_cycle():
     rq = GemmRequant.random(cfg, np.ones((5, 4), np.int64), np.random.default_rng(0))
     program = compile_(cfg, np.ones((5, 4), np.int64), np.ones((4, 4), np.int64), requant=rq)
     t = simulate_timing(program)
-    # MATMUL: T = 1, S = 3, E = 8, last accumulator write 7 + R + C = 15. REQUANT: ready at 2,
-    # taken at 15 (13 cycles waiting for the drain), reads 16..20, last write 20 + D = 24.
-    # HALT: ready at 16, taken at 25 (9 cycles waiting for the unit); last busy cycle 26.
-    assert [(p.take, p.last_write) for p in t.post_schedule] == [(15, 24)]
-    assert t.counters() == {"cycles": 27, "act_reads": 5, "weight_reads": 4, "acc_reads": 5,
+    # MATMUL: T = 2, S = 4, E = 9, last accumulator write 8 + R + C + 2 = 18. REQUANT: ready
+    # at 3, taken at 18 (15 cycles waiting for the drain), reads 19..23, last write 23 + D = 27.
+    # HALT: ready at 19, taken at 28 (9 cycles waiting for the unit); last busy cycle 29.
+    assert [(p.take, p.last_write) for p in t.post_schedule] == [(18, 27)]
+    assert t.counters() == {"cycles": 30, "act_reads": 5, "weight_reads": 4, "acc_reads": 5,
                             "acc_writes": 5, "matmuls": 1, "requants": 1, "act_writes": 5,
-                            "ppu_outputs": 20, "wait_array": 0, "wait_drain": 13, "wait_ppu": 9,
+                            "ppu_outputs": 20, "wait_array": 0, "wait_drain": 15, "wait_ppu": 9,
                             "loads": 0, "stores": 0, "dram_reads": 0, "dram_writes": 0,
                             "dma_busy": 0, "wait_dma": 0}
     assert estimate_gemm(cfg, 5, 4, 4, requant=True).counters() == t.counters()

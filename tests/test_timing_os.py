@@ -20,15 +20,15 @@ def _os(rows: int = 8, cols: int = 8, **changes) -> AcceleratorConfig:
 
 def test_hw_constants():
     cfg = _os(5, 7)
-    assert (os_write_latency(cfg), os_tile_spacing(cfg)) == (5 + 7 + 1, 5)
+    assert (os_write_latency(cfg), os_tile_spacing(cfg)) == (5 + 7 + 2, 5)
 
 
 def test_single_step_gemm_cycle_by_cycle():
     t = estimate_gemm(_os(), 1, 1, 1)
-    # taken at 1, issued at 3 (E = 4); rows written at 3 + R + C + 1 + j = 20 .. 27 -> 28 cycles;
+    # taken at 2, issued at 4 (E = 5); rows written at 4 + R + C + 2 + j = 22 .. 29 -> 30 cycles;
     # HALT is taken at once (no weight loader): no waits
-    assert t.schedule == [TileSchedule(take=1, start=3, end=4)]
-    assert t.counters() == {"cycles": 28, "act_reads": 1, "weight_reads": 1, "acc_reads": 0,
+    assert t.schedule == [TileSchedule(take=2, start=4, end=5)]
+    assert t.counters() == {"cycles": 30, "act_reads": 1, "weight_reads": 1, "acc_reads": 0,
                             "acc_writes": 8, "matmuls": 1, "requants": 0, "act_writes": 0,
                             "ppu_outputs": 0, "wait_array": 0, "wait_drain": 0, "wait_ppu": 0,
                             "loads": 0, "stores": 0, "dram_reads": 0, "dram_writes": 0,
@@ -37,28 +37,28 @@ def test_single_step_gemm_cycle_by_cycle():
 
 def test_the_documented_2x2_diagram():
     # A (3 x 4) @ B (4 x 2) on 2 x 2: two M tiles of 4 steps back to back, last write at
-    # E_1 + 2R + C - 1 = 11 + 5 = 16 (docs/microarchitecture.md, diagram os-two-tiles)
+    # E_1 + 2R + C = 12 + 6 = 18 (docs/microarchitecture.md, diagram os-two-tiles)
     t = estimate_gemm(_os(2, 2), 3, 4, 2)
-    assert t.schedule == [TileSchedule(1, 3, 7), TileSchedule(2, 7, 11)]
-    assert t.cycles == 17
+    assert t.schedule == [TileSchedule(2, 4, 8), TileSchedule(3, 8, 12)]
+    assert t.cycles == 19
     assert (t.acc_writes, t.weight_reads, t.wait_array) == (4, 8, 0)
 
 
 def test_short_tiles_keep_the_drain_spacing():
     # 4 x 4, two tiles of 2 steps: the second must end R = 4 cycles after the first
     t = estimate_gemm(_os(4, 4), 8, 2, 4)
-    assert t.schedule == [TileSchedule(1, 3, 5), TileSchedule(2, 7, 9)]
-    assert t.cycles == 9 + 2 * 4 + 4 - 1 + 1
+    assert t.schedule == [TileSchedule(2, 4, 6), TileSchedule(3, 8, 10)]
+    assert t.cycles == 10 + 2 * 4 + 4 + 1
     # int4: K = 4 is two words of two steps each, the same schedule
     assert estimate_gemm(_os(4, 4, input_format="int4", weight_format="int4"), 8, 4, 4).schedule \
         == t.schedule
 
 
 def test_long_tiles_stream_back_to_back():
-    # 256^3 on 8 x 8: 32 x 32 tiles of 256 steps, 3 to start, 2R + C to drain the last one
+    # 256^3 on 8 x 8: 32 x 32 tiles of 256 steps, 4 to start, 2R + C + 1 to drain the last one
     t = estimate_gemm(_os(), 256, 256, 256)
-    assert t.cycles == 3 + 1024 * 256 + 2 * 8 + 8 == 262171
-    assert t.utilization == pytest.approx(256**3 / (64 * 262171))
+    assert t.cycles == 4 + 1024 * 256 + 2 * 8 + 8 + 1 == 262173
+    assert t.utilization == pytest.approx(256**3 / (64 * 262173))
 
 
 def test_hand_written_program_with_accumulate_and_requant():
@@ -66,15 +66,15 @@ def test_hand_written_program_with_accumulate_and_requant():
     program = Program(cfg, (Matmul(0, 0, 0, 5), Matmul(0, 0, 0, 1, accumulate=True),
                             Requant(0, 10, 2, 0, lanes=2), Matmul(5, 2, 4, 3), Halt()))
     t = simulate_timing(program)
-    # M0: T 1, S 3, E 8. M1 (1 step): T = max(2, S0 - 1) = 2, S = max(4, 8, 8 + 2 - 1) = 9,
-    # E 10, last write 10 + 2R + C - 1 = 16. REQUANT: ready 3, taken 16 (13 waits for the
-    # drain), reads 17..18, last write 18 + D (1 + 2) = 21, unit free at 22. M2: ready 17,
-    # taken 22 (5 waits for the unit), S 24, E 27, last write 27 + 6 = 33. HALT at 23.
-    assert [(s.take, s.start, s.end) for s in t.schedule] == [(1, 3, 8), (2, 9, 10), (22, 24, 27)]
-    assert [(p.take, p.last_write) for p in t.post_schedule] == [(16, 21)]
-    assert t.counters() == {"cycles": 34, "act_reads": 9, "weight_reads": 9, "acc_reads": 2 + 2,
+    # M0: T 2, S 4, E 9. M1 (1 step): T = max(3, S0 - 1) = 3, S = max(5, 9, 9 + 2 - 1) = 10,
+    # E 11, last write 11 + 2R + C = 18. REQUANT: ready 4, taken 18 (14 waits for the
+    # drain), reads 19..20, last write 20 + D (1 + 2) = 23, unit free at 24. M2: ready 19,
+    # taken 24 (5 waits for the unit), S 26, E 29, last write 29 + 7 = 36. HALT at 25.
+    assert [(s.take, s.start, s.end) for s in t.schedule] == [(2, 4, 9), (3, 10, 11), (24, 26, 29)]
+    assert [(p.take, p.last_write) for p in t.post_schedule] == [(18, 23)]
+    assert t.counters() == {"cycles": 37, "act_reads": 9, "weight_reads": 9, "acc_reads": 2 + 2,
                             "acc_writes": 6, "matmuls": 3, "requants": 1, "act_writes": 2,
-                            "ppu_outputs": 4, "wait_array": 0, "wait_drain": 13, "wait_ppu": 5,
+                            "ppu_outputs": 4, "wait_array": 0, "wait_drain": 14, "wait_ppu": 5,
                             "loads": 0, "stores": 0, "dram_reads": 0, "dram_writes": 0,
                             "dma_busy": 0, "wait_dma": 0}
 

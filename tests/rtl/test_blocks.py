@@ -33,8 +33,11 @@ def test_pe_double_buffer_and_wrap():
         ctx.set(pe.w_we, 0b10)
         await ctx.tick()
         ctx.set(pe.w_we, 0)
+        # sel_in names the buffer of the next cycle's activation, and the product is
+        # registered, so the partial sum it adds to arrives one cycle after its operands.
         # buffer 0: -128 * -128 + 32767 wraps in 16 bits; buffer 1: 3 * -7 + 5
-        for a, sel, psum in ((-128, 0, 32767), (-7, 1, 5), (127, 0, 0)):
+        steps = ((0, 0, 0), (-128, 1, 0), (-7, 0, 32767), (127, 0, 5), (0, 0, 0))
+        for a, sel, psum in steps:
             ctx.set(pe.a_in, a)
             ctx.set(pe.sel_in, sel)
             ctx.set(pe.psum_in, psum)
@@ -42,7 +45,9 @@ def test_pe_double_buffer_and_wrap():
             seen.append((ctx.get(pe.psum_out), ctx.get(pe.a_out), ctx.get(pe.sel_out)))
 
     _run(pe, bench)
-    assert seen == [((16384 + 32767) - 65536, -128, 0), (-16, -7, 1), (127 * -128, 127, 0)]
+    # psum_out after step i is psum_in of step i plus the product of step i - 1's operands
+    assert seen == [(0, 0, 0), (0, -128, 1), ((16384 + 32767) - 65536, -7, 0), (-16, 127, 0),
+                    (127 * -128, 0, 0)]
 
 
 def test_pe_and_delay_constructor_errors():
@@ -90,9 +95,11 @@ def test_array_column_sums_arrive_skewed():
             out[t + 1] = [int(v) for v in ctx.get(dut.psum_out)]
 
     _run(dut, bench)
-    # column c's sum leaves at t - r + rows + c with t - r = 0: column 0 at 2, column 1 at 3
-    assert out[2][0] == 5 * 1 + 6 * 3
-    assert out[3][1] == 5 * 2 + 6 * 4
+    # column c's sum leaves at t - r + rows + c + 1 with t - r = 0 (one cycle in every PE's
+    # product register): column 0 at 3, column 1 at 4
+    assert out[3][0] == 5 * 1 + 6 * 3
+    assert out[4][1] == 5 * 2 + 6 * 4
+    assert out[2] == [0, 0] and out[3][1] == 0
 
 
 def test_int4_pe_adds_both_products():
@@ -107,7 +114,8 @@ def test_int4_pe_adds_both_products():
         ctx.set(pe.w_we, 0b01)
         await ctx.tick()
         ctx.set(pe.w_we, 0)
-        for a, psum in (([15, -8], 100), ([-1, 3], -5)):  # 15: a uint4 zero-extended
+        # the partial sum arrives a cycle after its operands (the product register)
+        for a, psum in (([15, -8], 0), ([-1, 3], 100), ([0, 0], -5)):  # 15: uint4 zero-extended
             ctx.set(pe.a_in, a)
             ctx.set(pe.psum_in, psum)
             await ctx.tick()
@@ -117,4 +125,4 @@ def test_int4_pe_adds_both_products():
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
-    assert seen == [100 + 15 * -8 + -8 * 7, -5 + -1 * -8 + 3 * 7]
+    assert seen == [0, 100 + 15 * -8 + -8 * 7, -5 + -1 * -8 + 3 * 7]

@@ -67,7 +67,8 @@ def test_random_command_streams(rng):
 def test_halt_only_program():
     cfg = _small(2, 2)
     rtl = run_pysim(Program(cfg, (Halt(),)))
-    assert rtl.counters == {"cycles": 3, "act_reads": 0, "weight_reads": 0, "acc_reads": 0,
+    # HALT is decodable at cycle 2 (qsim.hw.CMD_FETCH_LATENCY) and taken; busy until cycle 3
+    assert rtl.counters == {"cycles": 4, "act_reads": 0, "weight_reads": 0, "acc_reads": 0,
                             "acc_writes": 0, "matmuls": 0, "requants": 0, "act_writes": 0,
                             "ppu_outputs": 0, "wait_array": 0, "wait_drain": 0, "wait_ppu": 0,
                             "loads": 0, "stores": 0, "dram_reads": 0, "dram_writes": 0,

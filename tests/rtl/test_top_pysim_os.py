@@ -84,6 +84,6 @@ def test_hand_checked_schedule_on_the_rtl(rng):
                             Requant(0, 10, 2, 0, lanes=2), Matmul(5, 2, 4, 3), Halt()),
                       inputs=inputs, outputs={"acc": MatrixLayout("acc", 0, 8, 3, 3, 8)})
     rtl = run_pysim(program)
-    assert rtl.counters["cycles"] == 34
+    assert rtl.counters["cycles"] == 37
     assert rtl.counters == simulate_timing(program).counters()
     assert np.array_equal(rtl.acc, execute(program).memories["acc"])
