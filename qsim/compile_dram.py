@@ -29,7 +29,8 @@ from qsim.errors import ProgramError
 from qsim.program import (Command, DramLayout, Halt, Load, MatrixLayout, Matmul, Program,
                           Requant, Store, dram_word_bytes, memory_lanes)
 
-__all__ = ["DramGemmPlan", "plan_dram_gemm", "compile_gemm_dram", "REGION_ALIGN"]
+__all__ = ["DramGemmPlan", "plan_dram_gemm", "dram_gemm_stream", "compile_gemm_dram",
+           "REGION_ALIGN"]
 
 REGION_ALIGN = 64
 
@@ -58,6 +59,7 @@ class DramGemmPlan:
     inputs: dict[str, list[Chunk]] = field(default_factory=dict)  # "A", "B", "bias", ...
     outputs: dict[str, list[Chunk]] = field(default_factory=dict)  # "C", "Y"
     blocks: int = 1
+    block: int = 0  # rows of A per block (the last block may have fewer)
 
 
 def _align(value: int, width: int) -> int:
@@ -65,26 +67,41 @@ def _align(value: int, width: int) -> int:
     return -(-value // step) * step
 
 
-def plan_dram_gemm(config: AcceleratorConfig, m: int, k: int, n: int,
-                   requant: bool = False) -> DramGemmPlan:
-    """The commands and DRAM placement of ``A[M,K] @ B[K,N]`` on ``config`` (no data)."""
-    from qsim.compile import gemm_layouts, requant_runs
+@dataclass(frozen=True)
+class _Geometry:
+    """How :func:`plan_dram_gemm` cuts an M x K x N GEMM (see the module docstring)."""
+
+    a_lay: MatrixLayout
+    b_lay: MatrixLayout
+    c_lay: MatrixLayout
+    os_: bool
+    n_tiles: int  # C's column tiles
+    kw: int  # weight words per column tile (reduction words)
+    k_tiles: int  # A's lane tiles (weight-stationary; 0 output-stationary)
+    y_tiles: int  # Y's lane tiles (with requant)
+    m_tiles: int  # A^T's lane tiles, the M tiles (output-stationary)
+    block: int  # rows of A per block
+    blocks: int
+
+
+def _geometry(config: AcceleratorConfig, m: int, k: int, n: int, requant: bool) -> _Geometry:
+    """The block size of a GEMM from DRAM, checked against the on-chip memories."""
+    from qsim.compile import gemm_layouts
 
     if not config.has_dram:
         raise ProgramError("a GEMM from DRAM needs a configuration with a bus interface "
                            "(dram_width)")
     a_lay, b_lay, c_lay = gemm_layouts(config, m, k, n)
-    r, c = config.rows, config.cols
+    r = config.rows
     os_ = config.dataflow is Dataflow.OUTPUT_STATIONARY
-    width = config.dram_width
     n_tiles = c_lay.lane_tiles
     kw = b_lay.rows  # weight words per column tile (reduction words)
     k_tiles = a_lay.lane_tiles if not os_ else 0
     y_tiles = -(-n // config.act_lanes) if requant else 0
+    m_tiles = a_lay.lane_tiles if os_ else 0  # the act lane tiles of A^T are M tiles
 
     # block rows: all of A's and C's (and Y's) words of a block's rows fit on chip
     if os_:
-        m_tiles = a_lay.lane_tiles  # the act lane tiles of A^T are M tiles
         per_tile_act = kw + (y_tiles * r if requant else 0)
         per_tile_acc = n_tiles * r
         tiles = min(config.act_mem_words // per_tile_act, config.acc_mem_words // per_tile_acc,
@@ -102,10 +119,26 @@ def plan_dram_gemm(config: AcceleratorConfig, m: int, k: int, n: int,
     if config.requant.value != "none" and n_tiles > config.param_mem_words:
         raise ProgramError(f"{n_tiles} column tiles need {n_tiles} words of each parameter "
                            f"memory, which has {config.param_mem_words}")
+    return _Geometry(a_lay, b_lay, c_lay, os_, n_tiles, kw, k_tiles, y_tiles, m_tiles, block,
+                     -(-m // block))
+
+
+def plan_dram_gemm(config: AcceleratorConfig, m: int, k: int, n: int,
+                   requant: bool = False) -> DramGemmPlan:
+    """The commands and DRAM placement of ``A[M,K] @ B[K,N]`` on ``config`` (no data)."""
+    from qsim.compile import requant_runs
+
+    g = _geometry(config, m, k, n, requant)
+    b_lay = g.b_lay
+    r, c = config.rows, config.cols
+    os_ = g.os_
+    width = config.dram_width
+    n_tiles, kw, k_tiles, y_tiles, m_tiles, block = (g.n_tiles, g.kw, g.k_tiles, g.y_tiles,
+                                                     g.m_tiles, g.block)
 
     commands: list[Command] = []
-    blocks = -(-m // block)
-    plan = DramGemmPlan(config, m, k, n, commands, blocks=blocks)
+    blocks = g.blocks
+    plan = DramGemmPlan(config, m, k, n, commands, blocks=blocks, block=block)
     chunks: list[Chunk] = []
 
     def chunk(key: str, memory: str, first: int, count: int) -> Chunk:
@@ -201,6 +234,89 @@ def plan_dram_gemm(config: AcceleratorConfig, m: int, k: int, n: int,
         target = plan.outputs if ch.key in ("C", "Y") else plan.inputs
         target.setdefault(ch.key, []).append(placed[id(ch)])
     return plan
+
+
+def dram_gemm_stream(config: AcceleratorConfig, m: int, k: int, n: int,
+                     requant: bool = False):
+    """The commands of :func:`plan_dram_gemm` (without the Halt) as a
+    :class:`qsim.timing.CommandStream`, built with array operations: no command objects, the
+    same kinds, flags, counts, memories and DRAM addresses row for row (a test compares
+    both). Also returns the plan's :class:`_Geometry`."""
+    from qsim.compile import requant_runs
+    from qsim.timing import LOAD, MATMUL, REQUANT, STORE, STREAM_MEMORIES, CommandStream
+
+    g = _geometry(config, m, k, n, requant)
+    r, width = config.rows, config.dram_width
+    mem_index = {name: i for i, name in enumerate(STREAM_MEMORIES)}
+    word_bytes = {mem: dram_word_bytes(config, mem) for mem in STREAM_MEMORIES}
+    step = max(REGION_ALIGN, width)
+    columns: list[tuple] = []  # (kind, wait, count, memory, chunk, accumulate, lanes) arrays
+    sizes: list[np.ndarray] = []  # aligned DRAM bytes of each chunk, in order of first use
+
+    def piece(size: int, kind, wait, count, memory="act", chunk=-1, accumulate=False,
+              lanes=0) -> None:
+        def col(value, dtype=np.int64):
+            return np.broadcast_to(np.asarray(value, dtype=dtype), (size,))
+        columns.append((col(kind), col(wait, bool), col(count), col(mem_index[memory]
+                        if isinstance(memory, str) else memory), col(chunk), col(accumulate, bool),
+                        col(lanes)))
+
+    def new_chunks(count: int, words: int, memory: str) -> np.ndarray:
+        """Ordinals of ``count`` new chunks of ``words`` words each."""
+        first = sum(len(s) for s in sizes)
+        sizes.append(np.full(count, -(-words * word_bytes[memory] // step) * step, np.int64))
+        return np.arange(first, first + count)
+
+    if requant:
+        for key in ("bias", "scale", "qctl"):
+            piece(1, LOAD, False, g.n_tiles, key, new_chunks(1, g.n_tiles, key))
+    runs = requant_runs(config, n) if requant else []
+    run_lanes = np.array([n1 - n0 for _, n0, n1 in runs], dtype=np.int64)
+    tiles = g.n_tiles * g.k_tiles  # weight-stationary weight tiles
+    b_first = 0
+    for bi in range(g.blocks):
+        m0 = bi * g.block
+        rows = min(g.block, m - m0)
+        if g.os_:
+            mtb = -(-(m0 + rows) // r) - m0 // r
+            piece(1, LOAD, bi > 0, mtb * g.kw, "act", new_chunks(1, mtb * g.kw, "act"))
+            if bi == 0:
+                b_first = sum(len(s) for s in sizes)
+                new_chunks(g.n_tiles, g.kw, "weight")
+            # per column tile: its weights' LOAD, then a MATMUL per M tile of the block
+            at = np.arange(g.n_tiles * (1 + mtb))
+            nt, pos = np.divmod(at, 1 + mtb)  # pos 0: the LOAD, pos 1 + mt: M tile mt
+            load = pos == 0
+            piece(len(at), np.where(load, LOAD, MATMUL), np.where(load, (nt > 0) | (bi > 0), pos == 1),
+                  g.kw, np.where(load, mem_index["weight"], 0), np.where(load, b_first + nt, -1))
+            c_words = mtb * r
+        else:
+            piece(g.k_tiles, LOAD, (np.arange(g.k_tiles) == 0) & (bi > 0), rows, "act",
+                  new_chunks(g.k_tiles, rows, "act"))
+            if bi == 0:
+                b_first = sum(len(s) for s in sizes)
+                new_chunks(tiles, r, "weight")
+            # the first tile's LOAD, then each MATMUL followed by the next tile's LOAD
+            piece(1, LOAD, False, r, "weight", b_first)
+            at = np.arange(2 * tiles - 1)
+            tile, is_load = np.divmod(at, 2)
+            load = is_load == 1
+            piece(len(at), np.where(load, LOAD, MATMUL), ~load, np.where(load, r, rows),
+                  np.where(load, mem_index["weight"], 0), np.where(load, b_first + tile + 1, -1),
+                  ~load & (tile % g.k_tiles > 0))
+            c_words = rows
+        if runs:
+            piece(len(runs), REQUANT, False, rows, lanes=run_lanes)
+        piece(g.n_tiles, STORE, True, c_words, "acc", new_chunks(g.n_tiles, c_words, "acc"))
+        if g.y_tiles:
+            piece(g.y_tiles, STORE, True, rows, "act", new_chunks(g.y_tiles, rows, "act"))
+    kind, wait, count, memory, chunk, accumulate, lanes = (np.concatenate(c) for c in zip(*columns))
+    # DRAM placement: the program (and its Halt), then the chunks in order of first use
+    base = -(-(len(kind) + 1) * word_bytes["cmd"] // step) * step
+    all_sizes = np.concatenate(sizes)
+    addr = base + np.concatenate(([0], np.cumsum(all_sizes)[:-1]))
+    dram_addr = np.where(chunk >= 0, addr[np.maximum(chunk, 0)], 0)
+    return CommandStream(kind, wait, count, memory, dram_addr, accumulate, lanes), g
 
 
 def compile_gemm_dram(config: AcceleratorConfig, a: np.ndarray, b: np.ndarray,

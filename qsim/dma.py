@@ -26,7 +26,10 @@ engine is active from ``T + 1``):
 
 The functions below simulate exactly these registers, one cycle at a time; the result
 depends only on the command's shape, so it is memoised. The cosim tests compare it with the
-RTL cycle for cycle (counters and total cycles).
+RTL cycle for cycle (counters and total cycles). A long transfer repeats itself burst after
+burst: once the registers relative to the cycle equal those of an earlier cycle, the
+simulation jumps over the repeats that cannot reach the first or the last burst or word
+(``skip``, on by default; tests/test_estimate_fast.py compares it with the walk).
 """
 
 from __future__ import annotations
@@ -50,6 +53,19 @@ class Transfer:
     bursts: int
 
 
+def _skippable(before: tuple, now: tuple, limits: tuple) -> int:
+    """How many times the stretch from ``before`` to ``now`` (counters that only grow) can
+    be repeated from ``now`` with no counter passing its limit; 0 without progress."""
+    q = None
+    for b, c, limit in zip(before, now, limits):
+        if c < b:
+            return 0
+        if c > b:
+            k = (limit - c) // (c - b)
+            q = k if q is None else min(q, k)
+    return max(q or 0, 0)
+
+
 def _bursts(addr: int, beats: int, width: int, max_burst: int) -> list[int]:
     """Beats of each burst of a transfer of ``beats`` beats from byte ``addr``."""
     grid = max_burst * width
@@ -64,9 +80,10 @@ def _bursts(addr: int, beats: int, width: int, max_burst: int) -> list[int]:
 
 @lru_cache(maxsize=65536)
 def load_cycles(words: int, word_bytes: int, width: int, addr_offset: int, latency: int,
-                max_burst: int, outstanding: int) -> Transfer:
+                max_burst: int, outstanding: int, skip: bool = True) -> Transfer:
     """A LOAD of ``words`` words of ``word_bytes`` bytes from a DRAM address whose offset in
-    the burst grid is ``addr_offset``; see the module docstring."""
+    the burst grid is ``addr_offset``; see the module docstring. ``skip``: jump over
+    repeated stretches (:func:`_skippable`), else walk every cycle; the result is the same."""
     beats = -(-words * word_bytes // width)
     bursts = _bursts(addr_offset, beats, width, max_burst)
     cap = word_bytes + width - 1
@@ -79,8 +96,29 @@ def load_cycles(words: int, word_bytes: int, width: int, addr_offset: int, laten
     next_serve = 0  # next burst the DRAM model will serve
     n = 0
     left = words
+    seen: dict = {}
+    last = len(bursts) - 1
     while True:
         t += 1
+        if skip:  # the registers relative to t (a burst due by t + 1 may be served)
+            key = (in_flight, issued - next_serve, serving >= 0, serve_left, n,
+                   *(max(d - t, 1) for d in ar_due[next_serve:]))
+            now = (issued, next_serve, -left)
+            hit = seen.get(key)
+            # the stretch since `hit` served whole bursts only (not the first one), and the
+            # skipped ones issue and serve neither the last burst nor the last word
+            q = _skippable(hit[1], now, (last, last, -2)) if hit and hit[1][1] >= 1 else 0
+            if q:
+                dt = q * (t - hit[0])
+                di, ds, dl = (q * (a - b) for a, b in zip(now, hit[1]))
+                t += dt
+                ar_due = [0] * (next_serve + ds) + [d + dt for d in ar_due[next_serve:]]
+                issued, next_serve, left = issued + di, next_serve + ds, left - dl
+                if serving >= 0:
+                    serving += ds
+                seen.clear()
+                now = (issued, next_serve, -left)
+            seen[key] = (t, now)
         # outputs of this cycle, from the registers
         rvalid = serving >= 0
         emit = n >= word_bytes and left > 0
@@ -110,8 +148,9 @@ def load_cycles(words: int, word_bytes: int, width: int, addr_offset: int, laten
 
 @lru_cache(maxsize=65536)
 def store_cycles(words: int, word_bytes: int, width: int, addr_offset: int, latency: int,
-                 max_burst: int, outstanding: int) -> Transfer:
-    """A STORE of ``words`` words of ``word_bytes`` bytes; see the module docstring."""
+                 max_burst: int, outstanding: int, skip: bool = True) -> Transfer:
+    """A STORE of ``words`` words of ``word_bytes`` bytes; see the module docstring and
+    :func:`load_cycles` for ``skip``."""
     beats = -(-words * word_bytes // width)
     bursts = _bursts(addr_offset, beats, width, max_burst)
     cap = word_bytes + width - 1
@@ -127,8 +166,29 @@ def store_cycles(words: int, word_bytes: int, width: int, addr_offset: int, late
     to_read = words
     inflight = False
     n = 0
+    seen: dict = {}
+    last = len(bursts) - 1
     while True:
         t += 1
+        if skip:  # the registers relative to t (a response due by t is taken)
+            key = (aw_open, credit, aw_issued - burst, in_burst, inflight, n,
+                   *(max(d - t, 0) for d in b_due[b_next:]))
+            now = (aw_issued, burst, b_next, -beats_left, -to_read)
+            hit = seen.get(key)
+            # the stretch since `hit` wrote whole bursts only (not the first one), and the
+            # skipped ones issue and write neither the last burst nor the last beat or word
+            q = (_skippable(hit[1], now, (last, last - 1, last, -1, -1))
+                 if hit and hit[1][1] >= 1 else 0)
+            if q:
+                dt = q * (t - hit[0])
+                da, db, dn, dbeats, dread = (q * (a - b) for a, b in zip(now, hit[1]))
+                t += dt
+                b_due = [0] * (b_next + dn) + [d + dt for d in b_due[b_next:]]
+                aw_issued, burst, b_next = aw_issued + da, burst + db, b_next + dn
+                beats_left, to_read = beats_left - dbeats, to_read - dread
+                seen.clear()
+                now = (aw_issued, burst, b_next, -beats_left, -to_read)
+            seen[key] = (t, now)
         arrive = inflight
         all_in = to_read == 0 and not arrive
         wvalid = credit > 0 and beats_left > 0 and (n >= width or (all_in and n > 0))

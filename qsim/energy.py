@@ -29,6 +29,15 @@ from qsim.errors import ConfigError
 __all__ = ["TechTable", "HOROWITZ_45NM", "load_tech", "ActionCounts", "EnergyBreakdown",
            "energy_of", "area_mm2", "COMPONENTS", "sram_access_pj"]
 
+#: Areas of Horowitz's table (45 nm): an 8-bit multiply and a 32-bit add, um2.
+INT8_MULT_UM2 = 282.0
+INT32_ADD_UM2 = 137.0
+#: Intel's 45 nm high-density 6T SRAM bit cell (Mistry et al., IEDM 2007), um2.
+SRAM_BITCELL_UM2 = 0.346
+#: Bit-cell area over macro area assumed for the on-chip SRAMs: an assumption (decoders,
+#: sense amplifiers, write drivers and redundancy take the rest), not a measurement.
+SRAM_ARRAY_EFFICIENCY = 0.7
+
 #: Components of the energy breakdown, in report order.
 COMPONENTS = ("mac_array", "act_sram", "weight_sram", "acc_sram", "ppu", "dram")
 
@@ -39,9 +48,13 @@ class TechTable:
 
     Every field can be overridden from a TOML file (:func:`load_tech`). Energies of the
     default table are Horowitz's (45 nm, 0.9 V); the ``dram_64b_pj`` default is the middle
-    of the range he gives (1.3-2.6 nJ per 64-bit access). Area figures default to ``None``:
-    no verified source is shipped, so ``area_mm2`` is ``None`` unless a table supplies them
-    (``qsim synth`` counts may supply FPGA resources later, see :func:`area_mm2`).
+    of the range he gives (1.3-2.6 nJ per 64-bit access). Area figures (45 nm, documented
+    with their sources and assumptions in docs/estimate.md): an int8 MAC is an 8-bit
+    multiply plus a 32-bit add of Horowitz's area column (282 + 137 um2); an SRAM KiB is
+    8,192 bit cells of 0.346 um2 (Intel's 45 nm 6T cell, Mistry et al., IEDM 2007) over an
+    assumed array efficiency of :data:`SRAM_ARRAY_EFFICIENCY`. A table may set either to
+    another value (``qsim synth`` counts may supply FPGA resources later, see
+    :func:`area_mm2`).
     """
 
     name: str = "horowitz-45nm"
@@ -63,9 +76,9 @@ class TechTable:
     sram_1mb_64b_pj: float = 100.0
     # DRAM: one 64-bit access (pJ); Horowitz gives 1.3-2.6 nJ, the default is the middle
     dram_64b_pj: float = 1950.0
-    # area (optional; None = not available)
-    mac_int8_um2: float | None = None
-    sram_um2_per_kib: float | None = None
+    # area (um2; None = not available): see the class docstring
+    mac_int8_um2: float | None = INT8_MULT_UM2 + INT32_ADD_UM2
+    sram_um2_per_kib: float | None = round(8 * 1024 * SRAM_BITCELL_UM2 / SRAM_ARRAY_EFFICIENCY, 1)
 
     # ---- derived rules -----------------------------------------------------------------
 
@@ -267,8 +280,10 @@ def energy_of(counts: ActionCounts | Mapping[str, int], config: AcceleratorConfi
 def area_mm2(config: AcceleratorConfig, tech: TechTable = HOROWITZ_45NM,
              synth: Mapping[str, Any] | None = None) -> float | None:
     """Silicon area in mm² from the table: MACs x ``mac_int8_um2`` (an int4 PE counts as one
-    int8 MAC: it is the same 8-bit datapath split in two) plus on-chip SRAM KiB x
-    ``sram_um2_per_kib``. ``None`` when the table has no area figures.
+    int8 MAC: it is the same 8-bit datapath split in two) plus the KiB of the activation,
+    weight and accumulator memories x ``sram_um2_per_kib``. ``None`` when the table has no
+    area figures. Not included: the PEs' registers, control, the command and parameter
+    memories, the post-processing unit, the DMA engine and bus interface, wiring.
 
     ``synth`` is the hook for ``qsim synth``: a mapping with ``area_mm2`` (e.g. from a
     synthesis report) takes precedence over the table.

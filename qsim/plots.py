@@ -81,13 +81,15 @@ def layer_plot(est, path: str | Path, title: str | None = None) -> Path:
 
 
 def roofline_plot(est, path: str | Path, dram_gbps: float | None = None) -> Path:
-    """Attainable ops/s = min(peak, bandwidth x intensity); each layer at its achieved ops/s."""
+    """Attainable ops/s = min(peak, bandwidth x intensity); each layer at its achieved ops/s
+    (:meth:`qsim.nn.estimate.NetworkEstimate.roofline`). The bandwidth is the estimate's
+    (the bus's with a bus interface) unless ``dram_gbps`` is given."""
     plt = _plt()
-    gbps = est.dram_gbps if dram_gbps is None else dram_gbps
-    peak = 2.0 * est.config.macs_per_cycle * est.config.clock_mhz * 1e6
-    clock = est.config.clock_mhz * 1e6
+    gbps = est.dram_bytes_per_s / 1e9 if dram_gbps is None else dram_gbps
+    peak = est.peak_ops_per_s
+    placed = [est.roofline(l) for l in est.layers]
     xs = [l.ops_per_byte for l in est.layers]
-    ys = [2.0 * l.gemm.macs / (l.cycles / clock) if l.cycles else 0.0 for l in est.layers]
+    ys = [p["achieved_ops_per_s"] for p in placed]
     lo, hi = min(xs) / 2, max(xs) * 2
     ridge = peak / (gbps * 1e9)
     grid = sorted({lo, hi, min(max(ridge, lo), hi)})

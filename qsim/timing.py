@@ -42,7 +42,10 @@ its ``R`` output rows are written from ``E_i - 1 + qsim.hw.os_write_latency`` on
 so its last write is ``E_i + 2R + C``. HALT is taken as soon as it is ready.
 
 This is the only timing model in qsim; estimates, energy and design-space sweeps use it, and
-the cycle-exact co-simulation tests compare it with the RTL's own counters.
+the cycle-exact co-simulation tests compare it with the RTL's own counters. :class:`_Machine`
+applies the recurrence one command at a time; :func:`_run` walks command objects with it,
+:func:`run_stream` walks a :class:`CommandStream` (commands as columns) and skips stretches
+that repeat, which every rule being a maximum of earlier times plus constants makes exact.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ from qsim.dma import transfer
 from qsim.program import DmaCommand, Halt, Load, Matmul, Program, Requant, Store
 
 __all__ = ["TimingResult", "TileSchedule", "PostSchedule", "timing_of", "simulate_timing",
-           "estimate_gemm"]
+           "estimate_gemm", "CommandStream", "timing_of_stream", "run_stream"]
 
 
 @dataclass(frozen=True)
@@ -163,105 +166,162 @@ def _halt_take(config: AcceleratorConfig, last_take: int) -> int:
     return last_take + (1 if is_output_stationary(config) else config.rows)
 
 
-def _run(config: AcceleratorConfig, commands, origin: int = 0) -> _Run:
-    """The recurrence of the module docstring over ``commands`` (no Halt).
+class _Machine:
+    """The recurrence of the module docstring, one command at a time.
 
-    ``origin`` is the cycle in which the fetcher may first read the command memory (0, or the
-    cycle after the program fetch with a bus interface).
+    The state is what the next command's take depends on: the previous take, when the
+    post-processing unit and the DMA engine are free, the last two Matmuls of the current
+    segment and the last Matmul's take. Every rule is a maximum of these times plus
+    constants, so shifting every time by the same amount shifts the schedule and leaves the
+    waits alone (:func:`run_stream` uses this to skip repeated stretches).
     """
-    r = config.rows
-    os_ = is_output_stationary(config)
-    spacing = os_tile_spacing(config)
-    release = buffer_release_delay(config)
-    post_latency = ppu_latency(config)
-    schedule: list[TileSchedule] = []
-    post: list[PostSchedule] = []
-    transfers: list[TransferSchedule] = []
-    waits = {"wait_array": 0, "wait_drain": 0, "wait_ppu": 0, "wait_dma": 0}
-    seg: list[TileSchedule] = []  # Matmuls of the current segment
-    last_matmul_take = None
-    # ready = prev_take + 1; the first command is ready CMD_FETCH_LATENCY cycles after origin
-    prev_take = origin + CMD_FETCH_LATENCY - 1
-    post_free = origin
-    dma_free = origin
-    dma_act_load = False  # the last LOAD/STORE writes the activation memory
-    never = -1
-    grid = config.max_burst * config.dram_width if config.has_dram else 1
-    costs: dict = {}  # transfer costs by shape (hashing the configuration is not free)
 
-    def wait(take: int, ready: int, post_end: int, dma_end: int, rest: str) -> None:
+    __slots__ = ("config", "rows", "os", "spacing", "release", "post_latency", "prev_take",
+                 "post_free", "dma_free", "dma_act_load", "seg", "last_matmul_take", "waits")
+
+    NEVER = -1  # a time before any other: a constraint that does not apply
+
+    def __init__(self, config: AcceleratorConfig, origin: int = 0) -> None:
+        self.config = config
+        self.rows = config.rows
+        self.os = is_output_stationary(config)
+        self.spacing = os_tile_spacing(config)
+        self.release = buffer_release_delay(config)
+        self.post_latency = ppu_latency(config)
+        # ready = prev_take + 1; the first command is ready CMD_FETCH_LATENCY cycles after origin
+        self.prev_take = origin + CMD_FETCH_LATENCY - 1
+        self.post_free = origin
+        self.dma_free = origin
+        self.dma_act_load = False  # the last LOAD/STORE writes the activation memory
+        self.seg: list[TileSchedule] = []  # the last two Matmuls of the current segment
+        self.last_matmul_take: int | None = None
+        self.waits = {"wait_array": 0, "wait_drain": 0, "wait_ppu": 0, "wait_dma": 0}
+
+    def _wait(self, take: int, ready: int, post_end: int, dma_end: int, rest: str) -> None:
         """Split a command's wait over the counters as the RTL does, cycle by cycle: the
         post-processing unit busy first, then the DMA engine busy, then ``rest``."""
+        waits = self.waits
         ppu = max(0, min(take, post_end) - ready)
         dma = max(0, min(take, dma_end) - max(ready, post_end))
         waits["wait_ppu"] += ppu
         waits["wait_dma"] += dma
         waits[rest] += take - ready - ppu - dma
 
-    def drained(ready: int) -> int:
-        """First cycle (from ``ready``) with every compute command finished."""
-        return max(ready, _last_write(config, seg[-1]) if seg else ready, post_free)
+    def dma(self, wait_flag: bool, loads_act: bool, cycles: int) -> int:
+        """A LOAD or STORE whose transfer takes ``cycles`` (:func:`qsim.dma.transfer`);
+        returns its take."""
+        ready = self.prev_take + 1
+        post_free = self.post_free
+        needs_post = loads_act or wait_flag
+        take = max(ready, self.dma_free, post_free if needs_post else ready)
+        if wait_flag:  # every compute command finished
+            seg = self.seg
+            take = max(take, _last_write(self.config, seg[-1]) if seg else take, post_free)
+        self._wait(take, ready, post_free if needs_post else self.NEVER, self.dma_free,
+                   "wait_drain")
+        self.dma_free = take + cycles
+        self.dma_act_load = loads_act
+        self.prev_take = take
+        return take
 
-    for cmd in commands:
-        ready = prev_take + 1
-        wait_flag = getattr(cmd, "wait", False)
-        if isinstance(cmd, DmaCommand):
-            loads_act = isinstance(cmd, Load) and cmd.memory == "act"
-            needs_post = loads_act or wait_flag
-            take = max(ready, dma_free, post_free if needs_post else ready)
-            if wait_flag:
-                take = drained(take)
-            wait(take, ready, post_free if needs_post else never, dma_free, "wait_drain")
-            key = (isinstance(cmd, Store), cmd.memory, cmd.dram_addr % grid, cmd.words)
-            cost = costs.get(key)
-            if cost is None:
-                cost = costs[key] = transfer(config, *key)
-            dma_free = take + cost.cycles
-            dma_act_load = loads_act
-            transfers.append(TransferSchedule(take, dma_free, cost.beats))
-            prev_take = take
-            continue
-        dma_end = dma_free if wait_flag else never
-        if isinstance(cmd, Requant):
-            if dma_act_load:
-                dma_end = dma_free
-            take = max(ready, _last_write(config, seg[-1])) if seg else max(ready, post_free)
-            take = max(take, dma_end)
-            wait(take, ready, post_free, dma_end, "wait_drain")
-            last_write = take + cmd.rows + post_latency
-            post.append(PostSchedule(take, last_write))
-            post_free = last_write + 1
-            seg = []
-            prev_take = take
-            continue
+    def requant(self, rows: int) -> PostSchedule:
+        ready = self.prev_take + 1
+        seg = self.seg
+        dma_end = self.dma_free if self.dma_act_load else self.NEVER
+        take = max(ready, _last_write(self.config, seg[-1])) if seg else max(ready, self.post_free)
+        take = max(take, dma_end)
+        self._wait(take, ready, self.post_free, dma_end, "wait_drain")
+        last_write = take + rows + self.post_latency
+        self.post_free = last_write + 1
+        self.seg = []
+        self.prev_take = take
+        return PostSchedule(take, last_write)
+
+    def matmul(self, rows: int, wait_flag: bool) -> TileSchedule:
+        ready = self.prev_take + 1
+        seg = self.seg
+        dma_end = self.dma_free if wait_flag else self.NEVER
         if not seg:
-            take = max(ready, post_free, dma_end)
+            take = max(ready, self.post_free, dma_end)
             start = take + 2
-        elif os_:
+        elif self.os:
             # the slot is free once the streamer takes the previous tile; a tile starts when
             # the previous one has issued its last row and its own last issue is at least
             # `spacing` cycles after the previous tile's
             take = max(ready, seg[-1].start - 1, dma_end)
-            start = max(take + 2, seg[-1].end, seg[-1].end + spacing - cmd.rows)
+            start = max(take + 2, seg[-1].end, seg[-1].end + self.spacing - rows)
         else:
-            take = max(ready, seg[-1].take + r, seg[-1].start - 1, dma_end)
+            take = max(ready, seg[-1].take + self.rows, seg[-1].start - 1, dma_end)
             if len(seg) > 1:
-                take = max(take, seg[-2].end + release)
+                take = max(take, seg[-2].end + self.release)
             start = max(seg[-1].end, take + 2)
-        wait(take, ready, post_free, dma_end, "wait_array")
-        tile = TileSchedule(take, start, start + cmd.rows)
-        seg.append(tile)
-        schedule.append(tile)
-        last_matmul_take = prev_take = take
-    ready = prev_take + 1
-    halt_take = max(ready, post_free)
-    if last_matmul_take is not None:
-        halt_take = max(halt_take, _halt_take(config, last_matmul_take))
-    wait(halt_take, ready, post_free, never, "wait_array")
-    last_busy = max(halt_take + 1, dma_free)
-    if seg:
-        last_busy = max(last_busy, _last_write(config, seg[-1]))
-    return _Run(schedule, post, last_busy + 1, waits, transfers)
+        self._wait(take, ready, self.post_free, dma_end, "wait_array")
+        tile = TileSchedule(take, start, start + rows)
+        self.seg = [seg[-1], tile] if seg else [tile]
+        self.last_matmul_take = self.prev_take = take
+        return tile
+
+    def halt(self) -> int:
+        """Takes HALT; returns the cycle count."""
+        ready = self.prev_take + 1
+        halt_take = max(ready, self.post_free)
+        if self.last_matmul_take is not None:
+            halt_take = max(halt_take, _halt_take(self.config, self.last_matmul_take))
+        self._wait(halt_take, ready, self.post_free, self.NEVER, "wait_array")
+        last_busy = max(halt_take + 1, self.dma_free)
+        if self.seg:
+            last_busy = max(last_busy, _last_write(self.config, self.seg[-1]))
+        return last_busy + 1
+
+    def state(self) -> tuple:
+        """The state relative to the previous take, with the times that can no longer
+        matter (the unit or the DMA engine free before the previous take) raised to it: two
+        positions with equal states continue alike on equal commands."""
+        t = self.prev_take
+        self.post_free = max(self.post_free, t)
+        self.dma_free = max(self.dma_free, t)
+        return (self.post_free - t, self.dma_free - t, self.dma_act_load,
+                None if self.last_matmul_take is None else self.last_matmul_take - t,
+                *((s.take - t, s.start - t, s.end - t) for s in self.seg))
+
+    def shift(self, cycles: int) -> None:
+        """Every time ``cycles`` later."""
+        self.prev_take += cycles
+        self.post_free += cycles
+        self.dma_free += cycles
+        if self.last_matmul_take is not None:
+            self.last_matmul_take += cycles
+        self.seg = [TileSchedule(s.take + cycles, s.start + cycles, s.end + cycles)
+                    for s in self.seg]
+
+
+def _run(config: AcceleratorConfig, commands, origin: int = 0) -> _Run:
+    """The recurrence of the module docstring over ``commands`` (no Halt).
+
+    ``origin`` is the cycle in which the fetcher may first read the command memory (0, or the
+    cycle after the program fetch with a bus interface).
+    """
+    machine = _Machine(config, origin)
+    schedule: list[TileSchedule] = []
+    post: list[PostSchedule] = []
+    transfers: list[TransferSchedule] = []
+    grid = config.max_burst * config.dram_width if config.has_dram else 1
+    costs: dict = {}  # transfer costs by shape (hashing the configuration is not free)
+    for cmd in commands:
+        if isinstance(cmd, DmaCommand):
+            key = (isinstance(cmd, Store), cmd.memory, cmd.dram_addr % grid, cmd.words)
+            cost = costs.get(key)
+            if cost is None:
+                cost = costs[key] = transfer(config, *key)
+            take = machine.dma(cmd.wait, isinstance(cmd, Load) and cmd.memory == "act",
+                               cost.cycles)
+            transfers.append(TransferSchedule(take, machine.dma_free, cost.beats))
+        elif isinstance(cmd, Requant):
+            post.append(machine.requant(cmd.rows))
+        else:
+            schedule.append(machine.matmul(cmd.rows, getattr(cmd, "wait", False)))
+    cycles = machine.halt()
+    return _Run(schedule, post, cycles, machine.waits, transfers)
 
 
 class _Rows:
@@ -343,40 +403,184 @@ def timing_of_commands(config: AcceleratorConfig, commands, useful_macs: int | N
         fetch = program_fetch(config, len(commands) + 1, cmd_base)
         origin = fetch.cycles
     run = _run(config, commands, origin)
-    matmuls = [c for c in commands if isinstance(c, Matmul)]
-    requants = [c for c in commands if isinstance(c, Requant)]
-    dma = [c for c in commands if isinstance(c, DmaCommand)]
-    streamed = sum(c.rows for c in matmuls)
-    post_rows = sum(c.rows for c in requants)
+    stream = CommandStream.from_commands(commands)
+    return _result(config, stream, run.cycles, run.waits, fetch, useful_macs,
+                   np.array([t.beats for t in run.transfers], dtype=np.int64),
+                   np.array([t.end - t.take for t in run.transfers], dtype=np.int64),
+                   schedule=run.schedule, post_schedule=run.post, transfer_schedule=run.transfers)
+
+
+#: Kinds of the rows of a :class:`CommandStream`.
+MATMUL, REQUANT, LOAD, STORE = 0, 1, 2, 3
+#: Memories of the LOAD/STORE rows of a :class:`CommandStream`, by index.
+STREAM_MEMORIES = ("act", "weight", "acc", "bias", "scale", "qctl", "cmd")
+
+
+@dataclass
+class CommandStream:
+    """A command sequence (no Halt) as columns of equal length, one row per command, with
+    what the timing model reads of each: ``kind`` (:data:`MATMUL`, :data:`REQUANT`,
+    :data:`LOAD`, :data:`STORE`), ``wait``, ``count`` (rows of a Matmul or Requant, words of a
+    LOAD/STORE), ``memory`` (index into :data:`STREAM_MEMORIES`) and ``dram_addr`` of a
+    LOAD/STORE, ``accumulate`` of a Matmul and ``lanes`` of a Requant.
+
+    :func:`qsim.compile_dram.dram_gemm_stream` writes one without building the commands;
+    :func:`timing_of_stream` times it.
+    """
+
+    kind: np.ndarray
+    wait: np.ndarray
+    count: np.ndarray
+    memory: np.ndarray
+    dram_addr: np.ndarray
+    accumulate: np.ndarray
+    lanes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.kind)
+
+    @classmethod
+    def from_commands(cls, commands) -> CommandStream:
+        rows = []
+        for c in commands:
+            if isinstance(c, DmaCommand):
+                rows.append((STORE if isinstance(c, Store) else LOAD, c.wait, c.words,
+                             STREAM_MEMORIES.index(c.memory), c.dram_addr, False, 0))
+            elif isinstance(c, Requant):
+                rows.append((REQUANT, False, c.rows, 0, 0, False, c.lanes))
+            else:
+                rows.append((MATMUL, c.wait, c.rows, 0, 0, c.accumulate, 0))
+        cols = np.array(rows, dtype=np.int64).reshape(-1, 7).T
+        return cls(*(col.astype(bool) if i in (1, 5) else col for i, col in enumerate(cols)))
+
+
+def _result(config: AcceleratorConfig, stream: CommandStream, cycles: int, waits: dict,
+            fetch, useful_macs: int | None, beats: np.ndarray, busy: np.ndarray,
+            **schedules) -> TimingResult:
+    """The counters of ``stream`` run in ``cycles`` with ``waits``; ``beats`` and ``busy``:
+    data beats and DMA cycles of each LOAD/STORE in order, ``fetch``: the program fetch."""
+    kind, count = stream.kind, stream.count
+    mm = kind == MATMUL
+    rq = kind == REQUANT
+    transfers = kind[kind >= LOAD]
+    matmuls = int(mm.sum())
+    streamed = int(count[mm].sum())
+    post_rows = int(count[rq].sum())
     if is_output_stationary(config):  # a weight word per step, R accumulator words per tile
-        weight_reads, written = streamed, [config.rows] * len(matmuls)
+        weight_reads, written = streamed, np.full(matmuls, config.rows, dtype=np.int64)
     else:  # R weight words per tile, an accumulator word per streamed row
-        weight_reads, written = len(matmuls) * config.rows, [c.rows for c in matmuls]
+        weight_reads, written = matmuls * config.rows, count[mm]
     return TimingResult(
         config=config,
-        cycles=run.cycles,
+        cycles=cycles,
         act_reads=streamed,
         weight_reads=weight_reads,
-        acc_reads=sum(w for c, w in zip(matmuls, written) if c.accumulate) + post_rows,
-        acc_writes=sum(written),
-        matmuls=len(matmuls),
+        acc_reads=int(written[stream.accumulate[mm]].sum()) + post_rows,
+        acc_writes=int(written.sum()),
+        matmuls=matmuls,
         useful_macs=useful_macs,
-        schedule=run.schedule,
-        requants=len(requants),
+        requants=int(rq.sum()),
         act_writes=post_rows,
-        ppu_outputs=sum(c.rows * c.lanes for c in requants),
-        post_schedule=run.post,
-        loads=sum(isinstance(c, Load) for c in commands),
-        stores=sum(isinstance(c, Store) for c in commands),
-        dram_reads=config.dram_width * (sum(t.beats for c, t in zip(dma, run.transfers)
-                                            if isinstance(c, Load))
+        ppu_outputs=int((count[rq] * stream.lanes[rq]).sum()),
+        loads=int((kind == LOAD).sum()),
+        stores=int((kind == STORE).sum()),
+        dram_reads=config.dram_width * (int(beats[transfers == LOAD].sum())
                                         + (fetch.beats if fetch else 0)),
-        dram_writes=config.dram_width * sum(t.beats for c, t in zip(dma, run.transfers)
-                                            if isinstance(c, Store)),
-        dma_busy=sum(t.end - t.take for t in run.transfers) + (fetch.cycles if fetch else 0),
-        transfer_schedule=run.transfers,
-        **run.waits,
+        dram_writes=config.dram_width * int(beats[transfers == STORE].sum()),
+        dma_busy=int(busy.sum()) + (fetch.cycles if fetch else 0),
+        **schedules,
+        **waits,
     )
+
+
+def _periods(codes: np.ndarray, i: int, period: int) -> int:
+    """Whole periods of ``period`` commands from ``i`` that repeat the ``period`` commands
+    before ``i``."""
+    n = len(codes)
+    pos, step = i, max(period, 64)
+    while pos < n:
+        end = min(n, pos + step)
+        differ = np.flatnonzero(codes[pos:end] != codes[pos - period:end - period])
+        if differ.size:
+            return (pos + int(differ[0]) - i) // period
+        pos, step = end, step * 2
+    return (n - i) // period
+
+
+def run_stream(config: AcceleratorConfig, kind: np.ndarray, wait: np.ndarray,
+               loads_act: np.ndarray, value: np.ndarray, origin: int = 0) -> tuple[int, dict]:
+    """Cycle count and waits of the recurrence over commands given as columns (``value``:
+    rows of a Matmul or Requant, transfer cycles of a LOAD/STORE), equal to :func:`_run`'s.
+
+    Stretches that repeat are not walked: whenever the machine's state relative to the
+    previous take (:meth:`_Machine.state`) equals the state ``p`` commands earlier and the
+    next commands repeat those ``p``, every time of the next period is the same shift of the
+    last one's, since every rule is a maximum of earlier times plus constants; the machine
+    jumps over all such periods at once, adding the shift and the waits of one period per
+    period skipped.
+    """
+    codes = ((np.asarray(value, dtype=np.int64) * 4 + kind) * 2 + wait) * 2 + loads_act
+    machine = _Machine(config, origin)
+    n = len(codes)
+    seen: dict[tuple, tuple[int, int, tuple[int, ...]]] = {}
+    i = 0
+    while i < n:
+        state = machine.state()
+        hit = seen.get(state)
+        if hit is not None:
+            j, take, before = hit
+            q = _periods(codes, i, i - j)
+            if q:
+                machine.shift(q * (machine.prev_take - take))
+                for key, w in zip(list(machine.waits), before):
+                    machine.waits[key] += q * (machine.waits[key] - w)
+                i += q * (i - j)
+                seen.clear()
+                continue
+        seen[state] = (i, machine.prev_take, tuple(machine.waits.values()))
+        code = int(codes[i])
+        k, val = (code >> 2) & 3, code >> 4
+        if k == MATMUL:
+            machine.matmul(val, bool(code & 2))
+        elif k == REQUANT:
+            machine.requant(val)
+        else:
+            machine.dma(bool(code & 2), bool(code & 1), val)
+        i += 1
+    return machine.halt(), machine.waits
+
+
+def timing_of_stream(config: AcceleratorConfig, stream: CommandStream,
+                     useful_macs: int | None = None, cmd_base: int = 0) -> TimingResult:
+    """:func:`timing_of_commands` of the commands ``stream`` describes, every counter equal,
+    in time that grows with the stream's distinct stretches rather than its length
+    (:func:`run_stream`); no per-command schedules."""
+    origin = 0
+    fetch = None
+    if config.has_dram:
+        fetch = program_fetch(config, len(stream) + 1, cmd_base)
+        origin = fetch.cycles
+    kind = stream.kind
+    dma = kind >= LOAD
+    value = stream.count.astype(np.int64)
+    beats = busy = np.zeros(0, dtype=np.int64)
+    if dma.any():
+        grid = config.max_burst * config.dram_width
+        store = (kind[dma] == STORE).astype(np.int64)
+        shape = (((store * 8 + stream.memory[dma]) * grid + stream.dram_addr[dma] % grid)
+                 << 32) + stream.count[dma]
+        shapes, index = np.unique(shape, return_inverse=True)
+        costs = []
+        for s in shapes.tolist():  # the distinct transfer shapes
+            rest, offset = divmod(s >> 32, grid)
+            costs.append(transfer(config, bool(rest // 8), STREAM_MEMORIES[rest % 8], offset,
+                                  s & 0xFFFFFFFF))
+        busy = np.array([c.cycles for c in costs], dtype=np.int64)[index]
+        beats = np.array([c.beats for c in costs], dtype=np.int64)[index]
+        value[dma] = busy
+    loads_act = (kind == LOAD) & (stream.memory == STREAM_MEMORIES.index("act"))
+    cycles, waits = run_stream(config, kind, stream.wait, loads_act, value, origin)
+    return _result(config, stream, cycles, waits, fetch, useful_macs, beats, busy)
 
 
 def simulate_timing(program: Program) -> TimingResult:

@@ -22,7 +22,21 @@ def test_default_table_is_horowitz_45nm():
     assert (t.fp16_add_pj, t.fp32_add_pj, t.fp16_mult_pj, t.fp32_mult_pj) == (0.4, 0.9, 1.1, 3.7)
     assert (t.sram_8kb_64b_pj, t.sram_32kb_64b_pj, t.sram_1mb_64b_pj) == (10.0, 20.0, 100.0)
     assert t.dram_64b_pj == (1300.0 + 2600.0) / 2
-    assert t.mac_int8_um2 is None and t.sram_um2_per_kib is None
+    # area: an 8-bit multiply (282 um2) plus a 32-bit add (137 um2) of the same table; a KiB
+    # of 0.346 um2 bit cells at an assumed array efficiency of 0.7
+    assert t.mac_int8_um2 == 282.0 + 137.0 == 419.0
+    assert t.sram_um2_per_kib == round(8192 * 0.346 / 0.7, 1) == 4049.2
+
+
+def test_default_area():
+    """rows x cols x 419 um2 + (act + weight + acc KiB) x 4049.2 um2."""
+    assert area_mm2(AcceleratorConfig()) == pytest.approx((64 * 419.0 + 768 * 4049.2) / 1e6,
+                                                          rel=1e-12)
+    assert area_mm2(AcceleratorConfig(rows=16, cols=16)) == pytest.approx(
+        (256 * 419.0 + 1536 * 4049.2) / 1e6, rel=1e-12)
+    # an int4 PE counts as one int8 MAC; its memories hold as many bytes
+    assert area_mm2(AcceleratorConfig(input_format="int4", weight_format="int4")) == \
+        area_mm2(AcceleratorConfig())
 
 
 def test_derived_rules():
@@ -73,7 +87,7 @@ def test_network_energy_is_the_sum_of_its_layers():
     assert est.energy_pj == pytest.approx(total, rel=1e-12)
     assert est.pj_per_mac == pytest.approx(est.energy_pj / est.macs)
     assert est.tops_per_w == pytest.approx(2 / est.pj_per_mac)
-    assert est.dram_bytes is None and est.area_mm2 is None
+    assert est.dram_bytes is None and est.area_mm2 == pytest.approx(6.3268352, rel=1e-12)
     assert all(layer.dram_bytes is None and layer.dma_stall_cycles == 0 for layer in est.layers)
 
 
@@ -101,7 +115,7 @@ def test_cli_json_has_energy(capsys, tmp_path):
                                                 "ppu", "dram"}
     assert data["energy_pj"] == pytest.approx(sum(data["energy_breakdown_pj"].values()), rel=1e-9)
     assert data["pj_per_mac"] == pytest.approx(data["energy_pj"] / data["macs"], rel=1e-6)
-    assert data["area_mm2"] is None and data["dram_bytes"] is None
+    assert data["area_mm2"] == pytest.approx(6.3268352, rel=1e-12) and data["dram_bytes"] is None
     assert main(["estimate", "--m", "20", "--k", "16", "--n", "8", "--json"]) == 0
     gemm = json.loads(capsys.readouterr().out)
     assert gemm["energy_pj"] == 20294.804

@@ -12,7 +12,15 @@ operands assumed on chip, the memories not checked. With one, a layer is the pro
 memories, weights streamed from DRAM), timed command by command: ``cycles`` include the
 transfers and the stalls waiting for them (``dma_stall_cycles``), ``dram_bytes`` are the bytes
 moved over the DRAM bus, the energy prices them and the roofline uses them. The cosim tests
-check these cycles against the RTL running the same programs.
+check these cycles against the RTL running the same programs. The program is timed through
+its column form (:func:`qsim.compile_dram.dram_gemm_stream`,
+:func:`qsim.timing.timing_of_stream`), which skips repeated stretches and equals the command
+by command timing in every counter (tests/test_estimate_fast.py).
+
+Per layer the estimate also keeps the wait counters (stalls by cause), the tiling and the
+words the LOAD/STOREs move per memory, from which :func:`level_bytes` gives the bytes read
+and written at each memory level, and :meth:`NetworkEstimate.roofline` places the layer on
+the roofline.
 
 Energy (:mod:`qsim.energy`) prices the timing model's action counts of every layer.
 """
@@ -30,7 +38,7 @@ from qsim.nn.graph import GemmShape, Graph
 from qsim.timing import estimate_gemm
 
 __all__ = ["LayerEstimate", "NetworkEstimate", "estimate_network", "estimate_gemms",
-           "DEFAULT_DRAM_GBPS"]
+           "DEFAULT_DRAM_GBPS", "LEVELS", "level_bytes"]
 
 #: DRAM bandwidth the roofline assumes until the accelerator's DRAM interface is modelled:
 #: one 64-bit DDR4-1600 channel, 1600 MT/s x 8 bytes = 12.8 GB/s.
@@ -56,6 +64,11 @@ class LayerEstimate:
     dram_bytes: int | None = None
     dma_stall_cycles: int = 0
     operand_bits: int = 8
+    dram_read: int | None = None  # of dram_bytes: read (the program fetch included)
+    dram_written: int | None = None
+    stalls: dict[str, int] = field(default_factory=dict)  # the wait_* counters
+    tiling: dict[str, int] = field(default_factory=dict)
+    dma_words: dict[str, int] = field(default_factory=dict)  # LOAD/STORE words per memory
 
     @property
     def utilization(self) -> float:
@@ -85,6 +98,52 @@ class LayerEstimate:
         if self.dram_bytes:
             counts = counts + ActionCounts(dram_bytes=self.dram_bytes)
         return energy_of(counts, config, tech)
+
+    def level_bytes(self, config: AcceleratorConfig) -> dict[str, int | None]:
+        """Bytes read and written at each memory level: the timing model's word counts times
+        the word widths of ``config`` (:func:`level_bytes`)."""
+        return level_bytes(config, self.counts, self.dma_words, self.dram_read,
+                           self.dram_written)
+
+
+#: Keys of the bytes per memory level (:func:`level_bytes`), in report order.
+LEVELS = ("scratchpad_read", "scratchpad_written", "accumulator_read", "accumulator_written",
+          "dram_read", "dram_written")
+
+
+def level_bytes(config: AcceleratorConfig, counts: ActionCounts, dma_words: dict[str, int],
+                dram_read: int | None, dram_written: int | None) -> dict[str, int | None]:
+    """Bytes per memory level, words times the word widths of ``config`` (whole bytes):
+
+    * scratchpad (activation and weight memories) read: activation words streamed, weight
+      words read and activation words STOREd to DRAM; written: activation words the
+      post-processing unit writes and activation and weight words LOADed from DRAM;
+    * accumulator read: accumulating and post-processing reads and words STOREd to DRAM;
+      written: every accumulator write;
+    * DRAM: bytes over the bus (``None`` without a bus interface).
+    """
+    act, weight, acc = config.act_word_bits, config.weight_word_bits, config.acc_word_bits
+    words = {key: dma_words.get(key, 0) for key in ("act_loaded", "weight_loaded", "acc_stored",
+                                                    "act_stored")}
+    bits = {
+        "scratchpad_read": (counts.act_reads + words["act_stored"]) * act
+                           + counts.weight_reads * weight,
+        "scratchpad_written": (counts.act_writes + words["act_loaded"]) * act
+                              + words["weight_loaded"] * weight,
+        "accumulator_read": (counts.acc_reads + words["acc_stored"]) * acc,
+        "accumulator_written": counts.acc_writes * acc,
+    }
+    return {**{k: v // 8 for k, v in bits.items()}, "dram_read": dram_read,
+            "dram_written": dram_written}
+
+
+def _sum_dicts(dicts: Iterable[dict]) -> dict:
+    """Key-wise sums (``None`` if any value of a key is)."""
+    out: dict = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = None if v is None or (k in out and out[k] is None) else out.get(k, 0) + v
+    return out
 
 
 @dataclass
@@ -162,6 +221,40 @@ class NetworkEstimate:
     def area_mm2(self) -> float | None:
         return area_mm2(self.config, self.tech)
 
+    @property
+    def level_bytes(self) -> dict[str, int | None]:
+        """Bytes per memory level over every layer (:func:`level_bytes`)."""
+        return _sum_dicts(layer.level_bytes(self.config) for layer in self.layers)
+
+    @property
+    def stalls(self) -> dict[str, int]:
+        """The wait_* counters over every layer."""
+        return _sum_dicts(layer.stalls for layer in self.layers)
+
+    @property
+    def peak_ops_per_s(self) -> float:
+        """Operations per second of the array fully busy (one MAC = two operations)."""
+        return 2.0 * self.config.macs_per_cycle * self.config.clock_mhz * 1e6
+
+    @property
+    def dram_bytes_per_s(self) -> float:
+        """DRAM bandwidth of the roofline: ``dram_width`` bytes per cycle at the clock with a
+        bus interface, else ``dram_gbps``."""
+        if self.config.has_dram:
+            return self.config.dram_width * self.config.clock_mhz * 1e6
+        return self.dram_gbps * 1e9
+
+    def roofline(self, layer: LayerEstimate) -> dict:
+        """Where ``layer`` sits on the roofline: ``ops_per_byte`` (2 x MACs per off-chip
+        byte), ``attainable_ops_per_s`` = min(peak, bandwidth x intensity), the
+        ``achieved_ops_per_s`` and whether the roof there is ``compute`` or ``memory``."""
+        memory = self.dram_bytes_per_s * layer.ops_per_byte
+        seconds = layer.cycles / (self.config.clock_mhz * 1e6)
+        return {"ops_per_byte": round(layer.ops_per_byte, 3),
+                "attainable_ops_per_s": round(min(self.peak_ops_per_s, memory), 1),
+                "achieved_ops_per_s": round(2 * layer.gemm.macs / seconds, 1) if seconds else 0.0,
+                "bound": "memory" if memory < self.peak_ops_per_s else "compute"}
+
     def energy_fields(self) -> dict:
         """``energy_pj``, ``energy_breakdown_pj``, ``pj_per_mac``, ``tops_per_w``, ``area_mm2``."""
         counts = self.counts
@@ -178,29 +271,51 @@ class NetworkEstimate:
             "tops": round(self.tops, 6),
             **self.energy_fields(),
             "dram_bytes": self.dram_bytes,
+            "bytes": self.level_bytes,
+            "stall_cycles": self.stalls,
+            "roofline": {"peak_ops_per_s": self.peak_ops_per_s,
+                         "dram_bytes_per_s": self.dram_bytes_per_s,
+                         "ridge_ops_per_byte": round(self.peak_ops_per_s / self.dram_bytes_per_s, 3)},
             "estimate_wall_s": round(self.wall_s, 6),
             "layers": [{"name": l.name, "kind": l.kind, "m": l.gemm.m, "k": l.gemm.k,
                         "n": l.gemm.n, "count": l.gemm.count, "macs": l.gemm.macs,
                         "cycles": l.cycles, "utilization": round(l.utilization, 6),
                         "energy_pj": round(l.energy(self.config, self.tech).total_pj, 3),
+                        **l.counts.to_dict(),  # its dram_bytes (0) gives way to the layer's
                         "dram_bytes": l.dram_bytes, "dma_stall_cycles": l.dma_stall_cycles,
-                        "ops_per_byte": round(l.ops_per_byte, 3), **l.counts.to_dict()}
+                        **self.roofline(l),
+                        "bytes": l.level_bytes(self.config), "stall_cycles": l.stalls,
+                        "tiling": l.tiling}
                        for l in self.layers],
         }
 
 
 def _layer_timing(config: AcceleratorConfig, gemm: GemmShape):
-    """Timing of one GEMM layer: with a bus interface the program
-    :func:`qsim.compile_dram.plan_dram_gemm` writes (operands from DRAM, blocks that fit the
-    on-chip memories, weight tiles streamed, DMA transfers and their stalls timed cycle by
-    cycle), else :func:`estimate_gemm` (operands assumed on chip)."""
-    if config.has_dram:
-        from qsim.compile_dram import plan_dram_gemm
-        from qsim.timing import timing_of_commands
+    """Timing of one GEMM layer, its tiling and the words its LOAD/STOREs move per memory:
+    with a bus interface the program :func:`qsim.compile_dram.plan_dram_gemm` writes
+    (operands from DRAM, blocks that fit the on-chip memories, weight tiles streamed, DMA
+    transfers and their stalls timed cycle by cycle; timed through its column form,
+    :func:`qsim.compile_dram.dram_gemm_stream`, whose every counter equals the commands'),
+    else :func:`estimate_gemm` (operands assumed on chip)."""
+    from qsim.compile import gemm_layouts
 
-        plan = plan_dram_gemm(config, gemm.m, gemm.k, gemm.n)
-        return timing_of_commands(config, plan.commands, gemm.m * gemm.k * gemm.n)
-    return estimate_gemm(config, gemm.m, gemm.k, gemm.n)
+    a_lay, _, c_lay = gemm_layouts(config, gemm.m, gemm.k, gemm.n)
+    os_ = config.dataflow.short == "os"
+    tiling = {"m_tiles" if os_ else "k_tiles": a_lay.lane_tiles, "n_tiles": c_lay.lane_tiles}
+    if config.has_dram:
+        from qsim.compile_dram import dram_gemm_stream
+        from qsim.timing import LOAD, STORE, STREAM_MEMORIES, timing_of_stream
+
+        stream, g = dram_gemm_stream(config, gemm.m, gemm.k, gemm.n)
+        tiling.update(block_rows=g.block, blocks=g.blocks,
+                      weight_tiles=g.n_tiles if os_ else g.n_tiles * g.k_tiles)
+        moved = {}
+        for kind, memory, key in ((LOAD, "act", "act_loaded"), (LOAD, "weight", "weight_loaded"),
+                                  (STORE, "acc", "acc_stored"), (STORE, "act", "act_stored")):
+            rows = (stream.kind == kind) & (stream.memory == STREAM_MEMORIES.index(memory))
+            moved[key] = int(stream.count[rows].sum())
+        return timing_of_stream(config, stream, gemm.m * gemm.k * gemm.n), tiling, moved
+    return estimate_gemm(config, gemm.m, gemm.k, gemm.n), tiling, {}
 
 
 def estimate_gemms(name: str, gemms: Iterable[tuple[str, str, GemmShape]],
@@ -210,21 +325,26 @@ def estimate_gemms(name: str, gemms: Iterable[tuple[str, str, GemmShape]],
     """Cycles and action counts of ``(layer name, kind, GemmShape)`` products on ``config``."""
     t0 = time.perf_counter()
     result = NetworkEstimate(name, config, batch, tech=tech, dram_gbps=dram_gbps)
-    cache: dict[tuple[int, int, int], tuple[int, ActionCounts, int | None, int]] = {}
+    cache: dict[tuple[int, int, int], tuple] = {}
     for layer_name, kind, g in gemms:
         key = (g.m, g.k, g.n)
         if key not in cache:
-            t = _layer_timing(config, g)
-            dram = t.dram_reads + t.dram_writes if config.has_dram else None
-            cache[key] = (t.cycles, ActionCounts.from_timing(t), dram, t.wait_dma)
-        cycles, counts, dram_bytes, stalls = cache[key]
+            t, tiling, moved = _layer_timing(config, g)
+            dram = (t.dram_reads, t.dram_writes) if config.has_dram else (None, None)
+            stalls = {w: getattr(t, w) for w in ("wait_array", "wait_drain", "wait_ppu",
+                                                 "wait_dma")}
+            cache[key] = (t.cycles, ActionCounts.from_timing(t), dram, stalls, tiling, moved)
+        cycles, counts, dram, stalls, tiling, moved = cache[key]
         if g.count != 1:
             counts = ActionCounts(**{k: v * g.count for k, v in counts.to_dict().items()})
-            dram_bytes = None if dram_bytes is None else dram_bytes * g.count
-            stalls *= g.count
-        result.layers.append(LayerEstimate(layer_name, kind, g, cycles * g.count,
-                                           config.macs_per_cycle, counts, dram_bytes, stalls,
-                                           config.input_format.bits))
+            dram = tuple(None if v is None else v * g.count for v in dram)
+            stalls = {k: v * g.count for k, v in stalls.items()}
+            moved = {k: v * g.count for k, v in moved.items()}
+        read, written = dram
+        result.layers.append(LayerEstimate(
+            layer_name, kind, g, cycles * g.count, config.macs_per_cycle, counts,
+            None if read is None else read + written, stalls["wait_dma"],
+            config.input_format.bits, read, written, stalls, tiling, moved))
     result.wall_s = time.perf_counter() - t0
     return result
 
@@ -295,10 +415,13 @@ def format_estimate(est: NetworkEstimate, layers: bool = False, energy: bool = F
         f = est.energy_fields()
         parts = ", ".join(f"{k} {v / 1e6:,.1f}" for k, v in f["energy_breakdown_pj"].items() if v)
         area = "not available (no area figures in the table)" if f["area_mm2"] is None \
-            else f"{f['area_mm2']:.3f} mm2"
+            else f"{f['area_mm2']:.3f} mm2 (MACs and on-chip SRAM only)"
         rows += [("energy", f"{f['energy_pj'] / 1e6:,.1f} uJ ({parts} uJ; {est.tech.name})"),
                  ("efficiency", f"{f['pj_per_mac']:.3f} pJ/MAC, {f['tops_per_w']:.3f} TOPS/W"),
                  ("area", area)]
+    if layers:
+        rows += [("bytes", _format_levels(est.level_bytes)),
+                 ("stalls", _format_stalls(est.stalls))]
     width = max(len(k) for k, _ in rows)
     out = [f"{k:<{width}}  {v}" for k, v in rows]
     if layers and est.layers:
@@ -310,4 +433,26 @@ def format_estimate(est: NetworkEstimate, layers: bool = False, energy: bool = F
             if energy:
                 line += f"  {l.energy(cfg, est.tech).total_pj / 1e6:10,.2f} uJ"
             out.append(line)
+            roof = est.roofline(l)
+            tiles = ", ".join(f"{k} {v}" for k, v in l.tiling.items())
+            out.append(f"{'':<{width}}    {tiles}; {roof['ops_per_byte']:,.1f} ops/B, "
+                       f"{roof['bound']}-bound")
+            out.append(f"{'':<{width}}    {_format_levels(l.level_bytes(cfg))}")
+            out.append(f"{'':<{width}}    stalls {_format_stalls(l.stalls)}")
     return out
+
+
+def _format_levels(levels: dict[str, int | None]) -> str:
+    """``scratchpad r X w Y B, accumulator r X w Y B, DRAM r X w Y B`` (bytes read and
+    written)."""
+    parts = []
+    for label, key in (("scratchpad", "scratchpad"), ("accumulator", "accumulator"),
+                       ("DRAM", "dram")):
+        read, written = levels[f"{key}_read"], levels[f"{key}_written"]
+        parts.append(f"{label} not modelled (no bus interface)" if read is None
+                     else f"{label} r {read:,} w {written:,} B")
+    return ", ".join(parts)
+
+
+def _format_stalls(stalls: dict[str, int]) -> str:
+    return ", ".join(f"{k.removeprefix('wait_')} {v:,}" for k, v in stalls.items()) + " cycles"
