@@ -13,8 +13,9 @@ wraps :class:`rtl.top.Accelerator` unchanged and gives it a host port of four pi
   cycle);
 * ``sdo``: the read-out shift register, loaded every cycle ``shift`` is low with the
   selected source, shifts out while ``shift`` is high. Sources: the read data of each
-  memory (its word folded to 32 bits by XOR) and 32-bit slices of the accelerator's outputs
-  (``busy``, ``done``, ``error``, the counters).
+  memory (its word registered, then folded to 32 bits by XOR) and 32-bit slices of the
+  accelerator's outputs (``busy``, ``done``, ``error``, the counters), each registered
+  before the selection, so that the harness adds no long path of its own.
 
 Each memory keeps the accelerator's ports; while the host owns it (host enable and its index
 selected, both registered), its address, write enable, data and read enable come from the host
@@ -23,8 +24,9 @@ accelerator only reads gets the host on its otherwise unused write port, with no
 Write data is the 32 host bits repeated across the word.
 
 What the harness adds is small and fixed per configuration (about 60 + 2 x memories flip-flops
-of shift and host registers, plus the read-out multiplexer); :mod:`qsim.synth` counts the
-whole netlist, harness included.
+of shift and host registers, a register as wide as each memory's word, 32 per read-out
+source, plus the read-out multiplexer); :mod:`qsim.synth` counts the whole netlist, harness
+included.
 """
 
 from __future__ import annotations
@@ -105,7 +107,11 @@ class SynthPlatform(ExportPlatform):
         host_mux("rd_addr", self.host_addr[:abits])
         if "rd_data" not in ports:  # a memory nobody reads: the host's read data
             ports["rd_data"] = (Signal(width, name=f"mem{index}_rd_data"), "o")
-        m.d.comb += self.mem_rdata[index].eq(_fold(Value.cast(ports["rd_data"][0]), HOST_DATA_BITS))
+        # the read data is registered before it is folded: a block RAM's output reaches a
+        # flip-flop through routing only, as everywhere in the accelerator
+        raw = Signal(width, name=f"mem{index}_rd_q")
+        m.d.sync += raw.eq(ports["rd_data"][0])
+        m.d.comb += self.mem_rdata[index].eq(_fold(raw, HOST_DATA_BITS))
         return m
 
 
@@ -148,9 +154,15 @@ class SynthHarness(Elaboratable):
         m.d.sync += platform.host_we.eq(0)
         with m.If(self.apply):
             m.d.sync += Cat(*fields).eq(sreg)
+        # every folded source is registered, then selected
+        staged = []
+        for index, source in enumerate(sources):
+            stage = Signal(HOST_DATA_BITS, name=f"readout_src{index}")
+            m.d.sync += stage.eq(source)
+            staged.append(stage)
         readout = Signal(HOST_DATA_BITS)
         with m.Switch(platform.host_sel):
-            for index, source in enumerate(sources):
+            for index, source in enumerate(staged):
                 with m.Case(index):
                     m.d.sync += readout.eq(source)
         obuf = Signal(HOST_DATA_BITS)

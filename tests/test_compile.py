@@ -97,7 +97,7 @@ def test_plan_gemm_chunks_every_dimension_and_reassembles(rng):
     assert plan.programs[4].name == "gemm[0:12,0:4,32:37]"
     outputs = [execute(p).outputs["C"] for p in plan.programs]
     assert np.array_equal(plan.assemble(outputs), a @ b)
-    assert sum(simulate_timing(p).cycles for p in plan.programs) == plan.tiling.estimate().cycles == 1700
+    assert sum(simulate_timing(p).cycles for p in plan.programs) == plan.tiling.estimate().cycles == 1850
 
 
 def _tiny_memories(rng) -> AcceleratorConfig:

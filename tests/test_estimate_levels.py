@@ -127,7 +127,7 @@ def test_json_and_layers_report(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[7] == ("bytes        scratchpad r 70,189,056 w 13,172,736 B, accumulator r "
                         "232,783,872 w 232,783,872 B, DRAM r 15,461,568 w 4,718,592 B")
-    assert lines[8] == "stalls       array 1,162,840, drain 8,168, ppu 0, dma 3,160,036 cycles"
+    assert lines[8] == "stalls       array 1,162,840, drain 8,232, ppu 0, dma 3,160,036 cycles"
     assert lines[11].split() == ["k_tiles", "48,", "n_tiles", "48,", "block_rows", "128,",
                                  "blocks", "1,", "weight_tiles", "2304;", "126.4", "ops/B,",
                                  "compute-bound"]

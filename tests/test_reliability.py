@@ -462,7 +462,7 @@ def test_rtl_phase_batches_and_agrees(tmp_path, capsys, fake_rtl):
                                           "fc3#0[0:2,0:10,0:16]"]]
     # no simulation time was measured (a zero time): the speed is null, never Infinity
     assert [(w["name"], w["rtl_cycles"], w["mismatches"], w["sim_cycles_per_s"]) for w in data["workloads"]] \
-        == [("a", 26, 0, None), ("b", 15, 0, None)]
+        == [("a", 29, 0, None), ("b", 18, 0, None)]
     (net,) = data["networks"]
     assert (net["rtl_mismatches"], net["counter_diffs"], net["rtl_cycles"] == net["model_cycles"],
             net["agrees"]) == (0, 0, True, True)
@@ -479,17 +479,17 @@ def test_no_rtl_reports_null_for_everything_not_measured(tmp_path, capsys, no_si
     (net,) = data["networks"]
     assert {k: net[k] for k in ("acc_words", "rtl_mismatches", "rtl_cycles", "counter_diffs", "agrees")} \
         == dict.fromkeys(("acc_words", "rtl_mismatches", "rtl_cycles", "counter_diffs", "agrees"))
-    assert (net["output_mismatches"], net["programs"], net["model_cycles"]) == (0, 3, 715)
+    assert (net["output_mismatches"], net["programs"], net["model_cycles"]) == (0, 3, 724)
     code, out, _ = cli(capsys, "run", path, "--no-rtl")
     lines = out.splitlines()
     assert code == 0
     assert lines[1:4] == [
         "workload  M x K x N  elements  mismatches  model cycles  RTL cycles  util   sim cycles/s",
-        "a         5x9x3      15        not run     26            not run     32.5%  not run",
-        "b         4x4x4      16        not run     15            not run     26.7%  not run"]
+        "a         5x9x3      15        not run     29            not run     29.1%  not run",
+        "b         4x4x4      16        not run     18            not run     22.2%  not run"]
     assert lines[4:6] == [
         "network  outputs  vs reference  programs  RTL acc mismatches  model cycles  RTL cycles",
-        "mlp      20       0 mismatches  3         not run             715           not run"]
+        "mlp      20       0 mismatches  3         not run             724           not run"]
     assert re.fullmatch(r"model and timing only \(RTL not run\) \(\d+\.\d s\)", lines[6])
 
 
@@ -515,8 +515,8 @@ def test_progress_lines(tmp_path, capsys, fake_rtl):
         "qsim run: model [3/3] mlp: layer fc1",
         "qsim run: model [3/3] mlp: layer fc2",
         "qsim run: model [3/3] mlp: layer fc3",
-        "qsim run: RTL [1-2/3] a, b; 0 of 756 cycles done, T s elapsed",
-        "qsim run: RTL [3/3] mlp: layers fc1, fc2, fc3 (programs 1-3 of 3); 41 of 756 cycles done, "
+        "qsim run: RTL [1-2/3] a, b; 0 of 771 cycles done, T s elapsed",
+        "qsim run: RTL [3/3] mlp: layers fc1, fc2, fc3 (programs 1-3 of 3); 47 of 771 cycles done, "
         "T s elapsed, ETA E s",
     ]
     code, out, err = cli(capsys, "run", _scenario(tmp_path, THREE), "--no-progress")
@@ -545,7 +545,7 @@ def test_ctrl_c_during_the_rtl_keeps_finished_workloads(tmp_path, capsys, fake_r
     assert (code, err) == (130, "")
     assert lines[1:3] == [
         "workload  M x K x N  elements  mismatches  model cycles  RTL cycles  util   sim cycles/s",
-        "a         5x9x3      15        0           26            26          32.5%  not measured"]
+        "a         5x9x3      15        0           29            29          29.1%  not measured"]
     assert len(lines) == 4 and "AGREE" not in out
     assert re.fullmatch(r"interrupted \(Ctrl-C\): 1 of 3 workloads finished; no verdict for b, mlp "
                         r"\(\d+\.\d s\)", lines[3]), lines[3]
@@ -565,7 +565,7 @@ def test_ctrl_c_during_the_model_run_without_rtl(tmp_path, capsys, monkeypatch):
     code, out, err = cli(capsys, "run", _scenario(tmp_path, THREE), "--no-rtl", "--json")
     data = json.loads(out)
     assert (code, data["status"], data["agrees"], data["unfinished"]) == (130, "interrupted", None, ["b", "mlp"])
-    assert [(w["name"], w["model_cycles"], w["rtl_cycles"]) for w in data["workloads"]] == [("a", 26, None)]
+    assert [(w["name"], w["model_cycles"], w["rtl_cycles"]) for w in data["workloads"]] == [("a", 29, None)]
 
 
 def test_a_disagreement_found_before_ctrl_c_is_still_reported(tmp_path, capsys, monkeypatch):
