@@ -84,6 +84,17 @@ GOWIN_FAMILIES = {
     "GW5A-LV25MG121NC1/I0": "GW5A-25A",
 }
 
+#: Package pins of the harness's ports (``clk``, ``rst``, ``sdi``, ``shift``, ``apply``,
+#: ``sdo``) on the Gowin parts qsim has pin assignments for: nextpnr-himbaechel-gowin refuses
+#: unconstrained IO. The pins are those of the parts' common boards (Sipeed Tang Primer 20K:
+#: the 27 MHz clock and LED pins; Tang Nano 9K: the clock and LED pins); only the netlist's
+#: placement depends on them.
+GOWIN_PINS = {
+    "GW2A-LV18PG256C8/I7": ("H11", "C13", "A13", "N16", "N14", "L14"),
+    "GW1NR-LV9QN88PC6/I5": ("52", "10", "11", "13", "14", "15"),
+}
+_HARNESS_PORTS = ("clk", "rst", "sdi", "shift", "apply", "sdo")
+
 _ECP5_RE = re.compile(r"^LFE5U(M5G|M)?-(12|25|45|85)F-([678])(BG|MG)(\d+)([CI]?)$", re.IGNORECASE)
 _ICE40_RE = re.compile(r"^iCE40(LP384|LP1K|LP4K|LP8K|HX1K|HX4K|HX8K|UP3K|UP5K)-([A-Z]+\d+)$",
                        re.IGNORECASE)
@@ -97,6 +108,8 @@ class Device:
     name: str
     synth_args: tuple[str, ...]
     nextpnr_args: tuple[str, ...]
+    #: Pin constraints nextpnr reads from ``pins.cst`` in its work folder (Gowin), or "".
+    constraints: str = ""
 
 
 def parse_device(target: str, name: str | None = None) -> Device:
@@ -140,8 +153,15 @@ def parse_device(target: str, name: str | None = None) -> Device:
     if not part.upper().startswith("GW") or not family:
         raise bad
     yosys_family = {"GW2": "gw2a", "GW5": "gw5a"}.get(family.upper()[:3], "gw1n")
+    pins = GOWIN_PINS.get(part.upper())
+    if pins is None:
+        raise ConfigError(f"--device {name!r}: nextpnr-himbaechel-gowin needs every IO "
+                          f"constrained, and qsim has pin assignments only for "
+                          f"{', '.join(GOWIN_PINS)}")
+    cst = "".join(f'IO_LOC "{port}" {pin};\n' for port, pin in zip(_HARNESS_PORTS, pins))
     return Device(target, name, ("-family", yosys_family),
-                  ("--device", part, "--vopt", f"family={family}"))
+                  ("--device", part, "--vopt", f"family={family}", "--vopt", "cst=pins.cst"),
+                  cst)
 
 
 #: Cell types counted per target: (LUTs with weights, flip-flop prefixes, multipliers, block RAMs).
@@ -256,7 +276,8 @@ def verilog_key(verilog: str, device: Device, freq_mhz: float, versions: dict[st
 
 def _common(device: Device, freq_mhz: float, versions: dict[str, str]) -> dict:
     return {"target": device.target, "device": device.name, "synth": device.synth_args,
-            "pnr": device.nextpnr_args, "freq": float(freq_mhz), "seed": PNR_SEED,
+            "pnr": device.nextpnr_args, "constraints": device.constraints,
+            "freq": float(freq_mhz), "seed": PNR_SEED,
             "tools": versions, "flow": FLOW_VERSION}
 
 
@@ -356,6 +377,8 @@ def synthesize(config: AcceleratorConfig, target: str = "ecp5", device: str | No
     work = Path(tempfile.mkdtemp(prefix=f"tmp-{key}-", dir=root))
     try:
         (work / "design.v").write_text(verilog)
+        if dev.constraints:
+            (work / "pins.cst").write_text(dev.constraints)
         script = (f"read_verilog -sv design.v; {TARGETS[target].synth} -top {HARNESS_TOP} "
                   f"{' '.join(dev.synth_args)} -json netlist.json; tee -q -o stat.json stat -json")
         yosys_s = _run([str(yosys), "-q", "-l", "yosys.log", "-p", script], work / "yosys.log",

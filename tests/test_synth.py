@@ -74,8 +74,16 @@ def test_devices():
     assert parse_device("ice40", "iCE40HX8K-CT256").synth_args == ()
     gowin = parse_device("gowin")
     assert gowin.synth_args == ("-family", "gw2a")
-    assert gowin.nextpnr_args == ("--device", "GW2A-LV18PG256C8/I7", "--vopt", "family=GW2A-18C")
+    assert gowin.nextpnr_args == ("--device", "GW2A-LV18PG256C8/I7", "--vopt", "family=GW2A-18C",
+                                  "--vopt", "cst=pins.cst")
+    assert gowin.constraints.splitlines() == [
+        'IO_LOC "clk" H11;', 'IO_LOC "rst" C13;', 'IO_LOC "sdi" A13;', 'IO_LOC "shift" N16;',
+        'IO_LOC "apply" N14;', 'IO_LOC "sdo" L14;']
     assert parse_device("gowin", "GW1NR-LV9QN88PC6/I5:GW1N-9C").synth_args == ("-family", "gw1n")
+    with pytest.raises(ConfigError, match=r"^--device 'GW1N-LV1QN48C6/I5': nextpnr-himbaechel-gowin "
+                                          r"needs every IO constrained, and qsim has pin assignments "
+                                          r"only for GW2A-LV18PG256C8/I7, GW1NR-LV9QN88PC6/I5$"):
+        parse_device("gowin", "GW1N-LV1QN48C6/I5")
     with pytest.raises(ConfigError) as err:
         parse_device("ecp5", "XC7A35T")
     assert str(err.value).startswith("--device 'XC7A35T' is not a part of target ecp5: expected")
