@@ -324,58 +324,6 @@ def _run(config: AcceleratorConfig, commands, origin: int = 0) -> _Run:
     return _Run(schedule, post, cycles, machine.waits, transfers)
 
 
-class _Rows:
-    """A Matmul as the recurrence sees it: only its row count matters."""
-
-    __slots__ = ("rows",)
-
-    def __init__(self, rows: int) -> None:
-        self.rows = rows
-
-
-def _schedule(config: AcceleratorConfig, rows: np.ndarray) -> tuple[list[TileSchedule], int]:
-    """Schedule and cycle count of Matmuls of ``rows`` rows each (no Requant)."""
-    run = _run(config, [_Rows(n) for n in np.asarray(rows).tolist()])
-    return run.schedule, run.cycles
-
-
-def _uniform_cycles(config: AcceleratorConfig, m: int, tiles: int) -> int:
-    return _uniform(config, m, tiles)[0]
-
-
-def _uniform(config: AcceleratorConfig, m: int, tiles: int) -> tuple[int, int]:
-    """Cycle count of ``tiles`` Matmuls of ``m`` rows each, without walking every tile.
-
-    With equal tiles the recurrence is a max-plus linear system: after a short transient the
-    schedule advances by the same amount every ``c`` tiles (``c`` is 1 or 2, because a take
-    depends on the tile two back). A prefix is simulated, the period found, and the last
-    tile's end extrapolated; :func:`_schedule` remains the definition, and the tests check
-    that both agree.
-    """
-    prefix = min(tiles, 48)
-    schedule, cycles = _schedule(config, np.full(prefix, m, dtype=np.int64))
-    if prefix == tiles:
-        return cycles, schedule[-1].take
-    ends = [s.end for s in schedule]
-    takes = [s.take for s in schedule]
-    for period in (1, 2, 3, 4):
-        window = range(prefix - 4 * period, prefix - period)
-        step = ends[prefix - 1] - ends[prefix - 1 - period]
-        if all(ends[i + period] - ends[i] == step and takes[i + period] - takes[i] == step
-               for i in window):
-            break
-    else:  # pragma: no cover - not reached for any configuration the tests sweep
-        full, cycles = _schedule(config, np.full(tiles, m, dtype=np.int64))
-        return cycles, full[-1].take
-    # tile j = base + q*period (base in the last simulated period) is tile base shifted by q*step
-    q, r = divmod(tiles - 1 - (prefix - period), period)
-    base = prefix - period + r
-    end = ends[base] + q * step
-    take = takes[base] + q * step
-    return max(_last_write(config, TileSchedule(take, end - m, end)),
-               _halt_take(config, take) + 1) + 1, take
-
-
 def timing_of(config: AcceleratorConfig, rows: np.ndarray, accumulate: np.ndarray,
               useful_macs: int | None = None) -> TimingResult:
     """Timing of a sequence of Matmuls given their row counts and accumulate flags."""
@@ -391,17 +339,22 @@ def program_fetch(config: AcceleratorConfig, commands: int, cmd_base: int = 0):
     return transfer(config, False, "cmd", cmd_base, commands)
 
 
+def _fetch_origin(config: AcceleratorConfig, commands: int, cmd_base: int):
+    """The program fetch of ``commands`` commands and a Halt with a bus interface (taken in
+    the cycle of start, cycle -1; ``None`` without one), and the cycle the fetcher may first
+    read the command memory (0 without a bus interface, else when the fetch ends)."""
+    if not config.has_dram:
+        return None, 0
+    fetch = program_fetch(config, commands + 1, cmd_base)
+    return fetch, fetch.cycles
+
+
 def timing_of_commands(config: AcceleratorConfig, commands, useful_macs: int | None = None,
                        cmd_base: int = 0) -> TimingResult:
     """Timing of a command sequence (a trailing Halt is optional). With a bus interface the
     program (the commands and a Halt) is fetched from DRAM byte ``cmd_base`` first."""
     commands = [c for c in commands if not isinstance(c, Halt)]
-    origin = 0
-    fetch = None
-    if config.has_dram:
-        # taken in the cycle of start (cycle -1), finished at `end`; fetching begins after
-        fetch = program_fetch(config, len(commands) + 1, cmd_base)
-        origin = fetch.cycles
+    fetch, origin = _fetch_origin(config, len(commands), cmd_base)
     run = _run(config, commands, origin)
     stream = CommandStream.from_commands(commands)
     return _result(config, stream, run.cycles, run.waits, fetch, useful_macs,
@@ -555,11 +508,7 @@ def timing_of_stream(config: AcceleratorConfig, stream: CommandStream,
     """:func:`timing_of_commands` of the commands ``stream`` describes, every counter equal,
     in time that grows with the stream's distinct stretches rather than its length
     (:func:`run_stream`); no per-command schedules."""
-    origin = 0
-    fetch = None
-    if config.has_dram:
-        fetch = program_fetch(config, len(stream) + 1, cmd_base)
-        origin = fetch.cycles
+    fetch, origin = _fetch_origin(config, len(stream), cmd_base)
     kind = stream.kind
     dma = kind >= LOAD
     value = stream.count.astype(np.int64)
@@ -599,8 +548,8 @@ def estimate_gemm(config: AcceleratorConfig, m: int, k: int, n: int,
 
     No data is built and the memories are not checked: this sizes designs and sweeps shapes
     in microseconds per GEMM. It equals ``simulate_timing(compile_gemm(...))`` exactly;
-    beyond 48 tiles the per-tile ``schedule`` is left empty (the count is extrapolated from
-    the periodic steady state, see :func:`_uniform_cycles`).
+    beyond 48 tiles the per-tile ``schedule`` is left empty (the tiles are timed as a
+    :class:`CommandStream`, whose repeating stretches :func:`run_stream` skips).
     """
     from qsim.compile import gemm_layouts
 
@@ -619,22 +568,12 @@ def estimate_gemm(config: AcceleratorConfig, m: int, k: int, n: int,
                     for _ in range(n_tiles) for kt in range(k_tiles)]
         commands += [Requant(0, 0, m, 0, lanes=n1 - n0) for _, n0, n1 in requant_runs(config, n)]
         return timing_of_commands(config, commands, m * k * n)
+    accumulate = np.tile(np.arange(k_tiles) > 0, n_tiles) & (not os_)
     if tiles <= 48:
-        accumulate = np.tile(np.arange(k_tiles) > 0, n_tiles) & (not os_)
         return timing_of(config, np.full(tiles, rows, dtype=np.int64), accumulate, m * k * n)
-    cycles, last_take = _uniform(config, rows, tiles)
-    # The first Matmul is ready at CMD_FETCH_LATENCY and each later one the cycle after the
-    # previous take, so the waits add up to the last take minus the tiles minus
-    # CMD_FETCH_LATENCY - 1; HALT then waits for the loader (R - 1 cycles, weight-stationary)
-    # or not at all (output-stationary).
-    halt_wait = _halt_take(config, last_take) - last_take - 1
-    if os_:
-        counts = dict(weight_reads=tiles * rows, acc_reads=0, acc_writes=tiles * config.rows)
-    else:
-        counts = dict(weight_reads=tiles * config.rows, acc_reads=(k_tiles - 1) * n_tiles * m,
-                      acc_writes=tiles * m)
-    return TimingResult(
-        config=config, cycles=cycles, act_reads=tiles * rows, matmuls=tiles,
-        useful_macs=m * k * n,
-        wait_array=last_take - tiles - (CMD_FETCH_LATENCY - 1) + halt_wait, **counts,
-    )
+    zeros = np.zeros(tiles, dtype=np.int64)
+    stream = CommandStream(kind=np.full(tiles, MATMUL, dtype=np.int64),
+                           wait=np.zeros(tiles, dtype=bool),
+                           count=np.full(tiles, rows, dtype=np.int64), memory=zeros,
+                           dram_addr=zeros, accumulate=accumulate, lanes=zeros)
+    return timing_of_stream(config, stream, m * k * n)
