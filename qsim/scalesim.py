@@ -63,11 +63,14 @@ def _fields(text: str) -> list[str]:
     return fields
 
 
-def _int_field(where: str, column: str, text: str) -> int:
+def _int_field(where: str, column: str, text: str, shown: str | None = None) -> int:
+    """``text`` as a positive integer; errors name ``where``, ``column`` and ``shown`` (the
+    text as written, when ``text`` was cut out of it)."""
     try:
         value = int(text)
     except ValueError:
-        raise ConfigError(f"{where}: {column} must be an integer, not {text!r}") from None
+        raise ConfigError(f"{where}: {column} must be an integer, not "
+                          f"{text if shown is None else shown!r}") from None
     if value < 1:
         raise ConfigError(f"{where}: {column} must be at least 1, not {value}")
     return value
@@ -185,14 +188,7 @@ def read_scalesim_cfg(path: str | Path) -> ScaleSimConfig:
     def number(key: str) -> int | None:
         if key not in arch:
             return None
-        text = arch[key].split(",")[0].strip()
-        try:
-            value = int(text)
-        except ValueError:
-            raise ConfigError(f"{label}: {key} must be an integer, not {arch[key]!r}") from None
-        if value < 1:
-            raise ConfigError(f"{label}: {key} must be at least 1, not {value}")
-        return value
+        return _int_field(label, key, arch[key].split(",")[0].strip(), shown=arch[key])
 
     dataflow = arch.get("dataflow")
     if dataflow is not None:
