@@ -124,7 +124,11 @@ class DmaEngine(wiring.Component):
 
         req_len = Signal(beat_bits + 1)
         m.d.comb += req_len.eq(burst_beats(req_addr, req_left))
-        req = active & (req_left != 0) & (open_ < cfg.dma_outstanding) & ~(err & ~store)
+        # a read request offered and not yet accepted: AXI keeps it valid until the handshake,
+        # even after an error response (no new request starts once an error has arrived)
+        ar_hold = Signal()
+        req = (active & (req_left != 0) & (open_ < cfg.dma_outstanding)
+               & (~(err & ~store) | ar_hold))
         cap = wb + width - 1
 
         # word bytes of the command's memory, and its total beats
@@ -164,8 +168,9 @@ class DmaEngine(wiring.Component):
             self.read_beat.eq(r_hs),
         ]
         load_done = Signal()
-        # after an error response: no more requests or writes; the bursts in flight drain
-        m.d.comb += load_done.eq((emit & (left == 1)) | (err & ~store & (open_ == 0)))
+        # after an error response: no more requests or writes; the request offered and the
+        # bursts in flight drain
+        m.d.comb += load_done.eq((emit & (left == 1)) | (err & ~store & (open_ == 0) & ~ar_hold))
 
         # ---- STORE ------------------------------------------------------------------------
         arrive = inflight
@@ -207,7 +212,7 @@ class DmaEngine(wiring.Component):
                 req_addr.eq(self.dram_addr), req_left.eq(start_beats), open_.eq(0),
                 n.eq(0), buf.eq(0), left.eq(self.words), ptr.eq(self.sram_addr),
                 beats_left.eq(start_beats), credit.eq(0), w_addr.eq(self.dram_addr),
-                in_burst.eq(0), inflight.eq(0),
+                in_burst.eq(0), inflight.eq(0), ar_hold.eq(0),
             ]
         with m.Elif(self.done):
             m.d.sync += active.eq(0)
@@ -219,6 +224,7 @@ class DmaEngine(wiring.Component):
                              req_left.eq(req_left - req_len)]
             with m.If(~store):
                 m.d.sync += [
+                    ar_hold.eq(ar & ~bus.arready),
                     open_.eq(open_ + (ar & bus.arready) - last_beat),
                     n.eq(n_after + Mux(r_hs, width, 0)),
                     buf.eq((buf >> Mux(emit, wb << 3, 0))
