@@ -441,9 +441,21 @@ def _cmd_rtl(args: argparse.Namespace) -> int:
     if not to_stdout:
         check_output(args.output)
     cfg = _config_from(args)
-    text = generate_verilog(cfg)
+    if args.pe == "ecp5":
+        from rtl.ecp5 import ecp5_pe_supported
+
+        why = ecp5_pe_supported(cfg)
+        if why is not None:
+            raise ConfigError(f"--pe ecp5: {why}")
+    text = generate_verilog(cfg, pe=args.pe)
     if args.lint:
-        _lint(text)
+        # the ECP5 PE instantiates the vendor's multiplier: lint it with qsim's model of it
+        if args.pe == "ecp5":
+            from rtl.ecp5 import mult18x18d_model_verilog
+
+            _lint(text + mult18x18d_model_verilog())
+        else:
+            _lint(text)
     if to_stdout:
         sys.stdout.write(text)
     else:
@@ -763,6 +775,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(p)
     p.add_argument("-o", "--output", type=Path, required=True, help="output file ('-' for stdout)")
     p.add_argument("--lint", action="store_true", help="also run verilator --lint-only -Wall")
+    p.add_argument("--pe", choices=("generic", "ecp5"), default="generic",
+                   help="PE module (default generic; ecp5: the product register inside the ECP5 "
+                        "MULT18X18D, docs/synth.md)")
     p.set_defaults(func=_cmd_rtl)
 
     from qsim.synth import DEFAULT_FREQ_MHZ, target_name
@@ -776,6 +791,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "iCE40UP5K-SG48, gowin GW2A-LV18PG256C8/I7)")
     p.add_argument("--freq", type=float, default=DEFAULT_FREQ_MHZ, metavar="MHZ",
                    help=f"target frequency for nextpnr (default {DEFAULT_FREQ_MHZ:g})")
+    p.add_argument("--pe", choices=("generic", "ecp5"), default=None,
+                   help="PE module: ecp5 keeps the product register in the ECP5 multiplier block "
+                        "(default on target ecp5 for int8 weight-stationary), generic otherwise")
     p.add_argument("--no-cache", action="store_true", help="run the tools even if the result is cached")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_synth)

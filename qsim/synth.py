@@ -33,8 +33,8 @@ from qsim.config import PRECISIONS, AcceleratorConfig
 from qsim.errors import ConfigError, ToolchainError
 
 __all__ = ["TARGETS", "Device", "parse_device", "count_resources", "parse_fmax", "tool_error",
-           "tool_versions", "synthesize", "fast_key", "verilog_key", "tool_path", "FLOW_VERSION",
-           "DEFAULT_FREQ_MHZ", "RESULT_KEYS"]
+           "tool_versions", "synthesize", "choose_pe", "fast_key", "verilog_key", "tool_path",
+           "FLOW_VERSION", "DEFAULT_FREQ_MHZ", "RESULT_KEYS"]
 
 #: Bumped when the flow (scripts, options, what is counted) changes: part of every cache key.
 FLOW_VERSION = 1
@@ -47,7 +47,7 @@ PNR_SEED = 1
 
 #: The keys of a result, in the order ``--json`` prints them.
 RESULT_KEYS = ("target", "device", "fmax_mhz", "freq_mhz", "timing_met", "luts", "ffs", "dsps",
-               "brams", "rows", "cols", "precision", "dataflow", "requant", "config", "cells",
+               "brams", "rows", "cols", "precision", "dataflow", "requant", "pe", "config", "cells",
                "utilization", "tools", "yosys_version", "wall_s", "cached", "key")
 
 
@@ -258,13 +258,13 @@ def _flow_sources() -> str:
 
 
 def fast_key(config: AcceleratorConfig, device: Device, freq_mhz: float,
-             versions: dict[str, str]) -> str:
+             versions: dict[str, str], pe: str = "generic") -> str:
     """Key of a run known before the Verilog is written: the configuration as far as it shapes
-    the Verilog, every source that shapes it (:mod:`qsim.cosim.build`'s digest), the flow's
-    sources, target, device, frequency, seed and tool versions."""
+    the Verilog, the PE module, every source that shapes it (:mod:`qsim.cosim.build`'s digest),
+    the flow's sources, target, device, frequency, seed and tool versions."""
     from qsim.cosim.build import _sources_digest, verilog_fields
 
-    return _digest({"config": verilog_fields(config), "sources": _sources_digest(),
+    return _digest({"config": verilog_fields(config), "pe": pe, "sources": _sources_digest(),
                     "flow": _flow_sources(), "common": _common(device, freq_mhz, versions)})
 
 
@@ -335,15 +335,43 @@ def _cells(stat: dict) -> dict[str, int]:
     return {str(k): int(v) for k, v in cells.items() if not str(k).startswith("$scopeinfo")}
 
 
-def synthesize(config: AcceleratorConfig, target: str = "ecp5", device: str | None = None,
-               freq_mhz: float = DEFAULT_FREQ_MHZ, use_cache: bool = True) -> dict[str, Any]:
-    """Synthesize, place and route ``config`` for ``target``; the result as a dict with the
-    keys of :data:`RESULT_KEYS`.
+def choose_pe(config: AcceleratorConfig, target: str, pe: str | None = None) -> str:
+    """The PE module of a run (one of :data:`rtl.array.PE_KINDS`): ``pe`` if given and usable;
+    by default the ECP5 one (:mod:`rtl.ecp5`) on target ecp5 when ``config`` allows it, else
+    the generic one.
 
     Raises
     ------
     ConfigError
-        Unknown target or device, a frequency that is not positive.
+        An unknown ``pe``, or ``"ecp5"`` for another target or a configuration it does not cover.
+    """
+    from rtl.array import PE_KINDS
+    from rtl.ecp5 import ecp5_pe_supported
+
+    if pe is None:
+        return "ecp5" if target == "ecp5" and ecp5_pe_supported(config) is None else "generic"
+    if pe not in PE_KINDS:
+        raise ConfigError(f"unknown --pe {pe!r} (choose from {', '.join(PE_KINDS)})")
+    if pe == "ecp5":
+        if target != "ecp5":
+            raise ConfigError(f"--pe ecp5 is built on the ECP5 multiplier block; target {target} "
+                              f"takes --pe generic")
+        why = ecp5_pe_supported(config)
+        if why is not None:
+            raise ConfigError(f"--pe ecp5: {why}; use --pe generic")
+    return pe
+
+
+def synthesize(config: AcceleratorConfig, target: str = "ecp5", device: str | None = None,
+               freq_mhz: float = DEFAULT_FREQ_MHZ, use_cache: bool = True,
+               pe: str | None = None) -> dict[str, Any]:
+    """Synthesize, place and route ``config`` for ``target`` with the PE module of
+    :func:`choose_pe`; the result as a dict with the keys of :data:`RESULT_KEYS`.
+
+    Raises
+    ------
+    ConfigError
+        Unknown target or device, a frequency that is not positive, an unusable ``pe``.
     ToolchainError
         A tool is missing or failed (the design does not fit, ...): its key message.
     """
@@ -352,10 +380,11 @@ def synthesize(config: AcceleratorConfig, target: str = "ecp5", device: str | No
     dev = parse_device(target, device)
     if not freq_mhz > 0:
         raise ConfigError(f"--freq must be a positive frequency in MHz, not {freq_mhz}")
+    pe = choose_pe(config, target, pe)
     versions = tool_versions(target)
     root = usable_cache_root() / "synth"
     root.mkdir(exist_ok=True)
-    quick = fast_key(config, dev, freq_mhz, versions)
+    quick = fast_key(config, dev, freq_mhz, versions, pe)
     alias = root / f"fast-{quick}.json"
     if use_cache:
         pointer = _read_json(alias)
@@ -365,7 +394,7 @@ def synthesize(config: AcceleratorConfig, target: str = "ecp5", device: str | No
                 return {**hit, "cached": True}
     from qsim.synth_harness import HARNESS_TOP, harness_verilog
 
-    verilog = harness_verilog(config)
+    verilog = harness_verilog(config, pe)
     key = verilog_key(verilog, dev, freq_mhz, versions)
     entry = root / key
     if use_cache:
@@ -401,7 +430,7 @@ def synthesize(config: AcceleratorConfig, target: str = "ecp5", device: str | No
             "freq_mhz": float(freq_mhz), "timing_met": fmax >= freq_mhz,
             **count_resources(target, cells),
             "rows": config.rows, "cols": config.cols, "precision": _precision(config),
-            "dataflow": config.dataflow.short, "requant": config.requant.value,
+            "dataflow": config.dataflow.short, "requant": config.requant.value, "pe": pe,
             "config": config.to_dict(), "cells": cells,
             "utilization": {k: v for k, v in (report.get("utilization") or {}).items()
                             if isinstance(v, dict) and v.get("used")},
@@ -432,7 +461,7 @@ def describe(result: dict[str, Any]) -> list[tuple[str, str]]:
     return [
         ("target", f"{result['target']} {result['device']}"),
         ("config", f"{result['rows']}x{result['cols']} {result['precision']} "
-                   f"{result['dataflow']}, requant {result['requant']}"),
+                   f"{result['dataflow']}, requant {result['requant']}, {result['pe']} PE"),
         ("fmax", f"{result['fmax_mhz']:.2f} MHz (target {result['freq_mhz']:g} MHz: {met})"),
         ("LUTs", str(result["luts"])),
         ("FFs", str(result["ffs"])),
@@ -458,7 +487,8 @@ def run_command(args, config: AcceleratorConfig) -> int:
     """``qsim synth``: synthesize ``config`` and print the figures (``--json``: one object)."""
     from qsim.io import json_text
 
-    result = synthesize(config, args.target, args.device, args.freq, use_cache=not args.no_cache)
+    result = synthesize(config, args.target, args.device, args.freq, use_cache=not args.no_cache,
+                        pe=args.pe)
     if args.json:
         print(json_text(result))
     else:

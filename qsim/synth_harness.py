@@ -174,9 +174,10 @@ class SynthHarness(Elaboratable):
         return m
 
 
-def harness_verilog(config: AcceleratorConfig) -> str:
+def harness_verilog(config: AcceleratorConfig, pe: str = "generic") -> str:
     """Verilog of :class:`SynthHarness` for ``config`` (top module :data:`HARNESS_TOP`), with
-    the macros of :func:`rtl.export.generate_verilog`."""
+    the macros of :func:`rtl.export.generate_verilog` (the PE module ``pe``, one of
+    :data:`rtl.array.PE_KINDS`)."""
     from amaranth.back import verilog
     from amaranth.hdl import Fragment
 
@@ -189,4 +190,4 @@ def harness_verilog(config: AcceleratorConfig) -> str:
     fragment = Fragment.get(harness, platform)
     text = verilog.convert(fragment, name=HARNESS_TOP, platform=platform, emit_src=False,
                            ports=[harness.sdi, harness.shift, harness.apply, harness.sdo])
-    return text + sram_verilog() + delay_verilog() + "\n" + array_verilog(config)
+    return text + sram_verilog() + delay_verilog() + "\n" + array_verilog(config, pe)

@@ -65,16 +65,18 @@ def render(rows: list[tuple[str, dict | None, str]], target: str, device: str,
         f"Measured {datetime.date.today().isoformat()} on {_cpu()} ({os.cpu_count()} cores, "
         f"shared), {versions}, Python {platform.python_version()}.",
         "",
-        "| config | Fmax (MHz) | LUTs | FFs | DSPs | block RAMs | wall time (yosys + nextpnr) | note |",
-        "|---|---|---|---|---|---|---|---|",
+        "| config | PE | Fmax (MHz) | LUTs | FFs | DSPs | block RAMs | wall time (yosys + nextpnr) "
+        "| note |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, result, note in rows:
         if result is None:
-            lines.append(f"| {label} | not measured | not measured | not measured | not measured "
+            lines.append(f"| {label} | | not measured | not measured | not measured | not measured "
                          f"| not measured | | {note} |")
             continue
         wall = result["wall_s"]
-        lines.append(f"| {label} | {result['fmax_mhz']:.2f} | {result['luts']} | {result['ffs']} "
+        lines.append(f"| {label} | {result['pe']} | {result['fmax_mhz']:.2f} | {result['luts']} "
+                     f"| {result['ffs']} "
                      f"| {result['dsps']} | {result['brams']} "
                      f"| {wall['yosys']:.0f} s + {wall['nextpnr']:.0f} s | {note} |")
     return "\n".join(lines) + "\n"

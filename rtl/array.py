@@ -14,7 +14,7 @@ from rtl.pe import OutputStationaryPE, ProcessingElement, pe_shapes, product_bit
 
 __all__ = ["SystolicArray", "OutputStationaryArray", "ARRAY_MODULE", "PE_MODULE", "OS_ARRAY_MODULE",
            "OS_PE_MODULE", "array_verilog", "pe_verilog", "os_array_verilog", "os_pe_verilog",
-           "make_array"]
+           "make_array", "PE_KINDS", "pe_registers_verilog"]
 
 #: Verilog module names of the array and of its processing element in exported Verilog.
 ARRAY_MODULE = "qsim_systolic_array"
@@ -22,6 +22,10 @@ PE_MODULE = "qsim_pe"
 #: The same for the output-stationary array.
 OS_ARRAY_MODULE = "qsim_os_array"
 OS_PE_MODULE = "qsim_os_pe"
+
+#: The PE modules :func:`array_verilog` writes: the portable one, and the one built on the ECP5
+#: multiplier block (:mod:`rtl.ecp5`).
+PE_KINDS = ("generic", "ecp5")
 
 
 def _operand_ports(config: AcceleratorConfig):
@@ -140,6 +144,11 @@ def pe_verilog(config: AcceleratorConfig) -> str:
     terms = " + ".join(
         f"$signed(a_in[{(j + 1) * ib - 1}:{j * ib}]) * $signed(weight[{(j + 1) * wb - 1}:{j * wb}])"
         for j in range(p))
+    registers = [("w0", p * wb), ("w1", p * wb), ("product", pb), ("weight", p * wb),
+                 ("a_out", p * ib), ("sel_out", 1), ("psum_out", ab)]
+    updates = ["if (w_we[0])", "  w0 <= w_data;", "if (w_we[1])", "  w1 <= w_data;",
+               "a_out <= a_in;", "sel_out <= sel_in;", "weight <= sel_in ? w1_next : w0_next;",
+               "product <= next_product;", "psum_out <= psum_in + addend;"]
     return f"""// {PE_MODULE}: one processing element (rtl/pe.py, ProcessingElement).
 module {PE_MODULE} (clk, rst, a_in, sel_in, psum_in, w_data, w_we, a_out, sel_out, psum_out);
   input wire clk;
@@ -160,46 +169,38 @@ module {PE_MODULE} (clk, rst, a_in, sel_in, psum_in, w_data, w_we, a_out, sel_ou
   wire [{p * wb - 1}:0] w1_next = w_we[1] ? w_data : w1;
   wire signed [{pb - 1}:0] next_product = {terms};
   wire signed [{ab - 1}:0] addend = {addend};
-  initial begin
-    w0 = {p * wb}'d0;
-    w1 = {p * wb}'d0;
-    product = {pb}'d0;
-    weight = {p * wb}'d0;
-    a_out = {p * ib}'d0;
-    sel_out = 1'b0;
-    psum_out = {ab}'d0;
-  end
-  always @(posedge clk) begin
-    if (rst) begin
-      w0 <= {p * wb}'d0;
-      w1 <= {p * wb}'d0;
-      product <= {pb}'d0;
-      weight <= {p * wb}'d0;
-      a_out <= {p * ib}'d0;
-      sel_out <= 1'b0;
-      psum_out <= {ab}'d0;
-    end else begin
-      if (w_we[0])
-        w0 <= w_data;
-      if (w_we[1])
-        w1 <= w_data;
-      a_out <= a_in;
-      sel_out <= sel_in;
-      weight <= sel_in ? w1_next : w0_next;
-      product <= next_product;
-      psum_out <= psum_in + addend;
-    end
-  end
+{pe_registers_verilog(registers, updates)}
 endmodule
 """
 
 
-def array_verilog(config: AcceleratorConfig) -> str:
+def pe_registers_verilog(registers: list[tuple[str, int]], updates: list[str]) -> str:
+    """The ``initial`` block and the clocked block of a PE module: every register of
+    ``registers`` (``(name, bits)``) is zero initially and after the synchronous reset, and
+    otherwise follows ``updates`` (Verilog statements, one per line)."""
+    literal = {name: "1'b0" if bits == 1 else f"{bits}'d0" for name, bits in registers}
+    zero = [f"{name} = {literal[name]};" for name, _ in registers]
+    reset = [f"{name} <= {literal[name]};" for name, _ in registers]
+    return "\n".join([
+        "  initial begin", *(f"    {line}" for line in zero), "  end",
+        "  always @(posedge clk) begin", "    if (rst) begin",
+        *(f"      {line}" for line in reset), "    end else begin",
+        *(f"      {line}" for line in updates), "    end", "  end"])
+
+
+def array_verilog(config: AcceleratorConfig, pe: str = "generic") -> str:
     """Verilog of the array macro of ``config``'s dataflow (:func:`ws_array_verilog` or
-    :func:`os_array_verilog`)."""
+    :func:`os_array_verilog`); ``pe`` one of :data:`PE_KINDS` (``"ecp5"``: weight-stationary,
+    one product per PE, see :mod:`rtl.ecp5`)."""
+    if pe not in PE_KINDS:
+        raise ValueError(f"pe must be one of {', '.join(PE_KINDS)}, not {pe!r}")
     if config.dataflow is Dataflow.OUTPUT_STATIONARY:
+        if pe != "generic":
+            from qsim.errors import ConfigError
+
+            raise ConfigError("the ECP5 PE is weight-stationary only")
         return os_array_verilog(config)
-    return ws_array_verilog(config)
+    return ws_array_verilog(config, pe)
 
 
 def make_array(config: AcceleratorConfig):
@@ -209,7 +210,7 @@ def make_array(config: AcceleratorConfig):
     return SystolicArray(config)
 
 
-def ws_array_verilog(config: AcceleratorConfig) -> str:
+def ws_array_verilog(config: AcceleratorConfig, pe: str = "generic") -> str:
     """Verilog of :data:`ARRAY_MODULE` and :data:`PE_MODULE` for ``config``.
 
     The array module wires ``rows x cols`` instances of the one PE module exactly as
@@ -256,7 +257,13 @@ def ws_array_verilog(config: AcceleratorConfig) -> str:
                 f".w_data(w_data[{(c + 1) * wb - 1}:{c * wb}]), .w_we(w_we[{2 * r + 1}:{2 * r}]), "
                 f".a_out(a_{r}_{c + 1}), .sel_out(sel_{r}_{c + 1}), .psum_out(psum_{r + 1}_{c}));")
     lines.append("endmodule")
-    return pe_verilog(config) + "\n" + "\n".join(lines) + "\n"
+    if pe == "ecp5":
+        from rtl.ecp5 import ecp5_pe_verilog
+
+        pe_text = ecp5_pe_verilog(config, PE_MODULE)
+    else:
+        pe_text = pe_verilog(config)
+    return pe_text + "\n" + "\n".join(lines) + "\n"
 
 
 class OutputStationaryArray(wiring.Component):

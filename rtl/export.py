@@ -34,9 +34,11 @@ class ExportPlatform(SramPlatform):
         return delays.macro_instances()
 
 
-def generate_verilog(config: AcceleratorConfig, name: str = TOP_NAME, bench: bool = False) -> str:
+def generate_verilog(config: AcceleratorConfig, name: str = TOP_NAME, bench: bool = False,
+                     pe: str = "generic") -> str:
     """Verilog text of :class:`rtl.top.Accelerator` for ``config``, macros included
-    (``bench``: of :class:`rtl.dram_model.DramBench`, the accelerator with its DRAM model).
+    (``bench``: of :class:`rtl.dram_model.DramBench`, the accelerator with its DRAM model;
+    ``pe``: the PE module, one of :data:`rtl.array.PE_KINDS`).
 
     Memories become instances of the ``qsim_sram`` macro (:mod:`rtl.sram`) and the array an
     instance of ``qsim_systolic_array`` (:mod:`rtl.array`), the delay lines ``qsim_delay``
@@ -57,4 +59,4 @@ def generate_verilog(config: AcceleratorConfig, name: str = TOP_NAME, bench: boo
     else:
         design = Accelerator(config)
     text = verilog.convert(design, name=name, platform=ExportPlatform(), emit_src=False)
-    return text + sram_verilog() + delay_verilog() + "\n" + array_verilog(config)
+    return text + sram_verilog() + delay_verilog() + "\n" + array_verilog(config, pe)

@@ -45,6 +45,18 @@ def test_rtl_writes_the_output_stationary_array(capsys, tmp_path):
     assert "module qsim_os_array" in text and "qsim_systolic_array" not in text
 
 
+def test_rtl_refuses_the_ecp5_pe_where_it_does_not_apply(capsys, tmp_path):
+    out = tmp_path / "x.v"
+    code, printed, err = run(capsys, "rtl", "--dataflow", "os", "--pe", "ecp5", "-o", str(out))
+    assert (code, printed) == (2, "")
+    assert err == "qsim: error: --pe ecp5: the ECP5 PE is weight-stationary only\n"
+    code, printed, err = run(capsys, "rtl", "--precision", "int4", "--pe", "ecp5", "-o", str(out))
+    assert (code, printed) == (2, "")
+    assert err == ("qsim: error: --pe ecp5: the ECP5 PE takes one product per PE (int4/int4 "
+                   "packs 2)\n")
+    assert not out.exists()
+
+
 def test_estimate_fit_sizes_memories_for_output_stationary(capsys):
     code, out, _ = run(capsys, "estimate", "--preset", "tiny-4x4", "--dataflow", "os", "--fit",
                        "--m", "100", "--k", "5000", "--n", "8", "--json")

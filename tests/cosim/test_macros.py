@@ -26,6 +26,9 @@ pytestmark = pytest.mark.verilator
 
 CYCLES = 400
 CONFIGS = {"int8": AcceleratorConfig(rows=3, cols=4),
+           # the array with the PE built on the ECP5 multiplier (rtl/ecp5.py, its behavioural
+           # model of the block) against the same Amaranth array
+           "int8-ecp5": AcceleratorConfig(rows=3, cols=4),
            "int4": AcceleratorConfig(rows=3, cols=4, input_format="int4", weight_format="int4"),
            "os-int8": AcceleratorConfig(rows=3, cols=4, dataflow="os"),
            "os-int4": AcceleratorConfig(rows=3, cols=4, dataflow="os", input_format="int4",
@@ -136,7 +139,7 @@ def _amaranth(steps, cfg) -> list[int]:
     return outputs
 
 
-def _verilator(steps, tmp_path, cfg) -> list[int]:
+def _verilator(steps, tmp_path, cfg, pe: str = "generic") -> list[int]:
     from amaranth.back import verilog
 
     from qsim.cosim.build import MAKE_ARGS
@@ -151,7 +154,13 @@ def _verilator(steps, tmp_path, cfg) -> list[int]:
                            ports=[dut.i, dut.o, dut.sync.clk, dut.sync.rst])
     module = OS_ARRAY_MODULE if cfg.dataflow.short == "os" else ARRAY_MODULE
     assert module in text and "qsim_delay" in text  # the macros, not the blocks
-    (tmp_path / "dut.v").write_text(text + delay_verilog() + array_verilog(cfg))
+    macros = delay_verilog() + array_verilog(cfg, pe)
+    if pe == "ecp5":
+        from rtl.ecp5 import ECP5_MULT, mult18x18d_model_verilog
+
+        assert macros.count(f"{ECP5_MULT} #(") == 1  # the PE instantiates the block
+        macros += mult18x18d_model_verilog()
+    (tmp_path / "dut.v").write_text(text + macros)
     (tmp_path / "main.cpp").write_text(MAIN_CPP)
     (tmp_path / "stimulus.txt").write_text("".join(f"{rst} {value:x}\n" for rst, value in steps))
     make = [arg for make_arg in MAKE_ARGS for arg in ("-MAKEFLAGS", make_arg)]
@@ -174,7 +183,7 @@ def test_macros_match_the_amaranth_blocks_cycle_by_cycle(rng, tmp_path, precisio
     _amaranth_only(probe)
     steps = _stimulus(rng, width)
     expected = _amaranth(steps, cfg)
-    got = _verilator(steps, tmp_path, cfg)
+    got = _verilator(steps, tmp_path, cfg, "ecp5" if precision.endswith("-ecp5") else "generic")
     assert len(got) == len(expected) == CYCLES
     diff = [t for t in range(CYCLES) if got[t] != expected[t]]
     assert not diff, f"first differing cycles {diff[:5]}: verilator {got[diff[0]]:x}, amaranth {expected[diff[0]]:x}"
