@@ -152,9 +152,9 @@ class Accelerator(wiring.Component):
                      issue_unsigned.eq(ctrl.issue_unsigned)]
         # Each lane of the word read, zero- or sign-extended by one bit, or zero if nothing was
         # read. Written as two synchronous clears (the data bits: reset or no read; the
-        # extension bit: also for unsigned activations) so that every bit's flip-flop takes its
-        # block RAM output bit directly, with no logic between them (on the ECP5 the read data
-        # arrives 5.83 ns after the clock, at speed grade 6).
+        # extension bit: also for unsigned activations), which Yosys puts on the ECP5
+        # flip-flops' set/reset inputs: the only logic left after the block RAM output (5.83 ns
+        # after the clock at speed grade 6) is the multiplexer of a memory several blocks deep.
         a_word = Signal(data.ArrayLayout(a_shape, rows), reset_less=True)
         sel_word = Signal()
         clear_data, clear_ext = Signal(), Signal()
