@@ -14,7 +14,7 @@ from rtl.pe import OutputStationaryPE, ProcessingElement, pe_shapes, product_bit
 
 __all__ = ["SystolicArray", "OutputStationaryArray", "ARRAY_MODULE", "PE_MODULE", "OS_ARRAY_MODULE",
            "OS_PE_MODULE", "array_verilog", "pe_verilog", "os_array_verilog", "os_pe_verilog",
-           "make_array", "PE_KINDS", "pe_registers_verilog"]
+           "make_array", "PE_KINDS", "pe_ports_verilog", "pe_addend", "pe_registers_verilog"]
 
 #: Verilog module names of the array and of its processing element in exported Verilog.
 ARRAY_MODULE = "qsim_systolic_array"
@@ -139,45 +139,59 @@ def pe_verilog(config: AcceleratorConfig) -> str:
     ib, wb, ab = array_input_bits(config), config.weight_format.bits, config.acc_bits
     p = config.products_per_pe
     pb = product_bits(ib, wb, p, ab)
-    # the product sign-extended to the adder's width (it is never wider)
-    addend = f"{{{{{ab - pb}{{product[{pb - 1}]}}}}, product}}" if ab > pb else "product"
     terms = " + ".join(
         f"$signed(a_in[{(j + 1) * ib - 1}:{j * ib}]) * $signed(weight[{(j + 1) * wb - 1}:{j * wb}])"
         for j in range(p))
-    registers = [("w0", p * wb), ("w1", p * wb), ("product", pb), ("weight", p * wb),
-                 ("a_out", p * ib), ("sel_out", 1), ("psum_out", ab)]
-    updates = ["if (w_we[0])", "  w0 <= w_data;", "if (w_we[1])", "  w1 <= w_data;",
-               "a_out <= a_in;", "sel_out <= sel_in;", "weight <= sel_in ? w1_next : w0_next;",
-               "product <= next_product;", "psum_out <= psum_in + addend;"]
     return f"""// {PE_MODULE}: one processing element (rtl/pe.py, ProcessingElement).
-module {PE_MODULE} (clk, rst, a_in, sel_in, psum_in, w_data, w_we, a_out, sel_out, psum_out);
-  input wire clk;
-  input wire rst;
-  input wire [{p * ib - 1}:0] a_in;
-  input wire sel_in;
-  input wire [{ab - 1}:0] psum_in;
-  input wire [{p * wb - 1}:0] w_data;
-  input wire [1:0] w_we;
-  output reg [{p * ib - 1}:0] a_out;
-  output reg sel_out;
-  output reg [{ab - 1}:0] psum_out;
-  reg [{p * wb - 1}:0] w0;
-  reg [{p * wb - 1}:0] w1;
+{pe_ports_verilog(PE_MODULE, p * ib, p * wb, ab)}
   reg signed [{pb - 1}:0] product;
   reg [{p * wb - 1}:0] weight;
   wire [{p * wb - 1}:0] w0_next = w_we[0] ? w_data : w0;
   wire [{p * wb - 1}:0] w1_next = w_we[1] ? w_data : w1;
   wire signed [{pb - 1}:0] next_product = {terms};
-  wire signed [{ab - 1}:0] addend = {addend};
-{pe_registers_verilog(registers, updates)}
+  wire signed [{ab - 1}:0] addend = {pe_addend(ab, pb)};
+{pe_registers_verilog(p * ib, p * wb, ab, pb)}
 endmodule
 """
 
 
-def pe_registers_verilog(registers: list[tuple[str, int]], updates: list[str]) -> str:
-    """The ``initial`` block and the clocked block of a PE module: every register of
-    ``registers`` (``(name, bits)``) is zero initially and after the synchronous reset, and
-    otherwise follows ``updates`` (Verilog statements, one per line)."""
+def pe_ports_verilog(module: str, a_bits: int, w_bits: int, acc_bits: int) -> str:
+    """The header of a weight-stationary PE module ``module`` (``a_bits``-wide activations,
+    ``w_bits``-wide weights, ``acc_bits``-wide sums): its ports and weight buffers."""
+    return f"""module {module} (clk, rst, a_in, sel_in, psum_in, w_data, w_we, a_out, sel_out, psum_out);
+  input wire clk;
+  input wire rst;
+  input wire [{a_bits - 1}:0] a_in;
+  input wire sel_in;
+  input wire [{acc_bits - 1}:0] psum_in;
+  input wire [{w_bits - 1}:0] w_data;
+  input wire [1:0] w_we;
+  output reg [{a_bits - 1}:0] a_out;
+  output reg sel_out;
+  output reg [{acc_bits - 1}:0] psum_out;
+  reg [{w_bits - 1}:0] w0;
+  reg [{w_bits - 1}:0] w1;"""
+
+
+def pe_addend(acc_bits: int, product_bits: int) -> str:
+    """The PE's product sign-extended to the adder's width (it is never wider)."""
+    if acc_bits == product_bits:
+        return "product"
+    return f"{{{{{acc_bits - product_bits}{{product[{product_bits - 1}]}}}}, product}}"
+
+
+def pe_registers_verilog(a_bits: int, w_bits: int, acc_bits: int,
+                         product_bits: int | None = None) -> str:
+    """The ``initial`` block and the clocked block of a weight-stationary PE module: the weight
+    buffers, the current weight, ``a_out``, ``sel_out``, ``psum_out`` and (``product_bits``
+    given) the product register, each zero initially and after the synchronous reset."""
+    product = [] if product_bits is None else [("product", product_bits)]
+    registers = [("w0", w_bits), ("w1", w_bits), *product, ("weight", w_bits),
+                 ("a_out", a_bits), ("sel_out", 1), ("psum_out", acc_bits)]
+    updates = ["if (w_we[0])", "  w0 <= w_data;", "if (w_we[1])", "  w1 <= w_data;",
+               "a_out <= a_in;", "sel_out <= sel_in;", "weight <= sel_in ? w1_next : w0_next;",
+               *(["product <= next_product;"] if product else []),
+               "psum_out <= psum_in + addend;"]
     literal = {name: "1'b0" if bits == 1 else f"{bits}'d0" for name, bits in registers}
     zero = [f"{name} = {literal[name]};" for name, _ in registers]
     reset = [f"{name} <= {literal[name]};" for name, _ in registers]
@@ -194,13 +208,9 @@ def array_verilog(config: AcceleratorConfig, pe: str = "generic") -> str:
     one product per PE, see :mod:`rtl.ecp5`)."""
     if pe not in PE_KINDS:
         raise ValueError(f"pe must be one of {', '.join(PE_KINDS)}, not {pe!r}")
-    if config.dataflow is Dataflow.OUTPUT_STATIONARY:
-        if pe != "generic":
-            from qsim.errors import ConfigError
-
-            raise ConfigError("the ECP5 PE is weight-stationary only")
+    if config.dataflow is Dataflow.OUTPUT_STATIONARY and pe == "generic":
         return os_array_verilog(config)
-    return ws_array_verilog(config, pe)
+    return ws_array_verilog(config, pe)  # the ECP5 PE refuses what it does not cover
 
 
 def make_array(config: AcceleratorConfig):
@@ -220,6 +230,12 @@ def ws_array_verilog(config: AcceleratorConfig, pe: str = "generic") -> str:
     bottom row's sums on ``psum_out``. Written out net by net (no generate loops): the text is
     generated in milliseconds even for 64 x 64, and every net has a plain name in waveforms.
     """
+    if pe == "ecp5":
+        from rtl.ecp5 import ecp5_pe_verilog
+
+        pe_text = ecp5_pe_verilog(config, PE_MODULE)
+    else:
+        pe_text = pe_verilog(config)
     rows, cols = config.rows, config.cols
     p = config.products_per_pe
     # widths of one PE's activation and weight ports (all products)
@@ -257,12 +273,6 @@ def ws_array_verilog(config: AcceleratorConfig, pe: str = "generic") -> str:
                 f".w_data(w_data[{(c + 1) * wb - 1}:{c * wb}]), .w_we(w_we[{2 * r + 1}:{2 * r}]), "
                 f".a_out(a_{r}_{c + 1}), .sel_out(sel_{r}_{c + 1}), .psum_out(psum_{r + 1}_{c}));")
     lines.append("endmodule")
-    if pe == "ecp5":
-        from rtl.ecp5 import ecp5_pe_verilog
-
-        pe_text = ecp5_pe_verilog(config, PE_MODULE)
-    else:
-        pe_text = pe_verilog(config)
     return pe_text + "\n" + "\n".join(lines) + "\n"
 
 

@@ -67,7 +67,7 @@ def ecp5_pe_verilog(config: AcceleratorConfig, module: str) -> str:
     ConfigError
         A configuration the ECP5 PE does not cover (:func:`ecp5_pe_supported`).
     """
-    from rtl.array import pe_registers_verilog
+    from rtl.array import pe_addend, pe_ports_verilog, pe_registers_verilog
     from rtl.pe import product_bits
 
     why = ecp5_pe_supported(config)
@@ -75,28 +75,10 @@ def ecp5_pe_verilog(config: AcceleratorConfig, module: str) -> str:
         raise ConfigError(why)
     ib, wb, ab = array_input_bits(config), config.weight_format.bits, config.acc_bits
     pb = product_bits(ib, wb, 1, ab)
-    addend = f"{{{{{ab - pb}{{product[{pb - 1}]}}}}, product}}" if ab > pb else "product"
     n = _MULT_BITS
-    registers = [("w0", wb), ("w1", wb), ("weight", wb), ("a_out", ib), ("sel_out", 1),
-                 ("psum_out", ab)]
-    updates = ["if (w_we[0])", "  w0 <= w_data;", "if (w_we[1])", "  w1 <= w_data;",
-               "a_out <= a_in;", "sel_out <= sel_in;", "weight <= sel_in ? w1_next : w0_next;",
-               "psum_out <= psum_in + addend;"]
     return f"""// {module}: one processing element (rtl/pe.py, ProcessingElement) for ECP5: the
 // product register is the output register of a {ECP5_MULT} (rtl/ecp5.py).
-module {module} (clk, rst, a_in, sel_in, psum_in, w_data, w_we, a_out, sel_out, psum_out);
-  input wire clk;
-  input wire rst;
-  input wire [{ib - 1}:0] a_in;
-  input wire sel_in;
-  input wire [{ab - 1}:0] psum_in;
-  input wire [{wb - 1}:0] w_data;
-  input wire [1:0] w_we;
-  output reg [{ib - 1}:0] a_out;
-  output reg sel_out;
-  output reg [{ab - 1}:0] psum_out;
-  reg [{wb - 1}:0] w0;
-  reg [{wb - 1}:0] w1;
+{pe_ports_verilog(module, ib, wb, ab)}
   reg [{wb - 1}:0] weight;
   wire [{wb - 1}:0] w0_next = w_we[0] ? w_data : w0;
   wire [{wb - 1}:0] w1_next = w_we[1] ? w_data : w1;
@@ -105,7 +87,7 @@ module {module} (clk, rst, a_in, sel_in, psum_in, w_data, w_we, a_out, sel_out, 
   wire [{n - 1}:0] mult_b = {{{{{n - wb}{{weight[{wb - 1}]}}}}, weight}};
   wire [{2 * n - 1}:0] mult_p;
   wire [{pb - 1}:0] product = mult_p[{pb - 1}:0];
-  wire [{ab - 1}:0] addend = {addend};
+  wire [{ab - 1}:0] addend = {pe_addend(ab, pb)};
   {ECP5_MULT} #(
     .REG_INPUTA_CLK("NONE"), .REG_INPUTB_CLK("NONE"), .REG_INPUTC_CLK("NONE"),
     .REG_PIPELINE_CLK("NONE"),
@@ -119,7 +101,7 @@ module {module} (clk, rst, a_in, sel_in, psum_in, w_data, w_we, a_out, sel_out, 
     .CLK0(clk), .CE0(1'b1), .RST0(rst),
     {_bits("P", "mult_p", 2 * n)}
   );
-{pe_registers_verilog(registers, updates)}
+{pe_registers_verilog(ib, wb, ab)}
 endmodule
 """
 
